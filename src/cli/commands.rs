@@ -1,0 +1,413 @@
+//! What each subcommand does; argument parsing lives in `cli/mod.rs`.
+
+use anyhow::{bail, ensure, Context, Result};
+use burn::module::{AutodiffModule, Module};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use super::{EvalArgs, ForwardArgs, InfoArgs, PredictArgs, TrainArgs, WeightArgs};
+use crate::data::{self, Augment, Normalization, Split};
+use crate::model::{Activations, Crate, CrateConfig};
+use crate::train::{self, Checkpoint, OptimSettings, Recipe, TrainOptimizer, TrainRun, TrainState};
+use crate::weights::{
+    apply_state_dict, canonical_ids, read_safetensors_all, read_state_dict, safetensors_bytes,
+    write_atomic, StateDict,
+};
+use crate::{InferBackend, TrainBackend};
+
+pub fn info(a: InfoArgs) -> Result<()> {
+    let cfg = CrateConfig::resolve(&a.config)?;
+    println!("{}", serde_json::to_string_pretty(&cfg)?);
+    println!(
+        "tokens: {} patches + cls, patch dim {}",
+        cfg.num_patches(),
+        cfg.patch_dim()
+    );
+    println!("parameters: {}", cfg.param_count());
+    Ok(())
+}
+
+/// Config and metadata of a weights file: `--config`, else the safetensors metadata, else a
+/// `config.json` beside the file.
+fn resolve_config(w: &WeightArgs, meta: &HashMap<String, String>) -> Result<CrateConfig> {
+    if let Some(spec) = &w.config {
+        return CrateConfig::resolve(spec);
+    }
+    if let Some(c) = meta.get("config") {
+        let cfg: CrateConfig = serde_json::from_str(c)
+            .with_context(|| format!("{}: bad config metadata", w.weights.display()))?;
+        cfg.validate()?;
+        return Ok(cfg);
+    }
+    let beside = w.weights.with_file_name("config.json");
+    if beside.exists() {
+        return CrateConfig::from_json_file(&beside);
+    }
+    bail!(
+        "{}: no config stored with these weights; pass --config PRESET|FILE.json",
+        w.weights.display()
+    )
+}
+
+fn is_safetensors(path: &Path) -> bool {
+    let mut b = [0u8; 8];
+    std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .is_ok()
+        && !b.starts_with(b"PK\x03\x04")
+        && b[0] != 0x80
+}
+
+/// Load weights into a model for inference.
+pub struct Loaded<B: Backend> {
+    pub config: CrateConfig,
+    pub model: Crate<B>,
+    pub meta: HashMap<String, String>,
+}
+
+pub fn load_weights<B: Backend>(w: &WeightArgs, device: &B::Device) -> Result<Loaded<B>> {
+    let meta = if is_safetensors(&w.weights) {
+        read_safetensors_all(&w.weights)?.1
+    } else {
+        HashMap::new()
+    };
+    let config = resolve_config(w, &meta)?;
+    let sd = read_state_dict(&w.weights)?;
+    let (model, report) = apply_state_dict(config.init::<B>(device), &sd, w.strict)
+        .with_context(|| format!("loading {}", w.weights.display()))?;
+    if !report.is_clean() {
+        tracing::warn!(
+            "non-strict load of {}: {}",
+            w.weights.display(),
+            report.describe()
+        );
+    }
+    Ok(Loaded {
+        config,
+        model,
+        meta,
+    })
+}
+
+fn meta_json<T: serde::de::DeserializeOwned>(
+    meta: &HashMap<String, String>,
+    key: &str,
+) -> Option<T> {
+    meta.get(key).and_then(|s| serde_json::from_str(s).ok())
+}
+
+fn load_split(d: &super::DataArgs, split: Split, limit: Option<usize>) -> Result<data::ImageSet> {
+    let mut set = data::load(&d.data, d.format, split)?;
+    if let Some(n) = limit {
+        set.truncate(n);
+    }
+    Ok(set)
+}
+
+fn check_shape(cfg: &CrateConfig, set: &data::ImageSet, what: &Path) -> Result<()> {
+    ensure!(
+        set.channels == cfg.channels && set.height == cfg.image_size && set.width == cfg.image_size,
+        "{}: images are {}×{}×{} but the model expects {}×{}×{} (channels × height × width)",
+        what.display(),
+        set.channels,
+        set.height,
+        set.width,
+        cfg.channels,
+        cfg.image_size,
+        cfg.image_size
+    );
+    Ok(())
+}
+
+pub fn train(a: TrainArgs) -> Result<()> {
+    let device = Default::default();
+    let t_start = Instant::now();
+    let ckpt = Checkpoint::find(&a.run_dir);
+    if !a.resume && ckpt.is_some() {
+        bail!("{} already holds a checkpoint: pass --resume to continue it, or choose another --run-dir", a.run_dir.display());
+    }
+    let (config, state, model, optim) = if a.resume {
+        let dir =
+            ckpt.with_context(|| format!("--resume: no checkpoint in {}", a.run_dir.display()))?;
+        let state = Checkpoint::load_state(&dir)?;
+        let config = CrateConfig::from_json_file(&dir.join("config.json"))?;
+        let sd = read_state_dict(&dir.join("model.safetensors"))?;
+        let (model, _) = apply_state_dict(config.init::<TrainBackend>(&device), &sd, true)?;
+        let optim = TrainOptimizer::new(state.recipe.optim.clone(), &model).load(&dir, &device)?;
+        tracing::info!(
+            "resuming {} at epoch {} batch {} (step {})",
+            a.run_dir.display(),
+            state.epoch + 1,
+            state.batch,
+            state.step
+        );
+        (config, state, model, optim)
+    } else {
+        let config = CrateConfig::resolve(&a.config)?;
+        let mut model = canonical_ids(config.init::<TrainBackend>(&device));
+        if let Some(p) = &a.init_from {
+            let (m, report) = apply_state_dict(model, &read_state_dict(p)?, false)?;
+            if !report.is_clean() {
+                tracing::warn!("--init-from {}: {}", p.display(), report.describe());
+            }
+            model = m;
+        }
+        let recipe = Recipe {
+            epochs: a.epochs,
+            batch_size: a.batch_size,
+            lr: a.lr,
+            min_lr: a.min_lr,
+            warmup_epochs: a.warmup_epochs,
+            label_smoothing: a.label_smoothing,
+            seed: a.seed,
+            optim: OptimSettings {
+                kind: a.optimizer,
+                weight_decay: a.weight_decay,
+                beta1: a.beta1,
+                beta2: a.beta2,
+                no_decay_norm_bias: a.no_decay_norm_bias,
+                clip_grad_norm: (a.clip_grad_norm > 0.0).then_some(a.clip_grad_norm),
+            },
+            augment: Augment {
+                crop_padding: a.crop_padding,
+                hflip: !a.no_hflip,
+            },
+        };
+        ensure!(
+            recipe.epochs > 0 && recipe.batch_size > 0,
+            "--epochs and --batch-size must be positive"
+        );
+        ensure!(
+            recipe.lr > 0.0 && recipe.lr.is_finite(),
+            "--lr must be positive"
+        );
+        let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
+        let state = TrainState {
+            recipe,
+            normalization: Normalization {
+                mean: vec![],
+                std: vec![],
+            },
+            class_names: vec![],
+            epoch: 0,
+            batch: 0,
+            step: 0,
+            seconds: 0.0,
+            data: a.data.data.display().to_string(),
+        };
+        (config, state, model, optim)
+    };
+    let mut state = state;
+    let train_set = load_split(&a.data, Split::Train, a.train_limit)?;
+    let test_set = load_split(&a.data, Split::Test, a.test_limit)?;
+    check_shape(&config, &train_set, &a.data.data)?;
+    ensure!(
+        train_set.num_classes() <= config.num_classes,
+        "{}: {} classes but the model has num_classes = {}",
+        a.data.data.display(),
+        train_set.num_classes(),
+        config.num_classes
+    );
+    if state.normalization.mean.is_empty() {
+        state.normalization = Normalization::from_set(&train_set);
+        state.class_names = train_set.class_names.clone();
+    }
+    std::fs::create_dir_all(&a.run_dir)
+        .with_context(|| format!("cannot create {}", a.run_dir.display()))?;
+    ctrlc::set_handler(|| train::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst)).ok();
+    tracing::info!(
+        "training {} params on {} images ({} test) from {}, {} epochs",
+        config.param_count(),
+        train_set.len(),
+        test_set.len(),
+        a.data.data.display(),
+        state.recipe.epochs
+    );
+    let run = TrainRun {
+        run_dir: a.run_dir.clone(),
+        train: &train_set,
+        test: &test_set,
+        show_progress: !a.json,
+    };
+    let last = train::fit(&run, &config, model, optim, state.clone(), &device)?;
+    let dir = Checkpoint::dir(&a.run_dir);
+    let final_state = Checkpoint::load_state(&dir)?;
+    let (acc, loss) = match &last {
+        Some(m) => (m.test_acc, m.test_loss),
+        None => {
+            // Resumed a finished run: evaluate the saved weights.
+            let w = WeightArgs {
+                weights: dir.join("model.safetensors"),
+                config: None,
+                strict: true,
+            };
+            let l = load_weights::<InferBackend>(&w, &device)?;
+            let r = train::evaluate(
+                &l.model,
+                &test_set,
+                &final_state.normalization,
+                500,
+                &device,
+            )?;
+            (r.top1, r.loss)
+        }
+    };
+    println!(
+        "test accuracy {:.2}%  (test loss {:.4}, {} epochs, weights in {})",
+        100.0 * acc,
+        loss,
+        final_state.epoch,
+        dir.join("model.safetensors").display()
+    );
+    if a.json {
+        println!(
+            "{}",
+            json!({"test_acc": acc, "test_loss": loss, "epochs": final_state.epoch, "steps": final_state.step,
+                   "seconds": t_start.elapsed().as_secs_f64(), "train_seconds": final_state.seconds,
+                   "weights": dir.join("model.safetensors")})
+        );
+    }
+    Ok(())
+}
+
+pub fn eval(a: EvalArgs) -> Result<()> {
+    let device = Default::default();
+    let t0 = Instant::now();
+    let l = load_weights::<InferBackend>(&a.weights, &device)?;
+    let test = load_split(&a.data, Split::Test, a.test_limit)?;
+    check_shape(&l.config, &test, &a.data.data)?;
+    let norm = match meta_json::<Normalization>(&l.meta, "normalization") {
+        Some(n) => n,
+        None => {
+            tracing::warn!(
+                "no normalisation stored with the weights; using the train split's statistics"
+            );
+            Normalization::from_set(&load_split(&a.data, Split::Train, None)?)
+        }
+    };
+    let r = train::evaluate(&l.model, &test, &norm, a.batch_size, &device)?;
+    println!(
+        "top-1 {:.2}%  top-5 {:.2}%  loss {:.4}  ({} images)",
+        100.0 * r.top1,
+        100.0 * r.top5,
+        r.loss,
+        r.n
+    );
+    if a.json {
+        println!(
+            "{}",
+            json!({"test_acc": r.top1, "test_top5": r.top5, "test_loss": r.loss, "n": r.n, "epochs": 0, "seconds": t0.elapsed().as_secs_f64()})
+        );
+    }
+    Ok(())
+}
+
+/// Decode, convert to the model's channel count, resize and normalise one image.
+pub fn preprocess(path: &Path, cfg: &CrateConfig, norm: &Normalization) -> Result<Vec<f32>> {
+    let img = image::ImageReader::open(path)
+        .with_context(|| format!("cannot open image {}", path.display()))?
+        .with_guessed_format()?
+        .decode()
+        .with_context(|| format!("cannot decode image {}", path.display()))?;
+    let s = cfg.image_size as u32;
+    let img = img.resize_exact(s, s, image::imageops::FilterType::Triangle);
+    let (hw, c) = ((s * s) as usize, cfg.channels);
+    let mut out = vec![0f32; c * hw];
+    match c {
+        1 => {
+            for (i, p) in img.to_luma8().pixels().enumerate() {
+                out[i] = (p[0] as f32 / 255.0 - norm.mean[0]) / norm.std[0];
+            }
+        }
+        3 => {
+            for (i, p) in img.to_rgb8().pixels().enumerate() {
+                for ch in 0..3 {
+                    out[ch * hw + i] = (p[ch] as f32 / 255.0 - norm.mean[ch]) / norm.std[ch];
+                }
+            }
+        }
+        _ => bail!("predict supports 1- or 3-channel models, this one has {c}"),
+    }
+    Ok(out)
+}
+
+pub fn predict(a: PredictArgs) -> Result<()> {
+    let device = Default::default();
+    let l = load_weights::<InferBackend>(&a.weights, &device)?;
+    let c = l.config.channels;
+    let norm = meta_json::<Normalization>(&l.meta, "normalization").unwrap_or_else(|| {
+        tracing::warn!("no normalisation stored with the weights; using mean 0.5, std 0.5");
+        Normalization {
+            mean: vec![0.5; c],
+            std: vec![0.5; c],
+        }
+    });
+    let classes: Vec<String> = meta_json(&l.meta, "class_names")
+        .unwrap_or_else(|| (0..l.config.num_classes).map(|i| i.to_string()).collect());
+    let s = l.config.image_size;
+    for path in &a.images {
+        let px = preprocess(path, &l.config, &norm)?;
+        let x = Tensor::<InferBackend, 4>::from_data(TensorData::new(px, [1, c, s, s]), &device);
+        let probs = burn::tensor::activation::softmax(l.model.forward(x), 1);
+        let p: Vec<f32> = probs.into_data().to_vec().unwrap();
+        let mut order: Vec<usize> = (0..p.len()).collect();
+        order.sort_by(|&i, &j| p[j].total_cmp(&p[i]));
+        let top: Vec<String> = order
+            .iter()
+            .take(a.top_k.max(1))
+            .map(|&i| {
+                format!(
+                    "{} {:.1}%",
+                    classes.get(i).cloned().unwrap_or_else(|| i.to_string()),
+                    100.0 * p[i]
+                )
+            })
+            .collect();
+        println!("{}: {}", path.display(), top.join(", "));
+    }
+    Ok(())
+}
+
+pub fn forward(a: ForwardArgs) -> Result<()> {
+    let device = Default::default();
+    let l = load_weights::<InferBackend>(&a.weights, &device)?;
+    let (inputs, _) = read_safetensors_all(&a.input)?;
+    let input = inputs
+        .get("input")
+        .with_context(|| format!("{}: no tensor named `input`", a.input.display()))?;
+    let cfg = &l.config;
+    let want = [cfg.channels, cfg.image_size, cfg.image_size];
+    ensure!(
+        input.shape.len() == 4 && input.shape[1..] == want,
+        "{}: `input` has shape {:?}, expected [N, {}, {}, {}]",
+        a.input.display(),
+        input.shape.to_vec(),
+        want[0],
+        want[1],
+        want[2]
+    );
+    let x = Tensor::<InferBackend, 4>::from_data(input.clone().convert::<f32>(), &device);
+    let mut acts = if a.activations {
+        Activations::on()
+    } else {
+        Activations::off()
+    };
+    let logits = l.model.forward_with(x, &mut acts);
+    let mut out = StateDict::new();
+    out.insert("logits".into(), logits.into_data().convert::<f32>());
+    for c in acts.into_vec() {
+        out.insert(c.name, TensorData::new(c.values, c.shape));
+    }
+    write_atomic(&a.output, &safetensors_bytes(out.iter(), None)?)?;
+    println!("wrote {} tensors to {}", out.len(), a.output.display());
+    Ok(())
+}
+
+#[allow(dead_code)]
+fn _assert_modules<B: burn::tensor::backend::AutodiffBackend>(m: Crate<B>) -> usize {
+    m.valid().num_params()
+}

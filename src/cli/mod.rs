@@ -1,0 +1,192 @@
+//! The `whitebox` command line.
+
+mod commands;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+use crate::data::Format;
+use crate::train::OptimizerKind;
+
+#[derive(Parser, Debug)]
+#[command(name = "whitebox", version, about = "CRATE white-box transformers: train, evaluate, load official weights, run inference", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a CRATE classifier (default: the Fashion-MNIST model and recipe).
+    Train(TrainArgs),
+    /// Evaluate weights on the test split: top-1, top-5, loss.
+    Eval(EvalArgs),
+    /// Top-k labels for PNG/JPEG images.
+    Predict(PredictArgs),
+    /// Run a forward pass on a safetensors `input` tensor (NCHW f32) and write `logits`.
+    Forward(ForwardArgs),
+    /// Print a configuration and its parameter count.
+    Info(InfoArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Data folder (IDX, CIFAR binary, or ImageFolder with train/ and test/).
+    #[arg(long, default_value = crate::data::DEFAULT_DATA)]
+    pub data: PathBuf,
+    /// Layout of the data folder.
+    #[arg(long, value_enum, default_value_t = Format::Auto)]
+    pub format: Format,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Preset name (fmnist, crate-tiny, crate-small, crate-base, crate-large) or a JSON config.
+    #[arg(long, default_value = "fmnist")]
+    pub config: String,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Run folder: checkpoint/, metrics.jsonl.
+    #[arg(long, default_value = "runs/fmnist")]
+    pub run_dir: PathBuf,
+    /// Continue the run in --run-dir from its last checkpoint (same schedule, optimizer state and data order).
+    #[arg(long)]
+    pub resume: bool,
+    /// Start from these weights (safetensors or .pth); keys that don't fit (e.g. a new head) are reported and skipped.
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-3)]
+    pub lr: f64,
+    /// Final learning rate of the cosine.
+    #[arg(long, default_value_t = 1e-5)]
+    pub min_lr: f64,
+    /// Linear warm-up length in epochs (stepped per iteration).
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup_epochs: f64,
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Adamw)]
+    pub optimizer: OptimizerKind,
+    #[arg(long, default_value_t = 0.05)]
+    pub weight_decay: f64,
+    /// Adam/Lion β₁.
+    #[arg(long, default_value_t = 0.9)]
+    pub beta1: f64,
+    /// Adam/Lion β₂ (Lion's usual value is 0.99).
+    #[arg(long, default_value_t = 0.999)]
+    pub beta2: f64,
+    /// Do not decay LayerNorm weights, biases, the cls token and position embedding
+    /// (the official code decays everything).
+    #[arg(long)]
+    pub no_decay_norm_bias: bool,
+    #[arg(long, default_value_t = 0.1)]
+    pub label_smoothing: f64,
+    /// Clip the global gradient norm to this value (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub clip_grad_norm: f64,
+    /// Zero padding for the random crop (0 = no crop).
+    #[arg(long, default_value_t = 2)]
+    pub crop_padding: usize,
+    /// Turn off the random horizontal flip.
+    #[arg(long)]
+    pub no_hflip: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Use only the first N training images (quick runs).
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    /// Use only the first N test images.
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    /// End by printing one JSON object on the last line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct WeightArgs {
+    /// Weights: whitebox/official safetensors, or a torch .pth / .pth.tar (any usual container).
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Preset or JSON config; defaults to the one stored with the weights (metadata or config.json beside them).
+    #[arg(long)]
+    pub config: Option<String>,
+    /// Refuse missing, unexpected or wrongly shaped keys (like PyTorch's load_state_dict).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub strict: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub weights: WeightArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[arg(long, default_value_t = 500)]
+    pub batch_size: usize,
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    pub weights: WeightArgs,
+    /// How many labels to print per image.
+    #[arg(long, default_value_t = 3)]
+    pub top_k: usize,
+    /// PNG or JPEG files; resized to the model's input size.
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ForwardArgs {
+    #[command(flatten)]
+    pub weights: WeightArgs,
+    /// safetensors file with an `input` tensor, NCHW f32.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Where to write `logits` (safetensors).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Also write every per-layer activation under the golden names (act.layer{i}.mssa, …).
+    #[arg(long)]
+    pub activations: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    #[arg(long, default_value = "fmnist")]
+    pub config: String,
+}
+
+/// Parse the command line and run it; errors come back to `main` for a clean exit code.
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        None => commands::train(TrainArgs::default_args()),
+        Some(Command::Train(a)) => commands::train(a),
+        Some(Command::Eval(a)) => commands::eval(a),
+        Some(Command::Predict(a)) => commands::predict(a),
+        Some(Command::Forward(a)) => commands::forward(a),
+        Some(Command::Info(a)) => commands::info(a),
+    }
+}
+
+impl TrainArgs {
+    /// `whitebox` with no subcommand = `whitebox train` with every default.
+    fn default_args() -> Self {
+        #[derive(Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            a: TrainArgs,
+        }
+        Wrap::parse_from(["whitebox"]).a
+    }
+}

@@ -1,0 +1,87 @@
+//! ImageFolder: `<root>/<split>/<class>/<image>.{png,jpg,jpeg}`, classes sorted by name.
+//! Every image is decoded with the `image` crate and must share the first image's size and mode.
+
+use anyhow::{bail, ensure, Context, Result};
+use std::path::Path;
+
+use super::{ImageSet, Split};
+
+/// Decode one image file into (channels, height, width, CHW u8 pixels); gray stays 1 channel.
+pub fn decode_image(path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
+    let img = image::ImageReader::open(path)
+        .with_context(|| format!("cannot open image {}", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("cannot read image {}", path.display()))?
+        .decode()
+        .with_context(|| format!("cannot decode image {}", path.display()))?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if img.color().has_color() {
+        let rgb = img.to_rgb8();
+        let mut chw = vec![0u8; 3 * h * w];
+        for (i, p) in rgb.pixels().enumerate() {
+            for c in 0..3 {
+                chw[c * h * w + i] = p[c];
+            }
+        }
+        Ok((3, h, w, chw))
+    } else {
+        Ok((1, h, w, img.to_luma8().into_raw()))
+    }
+}
+
+pub fn load(root: &Path, split: Split) -> Result<ImageSet> {
+    let dir = match split {
+        Split::Train => root.join("train"),
+        Split::Test if root.join("test").is_dir() => root.join("test"),
+        Split::Test => root.join("val"),
+    };
+    ensure!(dir.is_dir(), "{}: no such split folder", dir.display());
+    let mut classes: Vec<String> = std::fs::read_dir(&dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    classes.sort();
+    ensure!(!classes.is_empty(), "{}: no class folders", dir.display());
+    let mut set = ImageSet {
+        pixels: Vec::new(),
+        labels: Vec::new(),
+        channels: 0,
+        height: 0,
+        width: 0,
+        class_names: classes.clone(),
+    };
+    for (label, class) in classes.iter().enumerate() {
+        let mut files: Vec<_> = std::fs::read_dir(dir.join(class))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| {
+                let ext = p
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .unwrap_or("")
+                    .to_ascii_lowercase();
+                matches!(ext.as_str(), "png" | "jpg" | "jpeg")
+            })
+            .collect();
+        files.sort();
+        for f in files {
+            let (c, h, w, px) = decode_image(&f)?;
+            if set.labels.is_empty() {
+                (set.channels, set.height, set.width) = (c, h, w);
+            } else if (c, h, w) != (set.channels, set.height, set.width) {
+                bail!(
+                    "{}: image is {c}×{h}×{w} but earlier images are {}×{}×{}; resize the folder to one size",
+                    f.display(),
+                    set.channels,
+                    set.height,
+                    set.width
+                );
+            }
+            set.pixels.extend_from_slice(&px);
+            set.labels.push(label as u32);
+        }
+    }
+    Ok(set)
+}

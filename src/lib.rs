@@ -1,0 +1,20 @@
+//! whitebox: CRATE white-box transformers ("White-Box Transformers via Sparse Rate Reduction")
+//! on burn. Model code is generic over `B: Backend`; the CPU default is `Autodiff<Flex>`.
+
+pub mod cli;
+pub mod data;
+pub mod model;
+pub mod train;
+pub mod weights;
+
+/// The CPU backend used by the tests.
+pub type CpuBackend = burn::backend::Flex;
+/// The CPU backend with autodiff.
+pub type CpuAutodiff = burn::backend::Autodiff<CpuBackend>;
+
+/// Backend of the CLI: flex on CPU, or CUDA with `--features cuda`.
+#[cfg(not(feature = "cuda"))]
+pub type InferBackend = CpuBackend;
+#[cfg(feature = "cuda")]
+pub type InferBackend = burn::backend::Cuda;
+pub type TrainBackend = burn::backend::Autodiff<InferBackend>;

@@ -1,0 +1,54 @@
+//! CRATE models. `blocks` holds the shared operators (MSSA, ISTA); each variant is one file.
+
+pub mod blocks;
+pub mod vision;
+
+pub use vision::{Crate, CrateConfig};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+/// A named activation captured during a forward pass: shape and row-major f32 values.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+/// Optional recorder of the per-layer activations, under the golden README's names.
+pub struct Activations<B: Backend> {
+    items: Option<Vec<Captured>>,
+    _b: std::marker::PhantomData<B>,
+}
+
+impl<B: Backend> Activations<B> {
+    pub fn off() -> Self {
+        Self {
+            items: None,
+            _b: Default::default(),
+        }
+    }
+    pub fn on() -> Self {
+        Self {
+            items: Some(Vec::new()),
+            _b: Default::default(),
+        }
+    }
+    pub fn enabled(&self) -> bool {
+        self.items.is_some()
+    }
+    pub fn push<const D: usize>(&mut self, name: &str, t: &Tensor<B, D>) {
+        if let Some(items) = self.items.as_mut() {
+            let data = t.clone().into_data().convert::<f32>();
+            items.push(Captured {
+                name: name.to_string(),
+                shape: data.shape.to_vec(),
+                values: data.to_vec::<f32>().expect("f32 activation"),
+            });
+        }
+    }
+    pub fn into_vec(self) -> Vec<Captured> {
+        self.items.unwrap_or_default()
+    }
+}

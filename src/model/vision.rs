@@ -1,0 +1,355 @@
+//! CRATE image classifier, as the official `model/crate.py` computes it.
+//!
+//! patchify `(p1 p2 c)` → LN → Linear → LN, prepend cls, add learned positions, then per layer
+//! `Z½ = Z + MSSA(LN₁ Z)` and `Z' = ISTA(LN₂ Z½)` (no residual around ISTA), cls or mean pooling,
+//! head `LN + Linear`.
+
+use anyhow::{bail, ensure, Context, Result};
+use burn::module::{Module, Param};
+use burn::nn::{
+    Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
+};
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+use super::blocks::{Ista, Mssa};
+use super::Activations;
+
+/// Constructor arguments of the official `CRATE` class (same names, same defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrateConfig {
+    #[serde(default = "default_arch")]
+    pub arch: String,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub num_classes: usize,
+    pub dim: usize,
+    pub depth: usize,
+    pub heads: usize,
+    #[serde(default = "default_pool")]
+    pub pool: String,
+    #[serde(default = "default_channels")]
+    pub channels: usize,
+    #[serde(default = "default_dim_head")]
+    pub dim_head: usize,
+    #[serde(default)]
+    pub dropout: f64,
+    #[serde(default)]
+    pub emb_dropout: f64,
+    /// ISTA step size η (the official constructor calls it `ista`).
+    #[serde(default = "default_ista")]
+    pub ista: f64,
+}
+
+fn default_arch() -> String {
+    "crate".into()
+}
+fn default_pool() -> String {
+    "cls".into()
+}
+fn default_channels() -> usize {
+    3
+}
+fn default_dim_head() -> usize {
+    64
+}
+fn default_ista() -> f64 {
+    0.1
+}
+
+/// ISTA sparsity penalty λ, hard-coded to 0.1 in the official classifier.
+pub const ISTA_LAMBDA: f64 = 0.1;
+/// LayerNorm epsilon of every norm in the official classifier (torch default).
+pub const LN_EPS: f64 = 1e-5;
+
+/// Names accepted by `--config` besides a JSON path.
+pub const PRESETS: [&str; 5] = [
+    "fmnist",
+    "crate-tiny",
+    "crate-small",
+    "crate-base",
+    "crate-large",
+];
+
+impl CrateConfig {
+    /// Official factory shape: 224 px, patch 16, `dim_head = dim / heads`, 1000 classes.
+    fn factory(dim: usize, depth: usize, heads: usize) -> Self {
+        Self {
+            arch: default_arch(),
+            image_size: 224,
+            patch_size: 16,
+            num_classes: 1000,
+            dim,
+            depth,
+            heads,
+            pool: default_pool(),
+            channels: 3,
+            dim_head: dim / heads,
+            dropout: 0.0,
+            emb_dropout: 0.0,
+            ista: 0.1,
+        }
+    }
+
+    /// The default model for 28×28 grayscale data (Fashion-MNIST, MNIST).
+    pub fn fmnist() -> Self {
+        Self {
+            image_size: 28,
+            patch_size: 4,
+            num_classes: 10,
+            channels: 1,
+            ..Self::factory(96, 6, 4)
+        }
+    }
+
+    pub fn preset(name: &str) -> Option<Self> {
+        Some(match name {
+            "fmnist" | "default" => Self::fmnist(),
+            "crate-tiny" | "crate-t" => Self::factory(384, 12, 6),
+            "crate-small" | "crate-s" => Self::factory(576, 12, 12),
+            "crate-base" | "crate-b" => Self::factory(768, 12, 12),
+            "crate-large" | "crate-l" => Self::factory(1024, 24, 16),
+            _ => return None,
+        })
+    }
+
+    /// A preset name or a JSON file holding the constructor arguments.
+    pub fn resolve(spec: &str) -> Result<Self> {
+        if let Some(c) = Self::preset(spec) {
+            return Ok(c);
+        }
+        let path = Path::new(spec);
+        if !path.exists() {
+            bail!(
+                "--config {spec:?} is neither a preset ({}) nor an existing JSON file",
+                PRESETS.join(", ")
+            );
+        }
+        Self::from_json_file(path)
+    }
+
+    pub fn from_json_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let cfg: Self = serde_json::from_str(&text)
+            .with_context(|| format!("config {} is not a valid CRATE config", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("config {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.arch == "crate",
+            "arch {:?} is not supported here (expected \"crate\")",
+            self.arch
+        );
+        for (name, v) in [
+            ("image_size", self.image_size),
+            ("patch_size", self.patch_size),
+            ("num_classes", self.num_classes),
+            ("dim", self.dim),
+            ("depth", self.depth),
+            ("heads", self.heads),
+            ("channels", self.channels),
+            ("dim_head", self.dim_head),
+        ] {
+            ensure!(v > 0, "{name} must be positive");
+        }
+        ensure!(
+            self.image_size % self.patch_size == 0,
+            "image_size {} is not divisible by patch_size {}",
+            self.image_size,
+            self.patch_size
+        );
+        ensure!(
+            self.pool == "cls" || self.pool == "mean",
+            "pool must be \"cls\" or \"mean\", got {:?}",
+            self.pool
+        );
+        ensure!(
+            (0.0..1.0).contains(&self.dropout) && (0.0..1.0).contains(&self.emb_dropout),
+            "dropout must be in [0, 1)"
+        );
+        ensure!(self.ista > 0.0, "ista (the step size) must be positive");
+        Ok(())
+    }
+
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+    pub fn num_patches(&self) -> usize {
+        self.grid() * self.grid()
+    }
+    pub fn patch_dim(&self) -> usize {
+        self.channels * self.patch_size * self.patch_size
+    }
+
+    /// Parameter count from the official formula (matches `Module::num_params` of the built model).
+    pub fn param_count(&self) -> usize {
+        let (d, pd, inner, n) = (
+            self.dim,
+            self.patch_dim(),
+            self.heads * self.dim_head,
+            self.num_patches() + 1,
+        );
+        let embed = 2 * pd + pd * d + d + 2 * d + n * d + d;
+        let layer = 2 * d + inner * d + inner * d + d + 2 * d + d * d;
+        embed + self.depth * layer + 2 * d + d * self.num_classes + self.num_classes
+    }
+
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Crate<B> {
+        let d = self.dim;
+        let ln = |n: usize| LayerNormConfig::new(n).with_epsilon(LN_EPS).init(device);
+        let randn = Initializer::Normal {
+            mean: 0.0,
+            std: 1.0,
+        };
+        Crate {
+            patch_norm: ln(self.patch_dim()),
+            patch_linear: LinearConfig::new(self.patch_dim(), d).init(device),
+            embed_norm: ln(d),
+            cls_token: randn.init([1, 1, d], device),
+            pos_embedding: randn.init([1, self.num_patches() + 1, d], device),
+            emb_dropout: DropoutConfig::new(self.emb_dropout).init(),
+            layers: (0..self.depth)
+                .map(|_| CrateLayer {
+                    norm1: ln(d),
+                    mssa: Mssa::new(d, self.heads, self.dim_head, true, self.dropout, device),
+                    norm2: ln(d),
+                    ista: Ista::new(d, self.ista, ISTA_LAMBDA, device),
+                })
+                .collect(),
+            head_norm: ln(d),
+            head: LinearConfig::new(d, self.num_classes).init(device),
+            patch_size: self.patch_size,
+            mean_pool: self.pool == "mean",
+        }
+    }
+}
+
+/// One CRATE layer: `Z½ = Z + MSSA(LN₁ Z)`, `Z' = ISTA(LN₂ Z½)`.
+#[derive(Module, Debug)]
+pub struct CrateLayer<B: Backend> {
+    pub norm1: LayerNorm<B>,
+    pub mssa: Mssa<B>,
+    pub norm2: LayerNorm<B>,
+    pub ista: Ista<B>,
+}
+
+impl<B: Backend> CrateLayer<B> {
+    /// Returns `(Z½, Z')`.
+    pub fn forward(&self, z: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let half = z.clone() + self.mssa.forward(self.norm1.forward(z));
+        let next = self.ista.forward(self.norm2.forward(half.clone()));
+        (half, next)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Crate<B: Backend> {
+    pub patch_norm: LayerNorm<B>,
+    pub patch_linear: Linear<B>,
+    pub embed_norm: LayerNorm<B>,
+    pub cls_token: Param<Tensor<B, 3>>,
+    pub pos_embedding: Param<Tensor<B, 3>>,
+    pub emb_dropout: Dropout,
+    pub layers: Vec<CrateLayer<B>>,
+    pub head_norm: LayerNorm<B>,
+    pub head: Linear<B>,
+    pub patch_size: usize,
+    pub mean_pool: bool,
+}
+
+/// `b c (h p1) (w p2) -> b (h w) (p1 p2 c)`, the official einops patch layout (channel fastest).
+pub fn patchify<B: Backend>(x: Tensor<B, 4>, p: usize) -> Tensor<B, 3> {
+    let [b, c, hh, ww] = x.dims();
+    let (h, w) = (hh / p, ww / p);
+    x.reshape([b, c, h, p, w, p])
+        .permute([0, 2, 4, 3, 5, 1])
+        .reshape([b, h * w, p * p * c])
+}
+
+impl<B: Backend> Crate<B> {
+    /// Tokens `Z⁰` = [cls; LN(Linear(LN(patches)))] + positions.
+    pub fn embed(&self, x: Tensor<B, 4>, acts: &mut Activations<B>) -> Tensor<B, 3> {
+        let patches = patchify(x, self.patch_size);
+        acts.push("act.patches", &patches);
+        let tokens = self
+            .embed_norm
+            .forward(self.patch_linear.forward(self.patch_norm.forward(patches)));
+        acts.push("act.patch_embed", &tokens);
+        let [b, n, d] = tokens.dims();
+        let cls = self.cls_token.val().expand([b, 1, d]);
+        let z = Tensor::cat(vec![cls, tokens], 1)
+            + self.pos_embedding.val().slice([0..1, 0..n + 1, 0..d]);
+        let z = self.emb_dropout.forward(z);
+        acts.push("act.embed", &z);
+        z
+    }
+
+    /// Logits for an NCHW batch, recording the official activations into `acts` when it is on.
+    pub fn forward_with(&self, x: Tensor<B, 4>, acts: &mut Activations<B>) -> Tensor<B, 2> {
+        let mut z = self.embed(x, acts);
+        for (i, layer) in self.layers.iter().enumerate() {
+            if acts.enabled() {
+                let mssa = layer.mssa.forward(layer.norm1.forward(z.clone()));
+                acts.push(&format!("act.layer{i}.mssa"), &mssa);
+            }
+            let (half, next) = layer.forward(z);
+            acts.push(&format!("act.layer{i}.attn"), &half);
+            acts.push(&format!("act.layer{i}.ista"), &next);
+            z = next;
+        }
+        let pooled = self.pool(z);
+        let normed = self.head_norm.forward(pooled);
+        acts.push("act.final_norm", &normed);
+        self.head.forward(normed)
+    }
+
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.forward_with(x, &mut Activations::off())
+    }
+
+    /// cls token, or the mean over all tokens including cls (official `pool='mean'`).
+    fn pool(&self, z: Tensor<B, 3>) -> Tensor<B, 2> {
+        let [b, _, d] = z.dims();
+        if self.mean_pool {
+            z.mean_dim(1).reshape([b, d])
+        } else {
+            z.narrow(1, 0, 1).reshape([b, d])
+        }
+    }
+}
+
+impl<B: Backend> crate::weights::OfficialKeys for Crate<B> {
+    /// burn path → official `model/crate.py` key (see `../shared/docs/crate-reference.md` §7.1).
+    fn official_key(path: &[String]) -> String {
+        let p: Vec<&str> = path.iter().map(|s| s.as_str()).collect();
+        let leaf = |s: &str| match s {
+            "gamma" => "weight".to_string(),
+            "beta" => "bias".to_string(),
+            other => other.to_string(),
+        };
+        match p.as_slice() {
+            ["patch_norm", l] => format!("to_patch_embedding.1.{}", leaf(l)),
+            ["patch_linear", l] => format!("to_patch_embedding.2.{}", leaf(l)),
+            ["embed_norm", l] => format!("to_patch_embedding.3.{}", leaf(l)),
+            ["head_norm", l] => format!("mlp_head.0.{}", leaf(l)),
+            ["head", l] => format!("mlp_head.1.{}", leaf(l)),
+            ["layers", i, "norm1", l] => format!("transformer.layers.{i}.0.norm.{}", leaf(l)),
+            ["layers", i, "mssa", "qkv", l] => {
+                format!("transformer.layers.{i}.0.fn.qkv.{}", leaf(l))
+            }
+            ["layers", i, "mssa", "to_out", l] => {
+                format!("transformer.layers.{i}.0.fn.to_out.0.{}", leaf(l))
+            }
+            ["layers", i, "norm2", l] => format!("transformer.layers.{i}.1.norm.{}", leaf(l)),
+            ["layers", i, "ista", l] => format!("transformer.layers.{i}.1.fn.{}", leaf(l)),
+            _ => p.join("."),
+        }
+    }
+}

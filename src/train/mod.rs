@@ -1,0 +1,271 @@
+//! Supervised training of the CRATE classifier: per-iteration warm-up + cosine, label smoothing,
+//! AdamW/Lion, clipping, per-epoch evaluation, JSONL metrics, atomic checkpoints and exact resume.
+
+pub mod checkpoint;
+pub mod lion;
+pub mod optim;
+pub mod schedule;
+
+use anyhow::{ensure, Result};
+use burn::module::{AutodiffModule, Module};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use crate::data::{batch_rng, epoch_order, Augment, Batcher, ImageSet, Normalization};
+use crate::model::{Crate, CrateConfig};
+pub use checkpoint::{Checkpoint, TrainState};
+pub use optim::{OptimSettings, OptimizerKind, TrainOptimizer};
+
+/// Set by the Ctrl-C handler; the loop saves a checkpoint at the next batch and stops.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// The recipe: everything that decides the trajectory of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Recipe {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup_epochs: f64,
+    pub label_smoothing: f64,
+    pub seed: u64,
+    pub optim: OptimSettings,
+    pub augment: Augment,
+}
+
+impl Recipe {
+    pub fn steps_per_epoch(&self, n: usize) -> usize {
+        n.div_ceil(self.batch_size)
+    }
+}
+
+/// Loss and accuracy on a data split.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct EvalResult {
+    pub loss: f64,
+    pub top1: f64,
+    pub top5: f64,
+    pub n: usize,
+}
+
+/// Top-1/top-5 accuracy and mean cross-entropy of `model` on `set` (no augmentation).
+pub fn evaluate<B: Backend>(
+    model: &Crate<B>,
+    set: &ImageSet,
+    norm: &Normalization,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<EvalResult> {
+    ensure!(!set.is_empty(), "cannot evaluate on an empty split");
+    let batcher = Batcher {
+        norm: norm.clone(),
+        augment: Augment::none(),
+    };
+    let ce = CrossEntropyLossConfig::new().init::<B>(device);
+    let (mut loss_sum, mut c1, mut c5) = (0.0f64, 0usize, 0usize);
+    let idx: Vec<usize> = (0..set.len()).collect();
+    let mut rng = batch_rng(0, 0, 0);
+    for chunk in idx.chunks(batch_size) {
+        let (x, y) = batcher.batch::<B>(set, chunk, &mut rng, device);
+        let logits = model.forward(x);
+        let loss: f64 = ce.forward(logits.clone(), y.clone()).into_scalar().elem();
+        loss_sum += loss * chunk.len() as f64;
+        let (a1, a5) = topk_hits(logits, y);
+        c1 += a1;
+        c5 += a5;
+    }
+    let n = set.len() as f64;
+    Ok(EvalResult {
+        loss: loss_sum / n,
+        top1: c1 as f64 / n,
+        top5: c5 as f64 / n,
+        n: set.len(),
+    })
+}
+
+/// Number of rows whose label is the arg-max (top-1) and among the 5 largest logits (top-5).
+pub fn topk_hits<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> (usize, usize) {
+    let [b, k] = logits.dims();
+    let labels: Vec<i64> = labels.into_data().convert::<i64>().to_vec().unwrap();
+    let vals: Vec<f32> = logits.into_data().convert::<f32>().to_vec().unwrap();
+    let (mut t1, mut t5) = (0, 0);
+    for r in 0..b {
+        let row = &vals[r * k..(r + 1) * k];
+        let target = row[labels[r] as usize];
+        // rank = number of classes strictly better than the target (ties count in its favour)
+        let rank = row.iter().filter(|&&v| v > target).count();
+        t1 += (rank == 0) as usize;
+        t5 += (rank < 5) as usize;
+    }
+    (t1, t5)
+}
+
+/// One finished epoch, as written to `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub step: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub test_loss: f64,
+    pub test_acc: f64,
+    pub test_top5: f64,
+    pub train_img_s: f64,
+    pub seconds: f64,
+}
+
+pub struct TrainRun<'a> {
+    pub run_dir: PathBuf,
+    pub train: &'a ImageSet,
+    pub test: &'a ImageSet,
+    pub show_progress: bool,
+}
+
+fn append_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(f, "{}", serde_json::to_string(value)?)?;
+    Ok(())
+}
+
+/// Train from `state` (fresh or resumed) until `state.recipe.epochs`; returns the last metrics.
+pub fn fit<B: AutodiffBackend>(
+    run: &TrainRun,
+    config: &CrateConfig,
+    mut model: Crate<B>,
+    mut optim: TrainOptimizer<Crate<B>, B>,
+    mut state: TrainState,
+    device: &B::Device,
+) -> Result<Option<EpochMetrics>> {
+    let recipe = state.recipe.clone();
+    let n = run.train.len();
+    let spe = recipe.steps_per_epoch(n);
+    let total = spe * recipe.epochs;
+    let warmup = ((recipe.warmup_epochs * spe as f64).round() as usize).min(total);
+    let batcher = Batcher {
+        norm: state.normalization.clone(),
+        augment: recipe.augment,
+    };
+    let smoothing = (recipe.label_smoothing > 0.0).then_some(recipe.label_smoothing as f32);
+    let ce = CrossEntropyLossConfig::new()
+        .with_smoothing(smoothing)
+        .init::<B>(device);
+    let metrics_path = run.run_dir.join("metrics.jsonl");
+    let mut last = None;
+    while state.epoch < recipe.epochs {
+        let epoch = state.epoch;
+        let order = epoch_order(n, recipe.seed, epoch);
+        let bar = progress_bar(run.show_progress, spe as u64, epoch, recipe.epochs);
+        bar.set_position(state.batch as u64);
+        let t0 = Instant::now();
+        let (mut loss_sum, mut seen) = (0.0f64, 0usize);
+        let mut lr = 0.0;
+        while state.batch < spe {
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                bar.abandon_with_message("interrupted: checkpoint saved");
+                Checkpoint::save(&run.run_dir, config, &model, &optim, &state)?;
+                anyhow::bail!(
+                    "interrupted at epoch {} batch {}; resume with --resume",
+                    epoch + 1,
+                    state.batch
+                );
+            }
+            let b = state.batch;
+            let idx = &order[b * recipe.batch_size..((b + 1) * recipe.batch_size).min(n)];
+            let (x, y) = batcher.batch::<B>(
+                run.train,
+                idx,
+                &mut batch_rng(recipe.seed, epoch, b),
+                device,
+            );
+            let loss = ce.forward(model.forward(x), y);
+            let loss_val: f64 = loss.clone().into_scalar().elem();
+            ensure!(
+                loss_val.is_finite(),
+                "loss became {loss_val} at step {}; lower --lr",
+                state.step
+            );
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            lr = schedule::warmup_cosine(state.step, warmup, total, recipe.lr, recipe.min_lr);
+            model = optim.step(lr, model, grads);
+            state.step += 1;
+            state.batch += 1;
+            loss_sum += loss_val * idx.len() as f64;
+            seen += idx.len();
+            let secs = t0.elapsed().as_secs_f64();
+            bar.set_message(format!(
+                "loss {:.4}  lr {:.2e}  {:.0} img/s",
+                loss_sum / seen as f64,
+                lr,
+                seen as f64 / secs
+            ));
+            bar.inc(1);
+        }
+        let train_secs = t0.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        state.epoch += 1;
+        state.batch = 0;
+        let eval = evaluate(&model.valid(), run.test, &state.normalization, 500, device)?;
+        state.seconds += t0.elapsed().as_secs_f64();
+        let m = EpochMetrics {
+            epoch: state.epoch,
+            step: state.step,
+            lr,
+            train_loss: if seen > 0 {
+                loss_sum / seen as f64
+            } else {
+                f64::NAN
+            },
+            test_loss: eval.loss,
+            test_acc: eval.top1,
+            test_top5: eval.top5,
+            train_img_s: seen as f64 / train_secs,
+            seconds: state.seconds,
+        };
+        tracing::info!(
+            "epoch {}/{}  train loss {:.4}  test loss {:.4}  top-1 {:.2}%  top-5 {:.2}%  {:.0} img/s  {:.0}s",
+            m.epoch,
+            recipe.epochs,
+            m.train_loss,
+            m.test_loss,
+            100.0 * m.test_acc,
+            100.0 * m.test_top5,
+            m.train_img_s,
+            m.seconds
+        );
+        append_jsonl(&metrics_path, &m)?;
+        Checkpoint::save(&run.run_dir, config, &model, &optim, &state)?;
+        last = Some(m);
+    }
+    Ok(last)
+}
+
+fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise} {msg}",
+        )
+        .unwrap()
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("epoch {}/{}", epoch + 1, epochs));
+    bar
+}
+
+/// A fresh or resumed model and optimizer state for `fit`.
+pub fn model_num_params<B: Backend>(m: &Crate<B>) -> usize {
+    m.num_params()
+}

@@ -1,0 +1,248 @@
+//! Optimizers for training: burn's AdamW (torch semantics) or Lion, with an optional second
+//! group without weight decay (norms, biases, embeddings), global-norm gradient clipping as
+//! `torch.nn.utils.clip_grad_norm_`, and state that saves and loads by parameter key.
+
+use anyhow::{Context, Result};
+use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+use super::lion::Lion;
+use crate::weights::write_atomic;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum OptimizerKind {
+    Adamw,
+    Lion,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OptimSettings {
+    pub kind: OptimizerKind,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    /// Exclude LayerNorm parameters, biases, cls token and position embedding from decay.
+    pub no_decay_norm_bias: bool,
+    /// Global gradient-norm clip (None = off).
+    pub clip_grad_norm: Option<f64>,
+}
+
+enum Inner<M: AutodiffModule<B>, B: AutodiffBackend> {
+    AdamW(OptimizerAdaptor<AdamW, M, B>),
+    Lion(OptimizerAdaptor<Lion, M, B>),
+}
+
+impl<M: AutodiffModule<B>, B: AutodiffBackend> Inner<M, B> {
+    fn new(s: &OptimSettings, weight_decay: f64) -> Self {
+        match s.kind {
+            OptimizerKind::Adamw => Inner::AdamW(
+                AdamWConfig::new()
+                    .with_beta_1(s.beta1 as f32)
+                    .with_beta_2(s.beta2 as f32)
+                    .with_epsilon(1e-8)
+                    .with_weight_decay(weight_decay as f32)
+                    .init(),
+            ),
+            OptimizerKind::Lion => Inner::Lion(OptimizerAdaptor::from(Lion {
+                beta_1: s.beta1 as f32,
+                beta_2: s.beta2 as f32,
+                weight_decay: weight_decay as f32,
+            })),
+        }
+    }
+    fn step(&mut self, lr: f64, model: M, grads: GradientsParams) -> M {
+        match self {
+            Inner::AdamW(o) => o.step(lr, model, grads),
+            Inner::Lion(o) => o.step(lr, model, grads),
+        }
+    }
+    fn to_bytes(&self) -> Result<Vec<u8>> {
+        let rec = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
+        Ok(match self {
+            Inner::AdamW(o) => Recorder::<B>::record(&rec, o.to_record(), ())?,
+            Inner::Lion(o) => Recorder::<B>::record(&rec, o.to_record(), ())?,
+        })
+    }
+    fn from_bytes(self, bytes: Vec<u8>, device: &B::Device) -> Result<Self> {
+        let rec = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
+        Ok(match self {
+            Inner::AdamW(o) => {
+                Inner::AdamW(o.load_record(Recorder::<B>::load(&rec, bytes, device)?))
+            }
+            Inner::Lion(o) => Inner::Lion(o.load_record(Recorder::<B>::load(&rec, bytes, device)?)),
+        })
+    }
+}
+
+/// (id, rank, excluded from decay) of every parameter.
+struct ParamInfo {
+    stack: Vec<String>,
+    out: Vec<(ParamId, usize, bool)>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for ParamInfo {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.stack.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.stack.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let leaf = self.stack.last().map(|s| s.as_str()).unwrap_or("");
+        let no_decay = D < 2
+            || matches!(
+                leaf,
+                "cls_token" | "pos_embedding" | "bias" | "gamma" | "beta"
+            );
+        self.out.push((param.id, D, no_decay));
+    }
+}
+
+pub struct TrainOptimizer<M: AutodiffModule<B>, B: AutodiffBackend> {
+    settings: OptimSettings,
+    params: Vec<(ParamId, usize, bool)>,
+    decay: Inner<M, B>,
+    no_decay: Option<Inner<M, B>>,
+}
+
+/// Move gradient `id` (rank `rank`) from `from` to `to`, scaled by `scale`.
+fn move_grad<B: AutodiffBackend>(
+    from: &mut GradientsParams,
+    to: &mut GradientsParams,
+    id: ParamId,
+    rank: usize,
+    scale: Option<f64>,
+) {
+    fn mv<B: AutodiffBackend, const D: usize>(
+        from: &mut GradientsParams,
+        to: &mut GradientsParams,
+        id: ParamId,
+        scale: Option<f64>,
+    ) {
+        if let Some(g) = from.remove::<B::InnerBackend, D>(id) {
+            to.register::<B::InnerBackend, D>(id, scale.map_or(g.clone(), |s| g.mul_scalar(s)));
+        }
+    }
+    match rank {
+        1 => mv::<B, 1>(from, to, id, scale),
+        2 => mv::<B, 2>(from, to, id, scale),
+        3 => mv::<B, 3>(from, to, id, scale),
+        4 => mv::<B, 4>(from, to, id, scale),
+        _ => panic!("parameters of rank {rank} are not supported"),
+    }
+}
+
+fn sq_norm<B: AutodiffBackend>(
+    grads: &GradientsParams,
+    id: ParamId,
+    rank: usize,
+) -> Option<Tensor<B::InnerBackend, 1>> {
+    fn sq<B: AutodiffBackend, const D: usize>(
+        grads: &GradientsParams,
+        id: ParamId,
+    ) -> Option<Tensor<B::InnerBackend, 1>> {
+        grads
+            .get::<B::InnerBackend, D>(id)
+            .map(|g| g.square().sum())
+    }
+    match rank {
+        1 => sq::<B, 1>(grads, id),
+        2 => sq::<B, 2>(grads, id),
+        3 => sq::<B, 3>(grads, id),
+        4 => sq::<B, 4>(grads, id),
+        _ => None,
+    }
+}
+
+impl<M: AutodiffModule<B>, B: AutodiffBackend> TrainOptimizer<M, B> {
+    pub fn new(settings: OptimSettings, model: &M) -> Self {
+        let mut info = ParamInfo {
+            stack: Vec::new(),
+            out: Vec::new(),
+        };
+        model.visit(&mut info);
+        let no_decay = settings
+            .no_decay_norm_bias
+            .then(|| Inner::new(&settings, 0.0));
+        Self {
+            decay: Inner::new(&settings, settings.weight_decay),
+            no_decay,
+            params: info.out,
+            settings,
+        }
+    }
+
+    /// Global L2 norm of all gradients.
+    pub fn grad_norm(&self, grads: &GradientsParams) -> f64 {
+        let parts: Vec<_> = self
+            .params
+            .iter()
+            .filter_map(|&(id, r, _)| sq_norm::<B>(grads, id, r))
+            .collect();
+        if parts.is_empty() {
+            return 0.0;
+        }
+        let total: f64 = Tensor::cat(parts, 0).sum().into_scalar().elem();
+        total.sqrt()
+    }
+
+    /// Clip, split into decay groups and apply one update at learning rate `lr`.
+    pub fn step(&mut self, lr: f64, model: M, mut grads: GradientsParams) -> M {
+        let mut scale = None;
+        if let Some(max) = self.settings.clip_grad_norm {
+            let norm = self.grad_norm(&grads);
+            if norm > max {
+                scale = Some(max / (norm + 1e-6));
+            }
+        }
+        let mut main = GradientsParams::new();
+        let mut rest = GradientsParams::new();
+        for &(id, rank, excluded) in &self.params {
+            let to = if excluded && self.no_decay.is_some() {
+                &mut rest
+            } else {
+                &mut main
+            };
+            move_grad::<B>(&mut grads, to, id, rank, scale);
+        }
+        let model = self.decay.step(lr, model, main);
+        match self.no_decay.as_mut() {
+            Some(o) if !rest.is_empty() => o.step(lr, model, rest),
+            _ => model,
+        }
+    }
+
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        write_atomic(&dir.join("optimizer.mpk"), &self.decay.to_bytes()?)?;
+        if let Some(o) = &self.no_decay {
+            write_atomic(&dir.join("optimizer_no_decay.mpk"), &o.to_bytes()?)?;
+        }
+        Ok(())
+    }
+
+    pub fn load(mut self, dir: &Path, device: &B::Device) -> Result<Self> {
+        let p = dir.join("optimizer.mpk");
+        let bytes = std::fs::read(&p)
+            .with_context(|| format!("cannot read optimizer state {}", p.display()))?;
+        self.decay = self
+            .decay
+            .from_bytes(bytes, device)
+            .with_context(|| format!("{}: corrupt optimizer state", p.display()))?;
+        if let Some(o) = self.no_decay.take() {
+            let p = dir.join("optimizer_no_decay.mpk");
+            let bytes = std::fs::read(&p)
+                .with_context(|| format!("cannot read optimizer state {}", p.display()))?;
+            self.no_decay = Some(
+                o.from_bytes(bytes, device)
+                    .with_context(|| format!("{}: corrupt optimizer state", p.display()))?,
+            );
+        }
+        Ok(self)
+    }
+}

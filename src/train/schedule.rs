@@ -1,0 +1,26 @@
+//! Learning-rate schedule, a pure function of the iteration so a resumed run continues exactly.
+
+/// Linear warm-up over `warmup` iterations to `peak`, then cosine to `min_lr` at `total`.
+pub fn warmup_cosine(step: usize, warmup: usize, total: usize, peak: f64, min_lr: f64) -> f64 {
+    if step < warmup {
+        // (t+1)/W, so the very first step already moves the weights
+        return peak * (step + 1) as f64 / warmup as f64;
+    }
+    let span = total.saturating_sub(warmup).max(1);
+    let progress = ((step - warmup) as f64 / span as f64).min(1.0);
+    min_lr + (peak - min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warmup_then_cosine() {
+        assert!((warmup_cosine(0, 10, 110, 1.0, 0.0) - 0.1).abs() < 1e-12);
+        assert!((warmup_cosine(9, 10, 110, 1.0, 0.0) - 1.0).abs() < 1e-12);
+        assert!((warmup_cosine(10, 10, 110, 1.0, 0.0) - 1.0).abs() < 1e-12);
+        assert!((warmup_cosine(60, 10, 110, 1.0, 0.0) - 0.5).abs() < 1e-12);
+        assert!((warmup_cosine(110, 10, 110, 1.0, 1e-3) - 1e-3).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,227 @@
+//! Weight files: safetensors (read/write) and PyTorch `torch.save` files (read only, through
+//! burn-store's pickle reader, which never executes pickle code).
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::{DType, TensorData};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::Path;
+
+use super::StateDict;
+
+/// Read a state dict from safetensors or a torch file, whatever its container:
+/// `{'state_dict': …}` (the official training script), `{'model': …}`, `{'model_state_dict': …}`
+/// or a bare state dict; `module.` (DataParallel) and `_orig_mod.` (torch.compile) prefixes are
+/// stripped. Non-float tensors (e.g. int64 buffers) are skipped.
+pub fn read_state_dict(path: &Path) -> Result<StateDict> {
+    let mut magic = [0u8; 8];
+    let n = std::fs::File::open(path)
+        .with_context(|| format!("cannot open weights {}", path.display()))?
+        .read(&mut magic)
+        .with_context(|| format!("cannot read weights {}", path.display()))?;
+    let raw = if n >= 4 && &magic[..4] == b"PK\x03\x04" || n >= 2 && magic[0] == 0x80 {
+        read_torch(path)?
+    } else if n == 8 {
+        read_safetensors(path)?
+    } else {
+        bail!("{}: too short to be a weights file", path.display());
+    };
+    let sd = normalise_keys(raw);
+    if sd.is_empty() {
+        bail!("{}: holds no float tensors", path.display());
+    }
+    Ok(sd)
+}
+
+/// Every tensor of a safetensors file, floats converted to f32, ints kept as they are.
+pub fn read_safetensors_all(
+    path: &Path,
+) -> Result<(HashMap<String, TensorData>, HashMap<String, String>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    let mut out = HashMap::new();
+    for (name, view) in st.tensors() {
+        let shape = view.shape().to_vec();
+        let d = view.data();
+        let data = match view.dtype() {
+            Dtype::F32 => TensorData::new(
+                d.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect::<Vec<f32>>(),
+                shape,
+            ),
+            Dtype::F64 => TensorData::new(
+                d.chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+                    .collect::<Vec<f32>>(),
+                shape,
+            ),
+            Dtype::F16 => TensorData::new(
+                d.chunks_exact(2)
+                    .map(|c| half_to_f32(u16::from_le_bytes([c[0], c[1]])))
+                    .collect::<Vec<f32>>(),
+                shape,
+            ),
+            Dtype::BF16 => TensorData::new(
+                d.chunks_exact(2)
+                    .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+                    .collect::<Vec<f32>>(),
+                shape,
+            ),
+            Dtype::I64 => TensorData::new(
+                d.chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                    .collect::<Vec<i64>>(),
+                shape,
+            ),
+            Dtype::I32 => TensorData::new(
+                d.chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
+                    .collect::<Vec<i64>>(),
+                shape,
+            ),
+            other => bail!(
+                "{}: tensor {name} has unsupported dtype {other:?}",
+                path.display()
+            ),
+        };
+        out.insert(name, data);
+    }
+    Ok((out, meta))
+}
+
+fn half_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as i32;
+    let mant = (h & 0x3ff) as u32;
+    let bits = match (exp, mant) {
+        (0, 0) => sign,
+        (0, m) => {
+            return f32::from_bits(sign)
+                + (if sign != 0 { -1.0 } else { 1.0 }) * (m as f32) * 2f32.powi(-24)
+        }
+        (31, 0) => sign | 0x7f80_0000,
+        (31, m) => sign | 0x7f80_0000 | (m << 13),
+        (e, m) => sign | (((e - 15 + 127) as u32) << 23) | (m << 13),
+    };
+    f32::from_bits(bits)
+}
+
+fn read_safetensors(path: &Path) -> Result<HashMap<String, TensorData>> {
+    let (all, _) = read_safetensors_all(path)?;
+    Ok(all
+        .into_iter()
+        .filter(|(_, t)| t.dtype == DType::F32)
+        .collect())
+}
+
+fn read_torch(path: &Path) -> Result<HashMap<String, TensorData>> {
+    let reader = burn_store::pytorch::PytorchReader::new(path).map_err(|e| {
+        anyhow::anyhow!("{}: not a readable PyTorch checkpoint: {e}", path.display())
+    })?;
+    let mut out = HashMap::new();
+    for (name, snap) in reader.into_tensors() {
+        if !matches!(
+            snap.dtype,
+            DType::F32 | DType::F64 | DType::F16 | DType::BF16
+        ) {
+            continue;
+        }
+        let data = snap
+            .to_data()
+            .map_err(|e| anyhow::anyhow!("{}: tensor {name}: {e:?}", path.display()))?;
+        out.insert(name, data.convert::<f32>());
+    }
+    Ok(out)
+}
+
+/// Pick the model's dict out of a training container and strip wrapper prefixes.
+fn normalise_keys(raw: HashMap<String, TensorData>) -> StateDict {
+    let containers = ["state_dict.", "model_state_dict.", "model."];
+    let container = containers
+        .iter()
+        .find(|c| raw.keys().any(|k| k.starts_with(*c)));
+    let mut sd = StateDict::new();
+    for (k, v) in raw {
+        let k = match container {
+            Some(c) => match k.strip_prefix(*c) {
+                Some(rest) => rest.to_string(),
+                None => continue, // optimizer state and the like
+            },
+            None => k,
+        };
+        let mut k = k.as_str();
+        loop {
+            if let Some(rest) = k
+                .strip_prefix("module.")
+                .or_else(|| k.strip_prefix("_orig_mod."))
+            {
+                k = rest;
+            } else {
+                break;
+            }
+        }
+        sd.insert(k.to_string(), v);
+    }
+    sd
+}
+
+/// Write `bytes` to `path` through a temp file in the same folder and a rename, so a crash
+/// leaves either the old file or the new one, never half of one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|s| s.to_str()).unwrap_or("out")
+    ));
+    {
+        let mut f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        f.write_all(bytes)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.sync_all().ok();
+    }
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+/// Serialize f32/i64 tensors to safetensors bytes (keys sorted, optional string metadata).
+pub fn safetensors_bytes<'a>(
+    tensors: impl IntoIterator<Item = (&'a String, &'a TensorData)>,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<Vec<u8>> {
+    let views: Vec<(String, TensorView<'a>)> = tensors
+        .into_iter()
+        .map(|(k, t)| {
+            let dtype = match t.dtype {
+                DType::F32 => Dtype::F32,
+                DType::I64 => Dtype::I64,
+                other => bail!("cannot write tensor {k} of dtype {other:?}"),
+            };
+            let view = TensorView::new(dtype, t.shape.to_vec(), t.as_bytes())
+                .map_err(|e| anyhow::anyhow!("tensor {k}: {e}"))?;
+            Ok((k.clone(), view))
+        })
+        .collect::<Result<_>>()?;
+    safetensors::serialize(views, &metadata).map_err(|e| anyhow::anyhow!("safetensors: {e}"))
+}
+
+/// Write a state dict as safetensors, atomically.
+pub fn write_safetensors(
+    path: &Path,
+    sd: &StateDict,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let bytes = safetensors_bytes(sd.iter(), metadata)?;
+    write_atomic(path, &bytes)
+}

@@ -1,0 +1,19 @@
+//! Weights under the official PyTorch key names: read (safetensors, torch `.pth`/`.pth.tar`),
+//! write (safetensors, atomically), and move them in and out of a burn module.
+
+mod files;
+mod names;
+
+pub use files::{
+    read_safetensors_all, read_state_dict, safetensors_bytes, write_atomic, write_safetensors,
+};
+pub use names::{
+    apply_state_dict, canonical_ids, collect_gradients, collect_state_dict, LoadReport,
+    OfficialKeys,
+};
+
+use burn::tensor::TensorData;
+use std::collections::BTreeMap;
+
+/// Official key → tensor (f32, torch layout).
+pub type StateDict = BTreeMap<String, TensorData>;

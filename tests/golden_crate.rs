@@ -1,0 +1,119 @@
+//! The CRATE classifier against the official PyTorch code (tests/golden/crate_{A,B}):
+//! logits, every activation, loss, every gradient and one AdamW step.
+
+mod common;
+
+use burn::module::AutodiffModule;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::{Int, Tensor, TensorData};
+use common::{assert_close, max_abs, max_abs_diff, Golden};
+use whitebox::model::{Activations, CrateConfig};
+use whitebox::weights::{apply_state_dict, collect_gradients, collect_state_dict};
+use whitebox::CpuAutodiff as B;
+
+fn config(g: &Golden) -> CrateConfig {
+    serde_json::from_str(&g.meta["ctor"]).expect("ctor metadata parses as a CrateConfig")
+}
+
+fn check_case(file: &str) {
+    let g = Golden::load(file);
+    let cfg = config(&g);
+    let device = Default::default();
+    let (model, report) =
+        apply_state_dict(cfg.init::<B>(&device), &g.with_prefix("param."), true).unwrap();
+    assert!(report.is_clean());
+
+    // Forward with every activation.
+    let input = Tensor::<B, 4>::from_data(g.get("input").clone(), &device);
+    let mut acts = Activations::on();
+    let logits = model.forward_with(input, &mut acts);
+    let acts = acts.into_vec();
+    let golden_acts: Vec<&String> = g.tensors.keys().filter(|k| k.starts_with("act.")).collect();
+    assert_eq!(
+        acts.len(),
+        golden_acts.len(),
+        "number of captured activations"
+    );
+    for a in &acts {
+        let got = TensorData::new(a.values.clone(), a.shape.clone());
+        assert_close(&a.name, &got, g.get(&a.name), 1e-5);
+    }
+    assert_close("logits", &logits.clone().into_data(), g.get("logits"), 1e-5);
+
+    // Loss and gradients.
+    let labels = Tensor::<B, 1, Int>::from_data(g.get("labels").clone(), &device);
+    let loss = burn::nn::loss::CrossEntropyLossConfig::new()
+        .init(&device)
+        .forward(logits, labels);
+    let l = loss.clone().into_scalar();
+    let want = g.f32("loss")[0];
+    assert!((l - want).abs() <= 1e-6, "loss {l} vs {want}");
+    let grads = loss.backward();
+    let got = collect_gradients(&model, &grads);
+    let want_grads = g.with_prefix("grad.");
+    assert_eq!(
+        got.len(),
+        want_grads.len(),
+        "every parameter has a gradient"
+    );
+    for (k, w) in &want_grads {
+        let gv = got[k].to_vec::<f32>().unwrap();
+        let wv = w.to_vec::<f32>().unwrap();
+        let tol = 1e-4 * max_abs(&wv) + 1e-7;
+        let d = max_abs_diff(&gv, &wv);
+        assert!(d <= tol, "grad {k}: max |Δ| {d:e} > {tol:e}");
+    }
+
+    // One AdamW step (torch defaults, lr 1e-3, wd 0.05) from our own gradients.
+    let gp = GradientsParams::from_grads(grads, &model);
+    let mut opt = AdamWConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.999)
+        .with_epsilon(1e-8)
+        .with_weight_decay(0.05)
+        .init();
+    let stepped = opt.step(1e-3, model, gp);
+    let after = collect_state_dict(&stepped.valid());
+    for (k, w) in &g.with_prefix("adamw1.") {
+        assert_close(&format!("adamw1.{k}"), &after[k], w, 1e-5);
+    }
+}
+
+#[test]
+fn crate_a_rgb_matches_official() {
+    check_case("crate_A.safetensors");
+}
+
+#[test]
+fn crate_b_grayscale_matches_official() {
+    check_case("crate_B.safetensors");
+}
+
+#[test]
+fn param_count_formula_matches_model() {
+    let device = Default::default();
+    for cfg in [
+        CrateConfig::fmnist(),
+        config(&Golden::load("crate_A.safetensors")),
+    ] {
+        let model = cfg.init::<whitebox::CpuBackend>(&device);
+        use burn::module::Module;
+        assert_eq!(model.num_params(), cfg.param_count());
+    }
+}
+
+#[test]
+fn presets_have_the_papers_parameter_counts() {
+    for (name, n) in [
+        ("crate-tiny", 6_090_856),
+        ("crate-small", 13_116_328),
+        ("crate-base", 22_796_008),
+        ("crate-large", 77_641_192),
+    ] {
+        assert_eq!(
+            CrateConfig::preset(name).unwrap().param_count(),
+            n,
+            "{name}"
+        );
+    }
+}
