@@ -1,5 +1,6 @@
 //! The `whitebox` command line.
 
+mod bench;
 mod commands;
 
 use clap::{Args, Parser, Subcommand};
@@ -27,6 +28,24 @@ pub enum Command {
     Forward(ForwardArgs),
     /// Print a configuration and its parameter count.
     Info(InfoArgs),
+    /// Time a training step and an inference forward on random data.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long, default_value = "fmnist")]
+    pub config: String,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Timed iterations (median reported).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Untimed iterations first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -176,6 +195,7 @@ pub fn run() -> anyhow::Result<()> {
         Some(Command::Predict(a)) => commands::predict(a),
         Some(Command::Forward(a)) => commands::forward(a),
         Some(Command::Info(a)) => commands::info(a),
+        Some(Command::Bench(a)) => bench::bench(a),
     }
 }
 

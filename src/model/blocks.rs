@@ -40,9 +40,9 @@ impl<B: Backend> Mssa<B> {
         }
     }
 
-    /// Per-head subspace projections `w = U_kᵀ z`, shaped `[b, h, n, dh]`.
-    pub fn project(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
-        let [b, n, _] = x.dims();
+    /// Per-head subspace projections `w = U_kᵀ z` of token rows `x` `[b·n, d]`, as `[b, h, n, dh]`
+    /// (a strided view: the matmuls below read it without a copy).
+    pub fn project(&self, x: Tensor<B, 2>, b: usize, n: usize) -> Tensor<B, 4> {
         self.qkv
             .forward(x)
             .reshape([b, n, self.heads, self.dim_head])
@@ -55,15 +55,15 @@ impl<B: Backend> Mssa<B> {
         softmax(w.clone().matmul(w.swap_dims(2, 3)).mul_scalar(scale), 3)
     }
 
-    /// `MSSA(Z) = W_out [SSA_1(Z); …; SSA_K(Z)] + b`, `SSA_k = U_kᵀZ · softmax((U_kᵀZ)ᵀ(U_kᵀZ)/√dh)`.
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, n, _] = x.dims();
-        let w = self.project(x);
+    /// `MSSA(Z) = W_out [SSA_1(Z); …; SSA_K(Z)] + b`, `SSA_k = U_kᵀZ · softmax((U_kᵀZ)ᵀ(U_kᵀZ)/√dh)`,
+    /// on token rows `x` `[b·n, d]` of `b` sequences of `n` tokens.
+    pub fn forward(&self, x: Tensor<B, 2>, b: usize, n: usize) -> Tensor<B, 2> {
+        let w = self.project(x, b, n);
         let attn = self.dropout.forward(self.attention(w.clone()));
         let out = attn
             .matmul(w)
             .swap_dims(1, 2)
-            .reshape([b, n, self.heads * self.dim_head]);
+            .reshape([b * n, self.heads * self.dim_head]);
         self.dropout.forward(self.to_out.forward(out))
     }
 }
@@ -106,10 +106,10 @@ impl<B: Backend> Ista<B> {
     /// The official code spends three GEMMs over the tokens; folding the dictionary into the
     /// d×d matrix `M` once per forward costs one d³ product and leaves one token GEMM. It is
     /// algebraically identical and autodiff still trains `W` through `M` (checked by the golden tests).
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, n, d] = x.dims();
-        let m = self.step_matrix();
-        let y = x.reshape([b * n, d]).matmul(m);
-        relu(y.sub_scalar(self.step_size * self.lambd)).reshape([b, n, d])
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        relu(
+            x.matmul(self.step_matrix())
+                .sub_scalar(self.step_size * self.lambd),
+        )
     }
 }

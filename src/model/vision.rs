@@ -241,9 +241,14 @@ pub struct CrateLayer<B: Backend> {
 }
 
 impl<B: Backend> CrateLayer<B> {
-    /// Returns `(Z½, Z')`.
-    pub fn forward(&self, z: Tensor<B, 3>) -> (Tensor<B, 3>, Tensor<B, 3>) {
-        let half = z.clone() + self.mssa.forward(self.norm1.forward(z));
+    /// `MSSA(LN₁ Z)` on token rows `[b·n, d]`.
+    pub fn mssa(&self, z: Tensor<B, 2>, b: usize, n: usize) -> Tensor<B, 2> {
+        self.mssa.forward(self.norm1.forward(z), b, n)
+    }
+
+    /// Returns `(Z½, Z')` for token rows `z` `[b·n, d]`.
+    pub fn forward(&self, z: Tensor<B, 2>, b: usize, n: usize) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        let half = z.clone() + self.mssa(z, b, n);
         let next = self.ista.forward(self.norm2.forward(half.clone()));
         (half, next)
     }
@@ -292,19 +297,30 @@ impl<B: Backend> Crate<B> {
     }
 
     /// Logits for an NCHW batch, recording the official activations into `acts` when it is on.
+    /// Tokens are kept as a `[b·n, d]` matrix between layers so every linear map is one GEMM.
     pub fn forward_with(&self, x: Tensor<B, 4>, acts: &mut Activations<B>) -> Tensor<B, 2> {
-        let mut z = self.embed(x, acts);
+        let z = self.embed(x, acts);
+        let [b, n, d] = z.dims();
+        let mut z = z.reshape([b * n, d]);
         for (i, layer) in self.layers.iter().enumerate() {
             if acts.enabled() {
-                let mssa = layer.mssa.forward(layer.norm1.forward(z.clone()));
-                acts.push(&format!("act.layer{i}.mssa"), &mssa);
+                acts.push(
+                    &format!("act.layer{i}.mssa"),
+                    &layer.mssa(z.clone(), b, n).reshape([b, n, d]),
+                );
             }
-            let (half, next) = layer.forward(z);
-            acts.push(&format!("act.layer{i}.attn"), &half);
-            acts.push(&format!("act.layer{i}.ista"), &next);
+            let (half, next) = layer.forward(z, b, n);
+            acts.push(
+                &format!("act.layer{i}.attn"),
+                &half.clone().reshape([b, n, d]),
+            );
+            acts.push(
+                &format!("act.layer{i}.ista"),
+                &next.clone().reshape([b, n, d]),
+            );
             z = next;
         }
-        let pooled = self.pool(z);
+        let pooled = self.pool(z.reshape([b, n, d]));
         let normed = self.head_norm.forward(pooled);
         acts.push("act.final_norm", &normed);
         self.head.forward(normed)
