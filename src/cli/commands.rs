@@ -2,7 +2,7 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use burn::module::{AutodiffModule, Module};
-use burn::tensor::backend::Backend;
+
 use burn::tensor::{Tensor, TensorData};
 use serde_json::json;
 use std::collections::HashMap;
@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use super::{EvalArgs, ForwardArgs, InfoArgs, PredictArgs, TrainArgs, WeightArgs};
 use crate::data::{self, Augment, Normalization, Split};
-use crate::model::{Activations, Crate, CrateConfig};
+use crate::model::{Activations, Crate, CrateAutodiff, CrateBackend, CrateConfig};
 use crate::train::{self, Checkpoint, OptimSettings, Recipe, TrainOptimizer, TrainRun, TrainState};
 use crate::weights::{
     apply_state_dict, canonical_ids, read_safetensors_all, read_state_dict, safetensors_bytes,
@@ -63,13 +63,13 @@ fn is_safetensors(path: &Path) -> bool {
 }
 
 /// Load weights into a model for inference.
-pub struct Loaded<B: Backend> {
+pub struct Loaded<B: CrateBackend> {
     pub config: CrateConfig,
     pub model: Crate<B>,
     pub meta: HashMap<String, String>,
 }
 
-pub fn load_weights<B: Backend>(w: &WeightArgs, device: &B::Device) -> Result<Loaded<B>> {
+pub fn load_weights<B: CrateBackend>(w: &WeightArgs, device: &B::Device) -> Result<Loaded<B>> {
     let meta = if is_safetensors(&w.weights) {
         read_safetensors_all(&w.weights)?.1
     } else {
@@ -408,6 +408,6 @@ pub fn forward(a: ForwardArgs) -> Result<()> {
 }
 
 #[allow(dead_code)]
-fn _assert_modules<B: burn::tensor::backend::AutodiffBackend>(m: Crate<B>) -> usize {
+fn _assert_modules<B: CrateAutodiff>(m: Crate<B>) -> usize {
     m.valid().num_params()
 }

@@ -1,15 +1,15 @@
 //! The two operators every CRATE variant is built from: MSSA (a gradient step on the
 //! compression term R^c) and one ISTA step (a proximal step on the sparse-coding term).
 
+use super::fused::{self, CrateBackend};
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::activation::{relu, softmax};
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 /// Multi-head subspace self-attention with one shared projection `U = [U_1 … U_K]` for q, k and v.
 #[derive(Module, Debug)]
-pub struct Mssa<B: Backend> {
+pub struct Mssa<B: CrateBackend> {
     /// Shared q = k = v projection `[U_1 … U_K]ᵀ` (torch key `qkv.weight`, no bias).
     pub qkv: Linear<B>,
     /// Output projection (`to_out.0`), learned and untied from `qkv` as in the official code.
@@ -19,7 +19,7 @@ pub struct Mssa<B: Backend> {
     pub dim_head: usize,
 }
 
-impl<B: Backend> Mssa<B> {
+impl<B: CrateBackend> Mssa<B> {
     pub fn new(
         dim: usize,
         heads: usize,
@@ -41,7 +41,7 @@ impl<B: Backend> Mssa<B> {
     }
 
     /// Per-head subspace projections `w = U_kᵀ z` of token rows `x` `[b·n, d]`, as `[b, h, n, dh]`
-    /// (a strided view: the matmuls below read it without a copy).
+    /// (one copy of `dh`-long runs).
     pub fn project(&self, x: Tensor<B, 2>, b: usize, n: usize) -> Tensor<B, 4> {
         self.qkv
             .forward(x)
@@ -59,25 +59,27 @@ impl<B: Backend> Mssa<B> {
     /// on token rows `x` `[b·n, d]` of `b` sequences of `n` tokens.
     pub fn forward(&self, x: Tensor<B, 2>, b: usize, n: usize) -> Tensor<B, 2> {
         let w = self.project(x, b, n);
-        let attn = self.dropout.forward(self.attention(w.clone()));
-        let out = attn
-            .matmul(w)
-            .swap_dims(1, 2)
-            .reshape([b * n, self.heads * self.dim_head]);
+        let heads_out = if self.dropout.prob > 0.0 {
+            // attention dropout needs the weights themselves: the op-by-op path
+            self.dropout.forward(self.attention(w.clone())).matmul(w)
+        } else {
+            fused::ssa(w, (self.dim_head as f64).powf(-0.5))
+        };
+        let out = fused::merge_heads(heads_out);
         self.dropout.forward(self.to_out.forward(out))
     }
 }
 
 /// One non-negative ISTA step warm-started at the input, with a square dictionary `D` (torch `fn.weight`).
 #[derive(Module, Debug)]
-pub struct Ista<B: Backend> {
+pub struct Ista<B: CrateBackend> {
     /// Dictionary `D`, `[d, d]`, kept in the official (torch) layout.
     pub weight: Param<Tensor<B, 2>>,
     pub step_size: f64,
     pub lambd: f64,
 }
 
-impl<B: Backend> Ista<B> {
+impl<B: CrateBackend> Ista<B> {
     pub fn new(dim: usize, step_size: f64, lambd: f64, device: &B::Device) -> Self {
         // torch `init.kaiming_uniform_` defaults (a = 0, gain √2): U(±√(6/d)).
         let bound = (6.0 / dim as f64).sqrt();

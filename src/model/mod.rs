@@ -1,8 +1,10 @@
 //! CRATE models. `blocks` holds the shared operators (MSSA, ISTA); each variant is one file.
 
 pub mod blocks;
+pub mod fused;
 pub mod vision;
 
+pub use fused::{CrateAutodiff, CrateBackend};
 pub use vision::{Crate, CrateConfig};
 
 use burn::tensor::backend::Backend;

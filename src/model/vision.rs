@@ -4,12 +4,12 @@
 //! `Z½ = Z + MSSA(LN₁ Z)` and `Z' = ISTA(LN₂ Z½)` (no residual around ISTA), cls or mean pooling,
 //! head `LN + Linear`.
 
+use super::fused::{layer_norm, CrateBackend};
 use anyhow::{bail, ensure, Context, Result};
 use burn::module::{Module, Param};
 use burn::nn::{
     Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
 };
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -201,7 +201,7 @@ impl CrateConfig {
         embed + self.depth * layer + 2 * d + d * self.num_classes + self.num_classes
     }
 
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Crate<B> {
+    pub fn init<B: CrateBackend>(&self, device: &B::Device) -> Crate<B> {
         let d = self.dim;
         let ln = |n: usize| LayerNormConfig::new(n).with_epsilon(LN_EPS).init(device);
         let randn = Initializer::Normal {
@@ -233,29 +233,31 @@ impl CrateConfig {
 
 /// One CRATE layer: `Z½ = Z + MSSA(LN₁ Z)`, `Z' = ISTA(LN₂ Z½)`.
 #[derive(Module, Debug)]
-pub struct CrateLayer<B: Backend> {
+pub struct CrateLayer<B: CrateBackend> {
     pub norm1: LayerNorm<B>,
     pub mssa: Mssa<B>,
     pub norm2: LayerNorm<B>,
     pub ista: Ista<B>,
 }
 
-impl<B: Backend> CrateLayer<B> {
+impl<B: CrateBackend> CrateLayer<B> {
     /// `MSSA(LN₁ Z)` on token rows `[b·n, d]`.
     pub fn mssa(&self, z: Tensor<B, 2>, b: usize, n: usize) -> Tensor<B, 2> {
-        self.mssa.forward(self.norm1.forward(z), b, n)
+        self.mssa.forward(layer_norm(&self.norm1, z, LN_EPS), b, n)
     }
 
     /// Returns `(Z½, Z')` for token rows `z` `[b·n, d]`.
     pub fn forward(&self, z: Tensor<B, 2>, b: usize, n: usize) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let half = z.clone() + self.mssa(z, b, n);
-        let next = self.ista.forward(self.norm2.forward(half.clone()));
+        let next = self
+            .ista
+            .forward(layer_norm(&self.norm2, half.clone(), LN_EPS));
         (half, next)
     }
 }
 
 #[derive(Module, Debug)]
-pub struct Crate<B: Backend> {
+pub struct Crate<B: CrateBackend> {
     pub patch_norm: LayerNorm<B>,
     pub patch_linear: Linear<B>,
     pub embed_norm: LayerNorm<B>,
@@ -270,7 +272,7 @@ pub struct Crate<B: Backend> {
 }
 
 /// `b c (h p1) (w p2) -> b (h w) (p1 p2 c)`, the official einops patch layout (channel fastest).
-pub fn patchify<B: Backend>(x: Tensor<B, 4>, p: usize) -> Tensor<B, 3> {
+pub fn patchify<B: CrateBackend>(x: Tensor<B, 4>, p: usize) -> Tensor<B, 3> {
     let [b, c, hh, ww] = x.dims();
     let (h, w) = (hh / p, ww / p);
     x.reshape([b, c, h, p, w, p])
@@ -278,7 +280,7 @@ pub fn patchify<B: Backend>(x: Tensor<B, 4>, p: usize) -> Tensor<B, 3> {
         .reshape([b, h * w, p * p * c])
 }
 
-impl<B: Backend> Crate<B> {
+impl<B: CrateBackend> Crate<B> {
     /// Tokens `Z⁰` = [cls; LN(Linear(LN(patches)))] + positions.
     pub fn embed(&self, x: Tensor<B, 4>, acts: &mut Activations<B>) -> Tensor<B, 3> {
         let patches = patchify(x, self.patch_size);
@@ -321,7 +323,7 @@ impl<B: Backend> Crate<B> {
             z = next;
         }
         let pooled = self.pool(z.reshape([b, n, d]));
-        let normed = self.head_norm.forward(pooled);
+        let normed = layer_norm(&self.head_norm, pooled, LN_EPS);
         acts.push("act.final_norm", &normed);
         self.head.forward(normed)
     }
@@ -341,7 +343,7 @@ impl<B: Backend> Crate<B> {
     }
 }
 
-impl<B: Backend> crate::weights::OfficialKeys for Crate<B> {
+impl<B: CrateBackend> crate::weights::OfficialKeys for Crate<B> {
     /// burn path → official `model/crate.py` key (see `../shared/docs/crate-reference.md` §7.1).
     fn official_key(path: &[String]) -> String {
         let p: Vec<&str> = path.iter().map(|s| s.as_str()).collect();

@@ -5,14 +5,13 @@
 
 use anyhow::{Context, Result};
 use burn::module::AutodiffModule;
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::{Recipe, TrainOptimizer};
 use crate::data::Normalization;
-use crate::model::{Crate, CrateConfig};
+use crate::model::{Crate, CrateAutodiff, CrateBackend, CrateConfig};
 use crate::weights::{collect_state_dict, write_atomic, write_safetensors};
 
 /// Where a run stands, saved next to the weights.
@@ -53,7 +52,7 @@ pub fn model_metadata(
 }
 
 /// Save model weights (official keys) with metadata, atomically.
-pub fn save_model<B: Backend>(
+pub fn save_model<B: CrateBackend>(
     path: &Path,
     config: &CrateConfig,
     model: &Crate<B>,
@@ -81,7 +80,7 @@ impl Checkpoint {
             .find(|d| d.join("state.json").exists())
     }
 
-    pub fn save<B: AutodiffBackend>(
+    pub fn save<B: CrateAutodiff>(
         run_dir: &Path,
         config: &CrateConfig,
         model: &Crate<B>,

@@ -10,7 +10,7 @@ use anyhow::{ensure, Result};
 use burn::module::{AutodiffModule, Module};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+
 use burn::tensor::{ElementConversion, Int, Tensor};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::data::{batch_rng, epoch_order, Augment, Batcher, ImageSet, Normalization};
-use crate::model::{Crate, CrateConfig};
+use crate::model::{Crate, CrateAutodiff, CrateBackend, CrateConfig};
 pub use checkpoint::{Checkpoint, TrainState};
 pub use optim::{OptimSettings, OptimizerKind, TrainOptimizer};
 
@@ -56,7 +56,7 @@ pub struct EvalResult {
 }
 
 /// Top-1/top-5 accuracy and mean cross-entropy of `model` on `set` (no augmentation).
-pub fn evaluate<B: Backend>(
+pub fn evaluate<B: CrateBackend>(
     model: &Crate<B>,
     set: &ImageSet,
     norm: &Normalization,
@@ -91,7 +91,10 @@ pub fn evaluate<B: Backend>(
 }
 
 /// Number of rows whose label is the arg-max (top-1) and among the 5 largest logits (top-5).
-pub fn topk_hits<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>) -> (usize, usize) {
+pub fn topk_hits<B: CrateBackend>(
+    logits: Tensor<B, 2>,
+    labels: Tensor<B, 1, Int>,
+) -> (usize, usize) {
     let [b, k] = logits.dims();
     let labels: Vec<i64> = labels.into_data().convert::<i64>().to_vec().unwrap();
     let vals: Vec<f32> = logits.into_data().convert::<f32>().to_vec().unwrap();
@@ -138,7 +141,7 @@ fn append_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
 }
 
 /// Train from `state` (fresh or resumed) until `state.recipe.epochs`; returns the last metrics.
-pub fn fit<B: AutodiffBackend>(
+pub fn fit<B: CrateAutodiff>(
     run: &TrainRun,
     config: &CrateConfig,
     mut model: Crate<B>,
@@ -266,6 +269,6 @@ fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> indicatif:
 }
 
 /// A fresh or resumed model and optimizer state for `fit`.
-pub fn model_num_params<B: Backend>(m: &Crate<B>) -> usize {
+pub fn model_num_params<B: CrateBackend>(m: &Crate<B>) -> usize {
     m.num_params()
 }

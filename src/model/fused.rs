@@ -1,0 +1,315 @@
+//! Fused operators with hand-written backward passes, as a burn backend extension.
+//!
+//! burn's autodiff differentiates LayerNorm and softmax-attention op by op (about ten graph
+//! nodes each, with gradient accumulation on strided views). Here each is one node whose
+//! backward is the closed form. Plain backends (flex, CUDA) use the forward only; the
+//! autodiff wrapper adds the backward. `tests/fused_ops.rs` checks both against the op-by-op
+//! versions.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::Autodiff;
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorPrimitive};
+
+fn wrap<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(p))
+}
+fn unwrap<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+/// `(x̂, 1/σ)` of LayerNorm over the last dim of rows `x` `[r, d]`: `x̂ = (x − μ)/σ`, `σ = √(var + ε)`.
+fn normalize<B: Backend>(x: Tensor<B, 2>, eps: f64) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let (var, mean) = x.clone().var_mean_bias(1);
+    let rstd = var.add_scalar(eps).sqrt().recip();
+    ((x - mean) * rstd.clone(), rstd)
+}
+
+/// `softmax(s·w wᵀ)` and `softmax(s·w wᵀ) w` for `w` `[b, h, n, dh]`.
+fn ssa_forward<B: Backend>(w: Tensor<B, 4>, scale: f64) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let attn = softmax(
+        w.clone()
+            .matmul(w.clone().swap_dims(2, 3))
+            .mul_scalar(scale),
+        3,
+    );
+    (attn.clone(), attn.matmul(w))
+}
+
+pub trait CrateBackend: Backend {
+    /// LayerNorm of rows `x` `[r, d]` with affine `gamma`, `beta` `[d]`.
+    fn crate_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        Self::layer_norm(x, gamma, Some(beta), eps)
+    }
+
+    /// Self-attention with q = k = v = `w` `[b, h, n, dh]`: `softmax(s·w wᵀ) w`.
+    fn crate_ssa(w: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+        unwrap(ssa_forward::<Self>(wrap(w), scale).1)
+    }
+
+    /// Token rows `[b·n, h·dh]` → contiguous heads `[b, h, n, dh]`.
+    fn crate_split_heads(x: FloatTensor<Self>, b: usize, n: usize, h: usize) -> FloatTensor<Self> {
+        let t: Tensor<Self, 2> = wrap(x);
+        let dh = t.dims()[1] / h;
+        unwrap(t.reshape([b, n, h, dh]).swap_dims(1, 2))
+    }
+
+    /// Heads `[b, h, n, dh]` → token rows `[b·n, h·dh]`.
+    fn crate_merge_heads(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let t: Tensor<Self, 4> = wrap(x);
+        let [b, h, n, dh] = t.dims();
+        unwrap(t.swap_dims(1, 2).reshape([b * n, h * dh]))
+    }
+}
+
+/// Swap the `h` and `n` axes of `[b, h, n, dh]` ↔ `[b, n, h, dh]` by copying `dh`-long runs
+/// (flex's generic strided copy walks 4-D permutes element by element).
+fn swap_heads_f32(src: &[f32], b: usize, outer: usize, inner: usize, dh: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    let per = outer * inner * dh;
+    let mut dst = vec![0f32; src.len()];
+    dst.par_chunks_mut(per).enumerate().for_each(|(bi, out)| {
+        let src = &src[bi * per..(bi + 1) * per];
+        for o in 0..outer {
+            for i in 0..inner {
+                let from = (o * inner + i) * dh;
+                let to = (i * outer + o) * dh;
+                out[to..to + dh].copy_from_slice(&src[from..from + dh]);
+            }
+        }
+    });
+    debug_assert_eq!(dst.len(), b * per);
+    dst
+}
+
+impl CrateBackend for burn::backend::Flex {
+    fn crate_split_heads(x: FloatTensor<Self>, b: usize, n: usize, h: usize) -> FloatTensor<Self> {
+        let x = x.to_contiguous();
+        let dh = x.layout().shape()[1] / h;
+        match x.as_slice::<f32>() {
+            Some(src) => {
+                let v = swap_heads_f32(src, b, n, h, dh);
+                burn_flex::FlexTensor::from_data(burn::tensor::TensorData::new(v, [b, h, n, dh]))
+            }
+            None => unwrap(wrap::<Self, 2>(x).reshape([b, n, h, dh]).swap_dims(1, 2)),
+        }
+    }
+
+    fn crate_merge_heads(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let x = x.to_contiguous();
+        let s = x.layout().shape();
+        let (b, h, n, dh) = (s[0], s[1], s[2], s[3]);
+        match x.as_slice::<f32>() {
+            Some(src) => {
+                let v = swap_heads_f32(src, b, h, n, dh);
+                burn_flex::FlexTensor::from_data(burn::tensor::TensorData::new(v, [b * n, h * dh]))
+            }
+            None => unwrap(wrap::<Self, 4>(x).swap_dims(1, 2).reshape([b * n, h * dh])),
+        }
+    }
+}
+
+/// An autodiff backend whose inner backend also has the fused ops: what training needs.
+pub trait CrateAutodiff:
+    burn::tensor::backend::AutodiffBackend<InnerBackend: CrateBackend> + CrateBackend
+{
+}
+impl<B: burn::tensor::backend::AutodiffBackend<InnerBackend: CrateBackend> + CrateBackend>
+    CrateAutodiff for B
+{
+}
+#[cfg(feature = "cuda")]
+impl CrateBackend for burn::backend::Cuda {}
+
+#[derive(Debug)]
+struct LayerNormBackward;
+
+impl<B: Backend> Backward<B, 3> for LayerNormBackward {
+    /// (x̂, 1/σ, γ)
+    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let g: Tensor<B, 2> = wrap(grads.consume::<B>(&ops.node));
+        let (xhat, rstd, gamma) = ops.state;
+        let (xhat, rstd): (Tensor<B, 2>, Tensor<B, 2>) = (wrap(xhat), wrap(rstd));
+        let d = xhat.dims()[1];
+        if let Some(node) = node_beta {
+            grads.register::<B>(node.id, unwrap(g.clone().sum_dim(0).reshape([d])));
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<B>(
+                node.id,
+                unwrap((g.clone() * xhat.clone()).sum_dim(0).reshape([d])),
+            );
+        }
+        if let Some(node) = node_x {
+            // dx = (1/σ)(ĝ − mean(ĝ) − x̂·mean(ĝ x̂)),  ĝ = g γ
+            let gh = g * wrap::<B, 1>(gamma).reshape([1, d]);
+            let mean_g = gh.clone().mean_dim(1);
+            let mean_gx = (gh.clone() * xhat.clone()).mean_dim(1);
+            let dx = (gh - mean_g - xhat * mean_gx) * rstd;
+            grads.register::<B>(node.id, unwrap(dx));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SsaBackward;
+
+impl<B: Backend> Backward<B, 1> for SsaBackward {
+    /// (w, softmax weights A, scale)
+    type State = (FloatTensor<B>, FloatTensor<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_w] = ops.parents;
+        let d_out: Tensor<B, 4> = wrap(grads.consume::<B>(&ops.node));
+        let Some(node) = node_w else { return };
+        let (w, attn, scale) = ops.state;
+        let (w, attn): (Tensor<B, 4>, Tensor<B, 4>) = (wrap(w), wrap(attn));
+        // O = A w with A = softmax(S), S = s·w wᵀ:
+        // dA = dO wᵀ,  dS = A ⊙ (dA − rowsum(dA ⊙ A)),  dw = Aᵀ dO + s (dS + dSᵀ) w
+        let d_attn = d_out.clone().matmul(w.clone().swap_dims(2, 3));
+        let row = (d_attn.clone() * attn.clone()).sum_dim(3);
+        let d_s = attn.clone() * (d_attn - row);
+        let sym = d_s.clone() + d_s.swap_dims(2, 3);
+        let dw = attn.swap_dims(2, 3).matmul(d_out) + sym.matmul(w).mul_scalar(scale);
+        grads.register::<B>(node.id, unwrap(dw));
+    }
+}
+
+#[derive(Debug)]
+struct SplitHeadsBackward;
+
+impl<B: CrateBackend> Backward<B, 1> for SplitHeadsBackward {
+    type State = ();
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = grads.consume::<B>(&ops.node);
+        if let [Some(node)] = ops.parents {
+            grads.register::<B>(node.id, B::crate_merge_heads(g));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct MergeHeadsBackward;
+
+impl<B: CrateBackend> Backward<B, 1> for MergeHeadsBackward {
+    /// (b, n, h)
+    type State = (usize, usize, usize);
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let g = grads.consume::<B>(&ops.node);
+        let (b, n, h) = ops.state;
+        if let [Some(node)] = ops.parents {
+            grads.register::<B>(node.id, B::crate_split_heads(g, b, n, h));
+        }
+    }
+}
+
+impl<B: CrateBackend, C: CheckpointStrategy> CrateBackend for Autodiff<B, C> {
+    fn crate_split_heads(x: FloatTensor<Self>, b: usize, n: usize, h: usize) -> FloatTensor<Self> {
+        match SplitHeadsBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish((), B::crate_split_heads(x.primitive, b, n, h)),
+            OpsKind::UnTracked(prep) => prep.finish(B::crate_split_heads(x.primitive, b, n, h)),
+        }
+    }
+
+    fn crate_merge_heads(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let s = wrap::<B, 4>(x.primitive.clone()).dims();
+        match MergeHeadsBackward
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                prep.finish((s[0], s[2], s[1]), B::crate_merge_heads(x.primitive))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::crate_merge_heads(x.primitive)),
+        }
+    }
+
+    fn crate_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        match LayerNormBackward
+            .prepare::<C>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (xhat, rstd) = normalize::<B>(wrap(x.primitive), eps);
+                let d = xhat.dims()[1];
+                let out = xhat.clone() * wrap::<B, 1>(gamma.primitive.clone()).reshape([1, d])
+                    + wrap::<B, 1>(beta.primitive).reshape([1, d]);
+                prep.finish((unwrap(xhat), unwrap(rstd), gamma.primitive), unwrap(out))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::crate_layer_norm(
+                x.primitive,
+                gamma.primitive,
+                beta.primitive,
+                eps,
+            )),
+        }
+    }
+
+    fn crate_ssa(w: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+        match SsaBackward
+            .prepare::<C>([w.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (attn, out) = ssa_forward::<B>(wrap(w.primitive.clone()), scale);
+                prep.finish((w.primitive, unwrap(attn), scale), unwrap(out))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::crate_ssa(w.primitive, scale)),
+        }
+    }
+}
+
+/// LayerNorm of token rows through the fused op (same parameters as `burn::nn::LayerNorm`).
+pub fn layer_norm<B: CrateBackend>(
+    ln: &burn::nn::LayerNorm<B>,
+    x: Tensor<B, 2>,
+    eps: f64,
+) -> Tensor<B, 2> {
+    let beta = ln.beta.as_ref().expect("CRATE LayerNorms are affine").val();
+    wrap(B::crate_layer_norm(
+        unwrap(x),
+        unwrap(ln.gamma.val()),
+        unwrap(beta),
+        eps,
+    ))
+}
+
+/// `softmax(s·w wᵀ) w` through the fused op.
+pub fn ssa<B: CrateBackend>(w: Tensor<B, 4>, scale: f64) -> Tensor<B, 4> {
+    wrap(B::crate_ssa(unwrap(w), scale))
+}
+
+/// Token rows `[b·n, h·dh]` → contiguous heads `[b, h, n, dh]`.
+pub fn split_heads<B: CrateBackend>(x: Tensor<B, 2>, b: usize, n: usize, h: usize) -> Tensor<B, 4> {
+    wrap(B::crate_split_heads(unwrap(x), b, n, h))
+}
+
+/// Heads `[b, h, n, dh]` → token rows `[b·n, h·dh]`.
+pub fn merge_heads<B: CrateBackend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
+    wrap(B::crate_merge_heads(unwrap(x)))
+}
