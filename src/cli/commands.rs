@@ -148,6 +148,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         (config, state, model, optim)
     } else {
         let config = CrateConfig::resolve(&a.config)?;
+        <TrainBackend as burn::tensor::backend::Backend>::seed(&device, a.seed);
         let mut model = canonical_ids(config.init::<TrainBackend>(&device));
         if let Some(p) = &a.init_from {
             let (m, report) = apply_state_dict(model, &read_state_dict(p)?, false)?;

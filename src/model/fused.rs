@@ -178,12 +178,12 @@ impl<B: Backend> Backward<B, 1> for SsaBackward {
         let (w, attn, scale) = ops.state;
         let (w, attn): (Tensor<B, 4>, Tensor<B, 4>) = (wrap(w), wrap(attn));
         // O = A w with A = softmax(S), S = s·w wᵀ:
-        // dA = dO wᵀ,  dS = A ⊙ (dA − rowsum(dA ⊙ A)),  dw = Aᵀ dO + s (dS + dSᵀ) w
+        // dA = dO wᵀ,  dS = A ⊙ (dA − rowsum(dA ⊙ A)),  dw = Aᵀ dO + s (dS w + dSᵀ w)
+        // (dSᵀ w is a GEMM on a transposed view; adding dS + dSᵀ first would need a strided copy)
         let d_attn = d_out.clone().matmul(w.clone().swap_dims(2, 3));
         let row = (d_attn.clone() * attn.clone()).sum_dim(3);
-        let d_s = attn.clone() * (d_attn - row);
-        let sym = d_s.clone() + d_s.swap_dims(2, 3);
-        let dw = attn.swap_dims(2, 3).matmul(d_out) + sym.matmul(w).mul_scalar(scale);
+        let d_s = (attn.clone() * (d_attn - row)).mul_scalar(scale);
+        let dw = attn.swap_dims(2, 3).matmul(d_out) + d_s.clone().matmul(w.clone()) + d_s.swap_dims(2, 3).matmul(w);
         grads.register::<B>(node.id, unwrap(dw));
     }
 }

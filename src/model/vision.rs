@@ -98,10 +98,10 @@ impl CrateConfig {
     pub fn fmnist() -> Self {
         Self {
             image_size: 28,
-            patch_size: 4,
+            patch_size: 7,
             num_classes: 10,
             channels: 1,
-            ..Self::factory(96, 6, 4)
+            ..Self::factory(128, 6, 4)
         }
     }
 
