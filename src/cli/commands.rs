@@ -233,6 +233,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         train: &train_set,
         test: &test_set,
         show_progress: !a.json,
+        stop_after: a.stop_after,
     };
     let last = train::fit(&run, &config, model, optim, state.clone(), &device)?;
     let dir = Checkpoint::dir(&a.run_dir);

@@ -114,6 +114,9 @@ pub struct TrainArgs {
     pub no_hflip: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Stop this invocation after N epochs (the schedule still spans --epochs; continue with --resume).
+    #[arg(long)]
+    pub stop_after: Option<usize>,
     /// Use only the first N training images (quick runs).
     #[arg(long)]
     pub train_limit: Option<usize>,

@@ -183,7 +183,9 @@ impl<B: Backend> Backward<B, 1> for SsaBackward {
         let d_attn = d_out.clone().matmul(w.clone().swap_dims(2, 3));
         let row = (d_attn.clone() * attn.clone()).sum_dim(3);
         let d_s = (attn.clone() * (d_attn - row)).mul_scalar(scale);
-        let dw = attn.swap_dims(2, 3).matmul(d_out) + d_s.clone().matmul(w.clone()) + d_s.swap_dims(2, 3).matmul(w);
+        let dw = attn.swap_dims(2, 3).matmul(d_out)
+            + d_s.clone().matmul(w.clone())
+            + d_s.swap_dims(2, 3).matmul(w);
         grads.register::<B>(node.id, unwrap(dw));
     }
 }

@@ -160,7 +160,7 @@ impl CrateConfig {
             ensure!(v > 0, "{name} must be positive");
         }
         ensure!(
-            self.image_size % self.patch_size == 0,
+            self.image_size.is_multiple_of(self.patch_size),
             "image_size {} is not divisible by patch_size {}",
             self.image_size,
             self.patch_size

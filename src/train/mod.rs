@@ -129,6 +129,8 @@ pub struct TrainRun<'a> {
     pub train: &'a ImageSet,
     pub test: &'a ImageSet,
     pub show_progress: bool,
+    /// Return after this many epochs of this invocation.
+    pub stop_after: Option<usize>,
 }
 
 fn append_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
@@ -164,7 +166,10 @@ pub fn fit<B: CrateAutodiff>(
         .init::<B>(device);
     let metrics_path = run.run_dir.join("metrics.jsonl");
     let mut last = None;
-    while state.epoch < recipe.epochs {
+    let stop_at = run
+        .stop_after
+        .map_or(recipe.epochs, |k| (state.epoch + k).min(recipe.epochs));
+    while state.epoch < stop_at {
         let epoch = state.epoch;
         let order = epoch_order(n, recipe.seed, epoch);
         let bar = progress_bar(run.show_progress, spe as u64, epoch, recipe.epochs);

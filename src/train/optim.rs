@@ -69,7 +69,7 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> Inner<M, B> {
             Inner::Lion(o) => Recorder::<B>::record(&rec, o.to_record(), ())?,
         })
     }
-    fn from_bytes(self, bytes: Vec<u8>, device: &B::Device) -> Result<Self> {
+    fn load_bytes(self, bytes: Vec<u8>, device: &B::Device) -> Result<Self> {
         let rec = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
         Ok(match self {
             Inner::AdamW(o) => {
@@ -232,14 +232,14 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> TrainOptimizer<M, B> {
             .with_context(|| format!("cannot read optimizer state {}", p.display()))?;
         self.decay = self
             .decay
-            .from_bytes(bytes, device)
+            .load_bytes(bytes, device)
             .with_context(|| format!("{}: corrupt optimizer state", p.display()))?;
         if let Some(o) = self.no_decay.take() {
             let p = dir.join("optimizer_no_decay.mpk");
             let bytes = std::fs::read(&p)
                 .with_context(|| format!("cannot read optimizer state {}", p.display()))?;
             self.no_decay = Some(
-                o.from_bytes(bytes, device)
+                o.load_bytes(bytes, device)
                     .with_context(|| format!("{}: corrupt optimizer state", p.display()))?,
             );
         }

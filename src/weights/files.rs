@@ -156,15 +156,11 @@ fn normalise_keys(raw: HashMap<String, TensorData>) -> StateDict {
             None => k,
         };
         let mut k = k.as_str();
-        loop {
-            if let Some(rest) = k
-                .strip_prefix("module.")
-                .or_else(|| k.strip_prefix("_orig_mod."))
-            {
-                k = rest;
-            } else {
-                break;
-            }
+        while let Some(rest) = k
+            .strip_prefix("module.")
+            .or_else(|| k.strip_prefix("_orig_mod."))
+        {
+            k = rest;
         }
         sd.insert(k.to_string(), v);
     }

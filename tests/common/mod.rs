@@ -2,8 +2,10 @@
 #![allow(dead_code)]
 
 use burn::tensor::TensorData;
+use flate2::write::GzEncoder;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
 pub fn golden_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -59,4 +61,36 @@ pub fn assert_close(name: &str, got: &TensorData, want: &TensorData, tol: f32) {
         &want.to_vec::<f32>().unwrap(),
     );
     assert!(d <= tol, "{name}: max |Δ| = {d:e} > {tol:e}");
+}
+
+pub fn idx_bytes(dims: &[u32], payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![0, 0, 0x08, dims.len() as u8];
+    for d in dims {
+        v.extend_from_slice(&d.to_be_bytes());
+    }
+    v.extend_from_slice(payload);
+    v
+}
+
+pub fn gz(bytes: &[u8]) -> Vec<u8> {
+    let mut e = GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+/// An MNIST-style folder: `n` images of 28×28 whose pixels encode their index, labels i % 10.
+pub fn write_idx(dir: &Path, prefix: &str, n: usize, gzip: bool) {
+    let pixels: Vec<u8> = (0..n * 784)
+        .map(|i| ((i / 784) * 7 + i % 251) as u8)
+        .collect();
+    let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+    let img = idx_bytes(&[n as u32, 28, 28], &pixels);
+    let lab = idx_bytes(&[n as u32], &labels);
+    let (ext, img, lab) = if gzip {
+        (".gz", gz(&img), gz(&lab))
+    } else {
+        ("", img, lab)
+    };
+    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte{ext}")), img).unwrap();
+    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte{ext}")), lab).unwrap();
 }
