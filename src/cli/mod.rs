@@ -74,7 +74,7 @@ pub struct TrainArgs {
     /// Start from these weights (safetensors or .pth); keys that don't fit (e.g. a new head) are reported and skipped.
     #[arg(long)]
     pub init_from: Option<PathBuf>,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 16)]
     pub epochs: usize,
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,

@@ -94,14 +94,15 @@ impl CrateConfig {
         }
     }
 
-    /// The default model for 28×28 grayscale data (Fashion-MNIST, MNIST).
+    /// The default model for 28×28 grayscale data (Fashion-MNIST, MNIST): patch 7 (16 tokens + cls),
+    /// d = 96, 6 layers, 4 heads of 24 — chosen to reach ≥ 88 % on Fashion-MNIST in ~12 minutes on 2 cores.
     pub fn fmnist() -> Self {
         Self {
             image_size: 28,
             patch_size: 7,
             num_classes: 10,
             channels: 1,
-            ..Self::factory(128, 6, 4)
+            ..Self::factory(96, 6, 4)
         }
     }
 
