@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod data;
+pub mod measure;
 pub mod model;
 pub mod train;
 pub mod weights;

@@ -8,7 +8,9 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::{Int, Tensor, TensorData};
 use common::{assert_close, max_abs, max_abs_diff, Golden};
 use whitebox::model::{Activations, CrateConfig};
-use whitebox::weights::{apply_state_dict, collect_gradients, collect_state_dict};
+use whitebox::weights::{
+    apply_state_dict, collect_gradients, collect_state_dict, gradients_from_state_dict,
+};
 use whitebox::CpuAutodiff as B;
 
 fn config(g: &Golden) -> CrateConfig {
@@ -77,6 +79,32 @@ fn check_case(file: &str) {
     for (k, w) in &g.with_prefix("adamw1.") {
         assert_close(&format!("adamw1.{k}"), &after[k], w, 1e-5);
     }
+}
+
+/// torch AdamW (lr 1e-3, β 0.9/0.999, eps 1e-8, wd 0.05) fed the saved PyTorch gradients.
+fn check_adamw_from_saved_grads(file: &str) {
+    let g = Golden::load(file);
+    let cfg = config(&g);
+    let device = Default::default();
+    let (model, _) =
+        apply_state_dict(cfg.init::<B>(&device), &g.with_prefix("param."), true).unwrap();
+    let grads = gradients_from_state_dict(&model, &g.with_prefix("grad."));
+    let mut opt = AdamWConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.999)
+        .with_epsilon(1e-8)
+        .with_weight_decay(0.05)
+        .init();
+    let after = collect_state_dict(&opt.step(1e-3, model, grads).valid());
+    for (k, w) in &g.with_prefix("adamw1.") {
+        assert_close(&format!("adamw1.{k}"), &after[k], w, 1e-6);
+    }
+}
+
+#[test]
+fn adamw_step_from_saved_grads_matches_torch() {
+    check_adamw_from_saved_grads("crate_A.safetensors");
+    check_adamw_from_saved_grads("crate_B.safetensors");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use super::{EvalArgs, ForwardArgs, InfoArgs, PredictArgs, TrainArgs, WeightArgs};
+use super::{EvalArgs, ForwardArgs, InfoArgs, MeasureArgs, PredictArgs, TrainArgs, WeightArgs};
 use crate::data::{self, Augment, Normalization, Split};
 use crate::model::{Activations, Crate, CrateAutodiff, CrateBackend, CrateConfig};
 use crate::train::{self, Checkpoint, OptimSettings, Recipe, TrainOptimizer, TrainRun, TrainState};
@@ -412,4 +412,77 @@ pub fn forward(a: ForwardArgs) -> Result<()> {
 #[allow(dead_code)]
 fn _assert_modules<B: CrateAutodiff>(m: Crate<B>) -> usize {
     m.valid().num_params()
+}
+
+pub fn measure(a: MeasureArgs) -> Result<()> {
+    let device = Default::default();
+    let l = load_weights::<InferBackend>(&a.weights, &device)?;
+    let cfg = &l.config;
+    let x = match (&a.input, &a.data) {
+        (Some(p), _) => {
+            let (t, _) = read_safetensors_all(p)?;
+            let input = t
+                .get("input")
+                .with_context(|| format!("{}: no tensor named `input`", p.display()))?;
+            let want = [cfg.channels, cfg.image_size, cfg.image_size];
+            ensure!(
+                input.shape.len() == 4 && input.shape[1..] == want,
+                "{}: `input` has shape {:?}, expected [N, {}, {}, {}]",
+                p.display(),
+                input.shape.to_vec(),
+                want[0],
+                want[1],
+                want[2]
+            );
+            Tensor::<InferBackend, 4>::from_data(input.clone().convert::<f32>(), &device)
+        }
+        (None, Some(dir)) => {
+            let mut set = data::load(dir, a.format, Split::Test)?;
+            set.truncate(a.limit.max(1));
+            check_shape(cfg, &set, dir)?;
+            let norm = meta_json::<Normalization>(&l.meta, "normalization")
+                .unwrap_or_else(|| Normalization::from_set(&set));
+            let batcher = data::Batcher {
+                norm,
+                augment: Augment::none(),
+            };
+            let idx: Vec<usize> = (0..set.len()).collect();
+            batcher
+                .batch::<InferBackend>(&set, &idx, &mut data::batch_rng(0, 0, 0), &device)
+                .0
+        }
+        (None, None) => bail!("give --input X.safetensors or --data DIR"),
+    };
+    let s = crate::measure::MeasureSettings {
+        eps_sq: a.eps_sq,
+        official_eps: a.official_eps,
+    };
+    let m = crate::measure::measure_batch(&l.model, x, s)?;
+    println!(
+        "{:<8} {:>14} {:>12} {:>12} {:>12} {:>12} {:>10}",
+        "layer", "official R^c", "R(Z½)", "R^c(Z½)", "R(Z')", "R^c(Z')", "zeros"
+    );
+    println!(
+        "{:<8} {:>14} {:>12} {:>12} {:>12.3} {:>12.3} {:>10}",
+        "embed", "", "", "", m["paper.embed.R.batch_mean"], m["paper.embed.Rc.batch_mean"], ""
+    );
+    for i in 0..cfg.depth {
+        let g = |k: &str| m[k];
+        println!(
+            "{:<8} {:>8.3}±{:<5.3} {:>12.3} {:>12.3} {:>12.3} {:>12.3} {:>9.1}%",
+            i,
+            g(&format!("official.layer{i}.Rc_qkv_normalized.batch_mean")),
+            g(&format!("official.layer{i}.Rc_qkv_normalized.batch_std")),
+            g(&format!("paper.layer{i}.attn.R.batch_mean")),
+            g(&format!("paper.layer{i}.attn.Rc.batch_mean")),
+            g(&format!("paper.layer{i}.ista.R.batch_mean")),
+            g(&format!("paper.layer{i}.ista.Rc.batch_mean")),
+            100.0 * g(&format!("paper.layer{i}.ista.fraction_zero.batch_mean")),
+        );
+    }
+    if let Some(path) = &a.json {
+        write_atomic(path, serde_json::to_string_pretty(&m)?.as_bytes())?;
+        println!("wrote {} measures to {}", m.len(), path.display());
+    }
+    Ok(())
 }

@@ -30,6 +30,34 @@ pub enum Command {
     Info(InfoArgs),
     /// Time a training step and an inference forward on random data.
     Bench(BenchArgs),
+    /// White-box measures per layer: coding rate R, compression R^c, sparsity.
+    Measure(MeasureArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MeasureArgs {
+    #[command(flatten)]
+    pub weights: WeightArgs,
+    /// safetensors file with an `input` tensor (NCHW f32, already normalised).
+    #[arg(long, conflicts_with = "data")]
+    pub input: Option<PathBuf>,
+    /// Data folder: the first --limit test images are measured (normalised as at training).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Format::Auto)]
+    pub format: Format,
+    /// Number of images measured from --data.
+    #[arg(long, default_value_t = 256)]
+    pub limit: usize,
+    /// ε² of the paper's R and R^c.
+    #[arg(long, default_value_t = 0.01)]
+    pub eps_sq: f64,
+    /// eps of the official CodingRate (enters un-squared, as in vis_utils/coding_rate.py).
+    #[arg(long, default_value_t = 0.01)]
+    pub official_eps: f64,
+    /// Write the flat map of measures (golden key names) here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -199,6 +227,7 @@ pub fn run() -> anyhow::Result<()> {
         Some(Command::Forward(a)) => commands::forward(a),
         Some(Command::Info(a)) => commands::info(a),
         Some(Command::Bench(a)) => bench::bench(a),
+        Some(Command::Measure(a)) => commands::measure(a),
     }
 }
 

@@ -192,29 +192,41 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> TrainOptimizer<M, B> {
         total.sqrt()
     }
 
-    /// Clip, split into decay groups and apply one update at learning rate `lr`.
-    pub fn step(&mut self, lr: f64, model: M, mut grads: GradientsParams) -> M {
-        let mut scale = None;
-        if let Some(max) = self.settings.clip_grad_norm {
-            let norm = self.grad_norm(&grads);
-            if norm > max {
-                scale = Some(max / (norm + 1e-6));
-            }
+    /// `torch.nn.utils.clip_grad_norm_`: scale every gradient by `max / (‖g‖ + 1e-6)` when the
+    /// global norm `‖g‖` exceeds `max` (no-op without a clip setting).
+    pub fn clip(&self, mut grads: GradientsParams) -> GradientsParams {
+        let Some(max) = self.settings.clip_grad_norm else {
+            return grads;
+        };
+        let norm = self.grad_norm(&grads);
+        if norm <= max {
+            return grads;
         }
-        let mut main = GradientsParams::new();
+        let scale = Some(max / (norm + 1e-6));
+        let mut out = GradientsParams::new();
+        for &(id, rank, _) in &self.params {
+            move_grad::<B>(&mut grads, &mut out, id, rank, scale);
+        }
+        out
+    }
+
+    /// Clip, split into decay groups and apply one update at learning rate `lr`.
+    pub fn step(&mut self, lr: f64, model: M, grads: GradientsParams) -> M {
+        let mut grads = self.clip(grads);
+        let Some(no_decay) = self.no_decay.as_mut() else {
+            return self.decay.step(lr, model, grads);
+        };
         let mut rest = GradientsParams::new();
         for &(id, rank, excluded) in &self.params {
-            let to = if excluded && self.no_decay.is_some() {
-                &mut rest
-            } else {
-                &mut main
-            };
-            move_grad::<B>(&mut grads, to, id, rank, scale);
+            if excluded {
+                move_grad::<B>(&mut grads, &mut rest, id, rank, None);
+            }
         }
-        let model = self.decay.step(lr, model, main);
-        match self.no_decay.as_mut() {
-            Some(o) if !rest.is_empty() => o.step(lr, model, rest),
-            _ => model,
+        let model = self.decay.step(lr, model, grads);
+        if rest.is_empty() {
+            model
+        } else {
+            no_decay.step(lr, model, rest)
         }
     }
 

@@ -8,8 +8,8 @@ pub use files::{
     read_safetensors_all, read_state_dict, safetensors_bytes, write_atomic, write_safetensors,
 };
 pub use names::{
-    apply_state_dict, canonical_ids, collect_gradients, collect_state_dict, LoadReport,
-    OfficialKeys,
+    apply_state_dict, canonical_ids, collect_gradients, collect_state_dict,
+    gradients_from_state_dict, LoadReport, OfficialKeys,
 };
 
 use burn::tensor::TensorData;

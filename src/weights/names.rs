@@ -136,6 +136,48 @@ pub fn collect_gradients<B: AutodiffBackend, M: Module<B> + OfficialKeys>(
     c.out
 }
 
+struct GradBuilder<'a, M> {
+    stack: PathStack,
+    sd: &'a StateDict,
+    out: burn::optim::GradientsParams,
+    _m: std::marker::PhantomData<M>,
+}
+
+impl<B: AutodiffBackend, M: OfficialKeys> ModuleVisitor<B> for GradBuilder<'_, M> {
+    fn enter_module(&mut self, name: &str, kind: &str) {
+        self.stack.enter(name, kind);
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.stack.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(data) = self.sd.get(&M::official_key(&self.stack.names)) {
+            let data = if self.stack.is_linear_weight() {
+                transpose2(data)
+            } else {
+                data.clone()
+            };
+            let g = Tensor::<B::InnerBackend, D>::from_data(data, &param.val().device());
+            self.out.register::<B::InnerBackend, D>(param.id, g);
+        }
+    }
+}
+
+/// Gradients given under official keys (e.g. PyTorch's `p.grad`), ready for an optimizer step.
+pub fn gradients_from_state_dict<B: AutodiffBackend, M: Module<B> + OfficialKeys>(
+    model: &M,
+    sd: &StateDict,
+) -> burn::optim::GradientsParams {
+    let mut g = GradBuilder::<M> {
+        stack: PathStack::default(),
+        sd,
+        out: burn::optim::GradientsParams::new(),
+        _m: Default::default(),
+    };
+    model.visit(&mut g);
+    g.out
+}
+
 /// Keys that did not line up when loading a state dict.
 #[derive(Debug, Default, Clone)]
 pub struct LoadReport {
