@@ -175,7 +175,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             },
             augment: Augment {
                 crop_padding: a.crop_padding,
-                hflip: !a.no_hflip,
+                hflip: a.hflip,
             },
         };
         ensure!(
