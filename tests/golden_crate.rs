@@ -17,13 +17,22 @@ fn config(g: &Golden) -> CrateConfig {
     serde_json::from_str(&g.meta["ctor"]).expect("ctor metadata parses as a CrateConfig")
 }
 
+/// The model of a golden case with its initial official weights (strict load).
+fn golden_model(g: &Golden) -> whitebox::model::Crate<B> {
+    let (model, report) = apply_state_dict(
+        config(g).init::<B>(&Default::default()),
+        &g.with_prefix("param."),
+        true,
+    )
+    .unwrap();
+    assert!(report.is_clean());
+    model
+}
+
 fn check_case(file: &str) {
     let g = Golden::load(file);
-    let cfg = config(&g);
     let device = Default::default();
-    let (model, report) =
-        apply_state_dict(cfg.init::<B>(&device), &g.with_prefix("param."), true).unwrap();
-    assert!(report.is_clean());
+    let model = golden_model(&g);
 
     // Forward with every activation.
     let input = Tensor::<B, 4>::from_data(g.get("input").clone(), &device);
@@ -84,10 +93,7 @@ fn check_case(file: &str) {
 /// torch AdamW (lr 1e-3, β 0.9/0.999, eps 1e-8, wd 0.05) fed the saved PyTorch gradients.
 fn check_adamw_from_saved_grads(file: &str) {
     let g = Golden::load(file);
-    let cfg = config(&g);
-    let device = Default::default();
-    let (model, _) =
-        apply_state_dict(cfg.init::<B>(&device), &g.with_prefix("param."), true).unwrap();
+    let model = golden_model(&g);
     let grads = gradients_from_state_dict(&model, &g.with_prefix("grad."));
     let mut opt = AdamWConfig::new()
         .with_beta_1(0.9)

@@ -374,25 +374,33 @@ pub fn predict(a: PredictArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn forward(a: ForwardArgs) -> Result<()> {
-    let device = Default::default();
-    let l = load_weights::<InferBackend>(&a.weights, &device)?;
-    let (inputs, _) = read_safetensors_all(&a.input)?;
-    let input = inputs
+/// The `input` tensor (NCHW f32) of a safetensors file, checked against the model's input shape.
+fn read_input<B: CrateBackend>(
+    path: &Path,
+    cfg: &CrateConfig,
+    device: &B::Device,
+) -> Result<Tensor<B, 4>> {
+    let (tensors, _) = read_safetensors_all(path)?;
+    let input = tensors
         .get("input")
-        .with_context(|| format!("{}: no tensor named `input`", a.input.display()))?;
-    let cfg = &l.config;
+        .with_context(|| format!("{}: no tensor named `input`", path.display()))?;
     let want = [cfg.channels, cfg.image_size, cfg.image_size];
     ensure!(
         input.shape.len() == 4 && input.shape[1..] == want,
         "{}: `input` has shape {:?}, expected [N, {}, {}, {}]",
-        a.input.display(),
+        path.display(),
         input.shape.to_vec(),
         want[0],
         want[1],
         want[2]
     );
-    let x = Tensor::<InferBackend, 4>::from_data(input.clone().convert::<f32>(), &device);
+    Ok(Tensor::from_data(input.clone().convert::<f32>(), device))
+}
+
+pub fn forward(a: ForwardArgs) -> Result<()> {
+    let device = Default::default();
+    let l = load_weights::<InferBackend>(&a.weights, &device)?;
+    let x = read_input::<InferBackend>(&a.input, &l.config, &device)?;
     let mut acts = if a.activations {
         Activations::on()
     } else {
@@ -419,23 +427,7 @@ pub fn measure(a: MeasureArgs) -> Result<()> {
     let l = load_weights::<InferBackend>(&a.weights, &device)?;
     let cfg = &l.config;
     let x = match (&a.input, &a.data) {
-        (Some(p), _) => {
-            let (t, _) = read_safetensors_all(p)?;
-            let input = t
-                .get("input")
-                .with_context(|| format!("{}: no tensor named `input`", p.display()))?;
-            let want = [cfg.channels, cfg.image_size, cfg.image_size];
-            ensure!(
-                input.shape.len() == 4 && input.shape[1..] == want,
-                "{}: `input` has shape {:?}, expected [N, {}, {}, {}]",
-                p.display(),
-                input.shape.to_vec(),
-                want[0],
-                want[1],
-                want[2]
-            );
-            Tensor::<InferBackend, 4>::from_data(input.clone().convert::<f32>(), &device)
-        }
+        (Some(p), _) => read_input::<InferBackend>(p, cfg, &device)?,
         (None, Some(dir)) => {
             let mut set = data::load(dir, a.format, Split::Test)?;
             set.truncate(a.limit.max(1));
