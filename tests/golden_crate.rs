@@ -17,6 +17,16 @@ fn config(g: &Golden) -> CrateConfig {
     serde_json::from_str(&g.meta["ctor"]).expect("ctor metadata parses as a CrateConfig")
 }
 
+/// `torch.optim.AdamW` as the golden files used it (β 0.9/0.999, eps 1e-8, wd 0.05; lr at step).
+fn torch_adamw() -> impl Optimizer<whitebox::model::Crate<B>, B> {
+    AdamWConfig::new()
+        .with_beta_1(0.9)
+        .with_beta_2(0.999)
+        .with_epsilon(1e-8)
+        .with_weight_decay(0.05)
+        .init()
+}
+
 /// The model of a golden case with its initial official weights (strict load).
 fn golden_model(g: &Golden) -> whitebox::model::Crate<B> {
     let (model, report) = apply_state_dict(
@@ -77,12 +87,7 @@ fn check_case(file: &str) {
 
     // One AdamW step (torch defaults, lr 1e-3, wd 0.05) from our own gradients.
     let gp = GradientsParams::from_grads(grads, &model);
-    let mut opt = AdamWConfig::new()
-        .with_beta_1(0.9)
-        .with_beta_2(0.999)
-        .with_epsilon(1e-8)
-        .with_weight_decay(0.05)
-        .init();
+    let mut opt = torch_adamw();
     let stepped = opt.step(1e-3, model, gp);
     let after = collect_state_dict(&stepped.valid());
     for (k, w) in &g.with_prefix("adamw1.") {
@@ -95,12 +100,7 @@ fn check_adamw_from_saved_grads(file: &str) {
     let g = Golden::load(file);
     let model = golden_model(&g);
     let grads = gradients_from_state_dict(&model, &g.with_prefix("grad."));
-    let mut opt = AdamWConfig::new()
-        .with_beta_1(0.9)
-        .with_beta_2(0.999)
-        .with_epsilon(1e-8)
-        .with_weight_decay(0.05)
-        .init();
+    let mut opt = torch_adamw();
     let after = collect_state_dict(&opt.step(1e-3, model, grads).valid());
     for (k, w) in &g.with_prefix("adamw1.") {
         assert_close(&format!("adamw1.{k}"), &after[k], w, 1e-6);

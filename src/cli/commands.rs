@@ -1,7 +1,6 @@
 //! What each subcommand does; argument parsing lives in `cli/mod.rs`.
 
 use anyhow::{bail, ensure, Context, Result};
-use burn::module::{AutodiffModule, Module};
 
 use burn::tensor::{Tensor, TensorData};
 use serde_json::json;
@@ -11,7 +10,7 @@ use std::time::Instant;
 
 use super::{EvalArgs, ForwardArgs, InfoArgs, MeasureArgs, PredictArgs, TrainArgs, WeightArgs};
 use crate::data::{self, Augment, Normalization, Split};
-use crate::model::{Activations, Crate, CrateAutodiff, CrateBackend, CrateConfig};
+use crate::model::{Activations, Crate, CrateBackend, CrateConfig};
 use crate::train::{self, Checkpoint, OptimSettings, Recipe, TrainOptimizer, TrainRun, TrainState};
 use crate::weights::{
     apply_state_dict, canonical_ids, read_safetensors_all, read_state_dict, safetensors_bytes,
@@ -415,11 +414,6 @@ pub fn forward(a: ForwardArgs) -> Result<()> {
     write_atomic(&a.output, &safetensors_bytes(out.iter(), None)?)?;
     println!("wrote {} tensors to {}", out.len(), a.output.display());
     Ok(())
-}
-
-#[allow(dead_code)]
-fn _assert_modules<B: CrateAutodiff>(m: Crate<B>) -> usize {
-    m.valid().num_params()
 }
 
 pub fn measure(a: MeasureArgs) -> Result<()> {

@@ -9,7 +9,7 @@ mod idx;
 pub use augment::{batch_rng, epoch_order, Augment, Batcher, Normalization};
 
 use anyhow::{bail, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Where the default data set lives (Debian package `dataset-fashion-mnist`).
 pub const DEFAULT_DATA: &str = "/usr/share/datasets/fashion-mnist";
@@ -125,8 +125,4 @@ pub fn load(dir: &Path, format: Format, split: Split) -> Result<ImageSet> {
         bail!("{}: the {:?} split is empty", dir.display(), split);
     }
     Ok(set)
-}
-
-pub fn default_dir() -> PathBuf {
-    PathBuf::from(DEFAULT_DATA)
 }

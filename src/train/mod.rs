@@ -7,7 +7,7 @@ pub mod optim;
 pub mod schedule;
 
 use anyhow::{ensure, Result};
-use burn::module::{AutodiffModule, Module};
+use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 
@@ -271,9 +271,4 @@ fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> indicatif:
     );
     bar.set_prefix(format!("epoch {}/{}", epoch + 1, epochs));
     bar
-}
-
-/// A fresh or resumed model and optimizer state for `fit`.
-pub fn model_num_params<B: CrateBackend>(m: &Crate<B>) -> usize {
-    m.num_params()
 }
