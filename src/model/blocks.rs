@@ -4,7 +4,7 @@
 use super::fused::{self, CrateBackend};
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
-use burn::tensor::activation::{relu, softmax};
+use burn::tensor::activation::relu;
 use burn::tensor::Tensor;
 
 /// Multi-head subspace self-attention with one shared projection `U = [U_1 … U_K]` for q, k and v.
@@ -43,16 +43,17 @@ impl<B: CrateBackend> Mssa<B> {
     /// Per-head subspace projections `w = U_kᵀ z` of token rows `x` `[b·n, d]`, as `[b, h, n, dh]`
     /// (one copy of `dh`-long runs).
     pub fn project(&self, x: Tensor<B, 2>, b: usize, n: usize) -> Tensor<B, 4> {
-        self.qkv
-            .forward(x)
-            .reshape([b, n, self.heads, self.dim_head])
-            .swap_dims(1, 2)
+        fused::split_heads(self.qkv.forward(x), b, n, self.heads)
+    }
+
+    /// The attention scale `1/√dh`.
+    fn scale(&self) -> f64 {
+        (self.dim_head as f64).powf(-0.5)
     }
 
     /// Attention weights `softmax(w wᵀ / √dh)` of every head, `[b, h, n, n]`.
     pub fn attention(&self, w: Tensor<B, 4>) -> Tensor<B, 4> {
-        let scale = (self.dim_head as f64).powf(-0.5);
-        softmax(w.clone().matmul(w.swap_dims(2, 3)).mul_scalar(scale), 3)
+        fused::attention_weights(w, self.scale())
     }
 
     /// `MSSA(Z) = W_out [SSA_1(Z); …; SSA_K(Z)] + b`, `SSA_k = U_kᵀZ · softmax((U_kᵀZ)ᵀ(U_kᵀZ)/√dh)`,
@@ -63,7 +64,7 @@ impl<B: CrateBackend> Mssa<B> {
             // attention dropout needs the weights themselves: the op-by-op path
             self.dropout.forward(self.attention(w.clone())).matmul(w)
         } else {
-            fused::ssa(w, (self.dim_head as f64).powf(-0.5))
+            fused::ssa(w, self.scale())
         };
         let out = fused::merge_heads(heads_out);
         self.dropout.forward(self.to_out.forward(out))

@@ -30,14 +30,14 @@ fn normalize<B: Backend>(x: Tensor<B, 2>, eps: f64) -> (Tensor<B, 2>, Tensor<B, 
     ((x - mean) * rstd.clone(), rstd)
 }
 
+/// Attention weights `softmax(s·w wᵀ)` of every head, for `w` `[b, h, n, dh]`.
+pub fn attention_weights<B: Backend>(w: Tensor<B, 4>, scale: f64) -> Tensor<B, 4> {
+    softmax(w.clone().matmul(w.swap_dims(2, 3)).mul_scalar(scale), 3)
+}
+
 /// `softmax(s·w wᵀ)` and `softmax(s·w wᵀ) w` for `w` `[b, h, n, dh]`.
 fn ssa_forward<B: Backend>(w: Tensor<B, 4>, scale: f64) -> (Tensor<B, 4>, Tensor<B, 4>) {
-    let attn = softmax(
-        w.clone()
-            .matmul(w.clone().swap_dims(2, 3))
-            .mul_scalar(scale),
-        3,
-    );
+    let attn = attention_weights(w.clone(), scale);
     (attn.clone(), attn.matmul(w))
 }
 
