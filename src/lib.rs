@@ -6,6 +6,7 @@ pub mod data;
 pub mod measure;
 pub mod model;
 pub mod train;
+pub mod viz;
 pub mod weights;
 
 /// The CPU backend used by the tests.

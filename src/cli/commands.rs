@@ -92,14 +92,18 @@ pub fn load_weights<B: CrateBackend>(w: &WeightArgs, device: &B::Device) -> Resu
     })
 }
 
-fn meta_json<T: serde::de::DeserializeOwned>(
+pub(super) fn meta_json<T: serde::de::DeserializeOwned>(
     meta: &HashMap<String, String>,
     key: &str,
 ) -> Option<T> {
     meta.get(key).and_then(|s| serde_json::from_str(s).ok())
 }
 
-fn load_split(d: &super::DataArgs, split: Split, limit: Option<usize>) -> Result<data::ImageSet> {
+pub(super) fn load_split(
+    d: &super::DataArgs,
+    split: Split,
+    limit: Option<usize>,
+) -> Result<data::ImageSet> {
     let mut set = data::load(&d.data, d.format, split)?;
     if let Some(n) = limit {
         set.truncate(n);
@@ -233,6 +237,8 @@ pub fn train(a: TrainArgs) -> Result<()> {
         test: &test_set,
         show_progress: !a.json,
         stop_after: a.stop_after,
+        measure_every: a.measure_every,
+        measure_images: a.measure_images,
     };
     let last = train::fit(&run, &config, model, optim, state.clone(), &device)?;
     let dir = Checkpoint::dir(&a.run_dir);
@@ -469,6 +475,12 @@ pub fn measure(a: MeasureArgs) -> Result<()> {
     if let Some(path) = &a.json {
         write_atomic(path, serde_json::to_string_pretty(&m)?.as_bytes())?;
         println!("wrote {} measures to {}", m.len(), path.display());
+    }
+    if let Some(prefix) = &a.plot {
+        let curves = crate::measure::LayerCurves::from_measures(&m, cfg.depth)?;
+        let (png, svg) =
+            crate::viz::curves::save_layer_curves(prefix, &[(String::new(), &curves)])?;
+        println!("wrote {} and {}", png.display(), svg.display());
     }
     Ok(())
 }

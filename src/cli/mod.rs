@@ -2,6 +2,7 @@
 
 mod bench;
 mod commands;
+mod pictures;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -32,6 +33,12 @@ pub enum Command {
     Bench(BenchArgs),
     /// White-box measures per layer: coding rate R, compression R^c, sparsity.
     Measure(MeasureArgs),
+    /// Cls-row attention of a layer, per head and averaged, over the images (PNG grid).
+    Attention(pictures::AttentionArgs),
+    /// PCA of a layer's subspace features U^T LN(Z) as RGB, fitted jointly over the images (PNG grid).
+    Pca(pictures::PcaArgs),
+    /// One self-contained HTML page for a run directory: curves, per-layer measures, attention maps.
+    Report(pictures::ReportArgs),
 }
 
 #[derive(Args, Debug)]
@@ -58,6 +65,9 @@ pub struct MeasureArgs {
     /// Write the flat map of measures (golden key names) here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Draw the R^c and sparsity curves (mean ± std per layer) to PREFIX.png and PREFIX.svg.
+    #[arg(long, value_name = "PREFIX")]
+    pub plot: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -151,6 +161,12 @@ pub struct TrainArgs {
     /// Use only the first N test images.
     #[arg(long)]
     pub test_limit: Option<usize>,
+    /// Record R^c and sparsity per layer into metrics.jsonl every N epochs (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub measure_every: usize,
+    /// Number of test images the per-epoch measures use.
+    #[arg(long, default_value_t = 64)]
+    pub measure_images: usize,
     /// End by printing one JSON object on the last line.
     #[arg(long)]
     pub json: bool,
@@ -228,6 +244,9 @@ pub fn run() -> anyhow::Result<()> {
         Some(Command::Info(a)) => commands::info(a),
         Some(Command::Bench(a)) => bench::bench(a),
         Some(Command::Measure(a)) => commands::measure(a),
+        Some(Command::Attention(a)) => pictures::attention(a),
+        Some(Command::Pca(a)) => pictures::pca(a),
+        Some(Command::Report(a)) => pictures::report(a),
     }
 }
 

@@ -274,3 +274,49 @@ pub fn measure_batch<B: CrateBackend>(
     }
     Ok(out)
 }
+
+/// The two per-layer curves the official plots draw, as mean ± std over the samples:
+/// the official `R^c` of each layer's input (`Z^l`, `l = 0..L−1`) and the sparsity
+/// `‖Z^{l+1}‖₀/(N·d)` of each layer's ISTA output (`1 −` the official `cal_sparsity` value).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LayerCurves {
+    pub rc_mean: Vec<f64>,
+    pub rc_std: Vec<f64>,
+    pub sparsity_mean: Vec<f64>,
+    pub sparsity_std: Vec<f64>,
+}
+
+impl LayerCurves {
+    /// Read the curves of a `depth`-layer model out of a `measure_batch` map.
+    pub fn from_measures(m: &BTreeMap<String, f64>, depth: usize) -> Result<Self> {
+        let get = |k: String| -> Result<f64> {
+            m.get(&k)
+                .copied()
+                .ok_or_else(|| anyhow::anyhow!("measure {k} missing"))
+        };
+        let mut c = LayerCurves {
+            rc_mean: vec![],
+            rc_std: vec![],
+            sparsity_mean: vec![],
+            sparsity_std: vec![],
+        };
+        for i in 0..depth {
+            c.rc_mean.push(get(format!(
+                "official.layer{i}.Rc_qkv_normalized.batch_mean"
+            ))?);
+            c.rc_std.push(get(format!(
+                "official.layer{i}.Rc_qkv_normalized.batch_std"
+            ))?);
+            c.sparsity_mean
+                .push(1.0 - get(format!("official.layer{i}.ista_fraction_zero.batch_mean"))?);
+            c.sparsity_std.push(get(format!(
+                "official.layer{i}.ista_fraction_zero.batch_std_population"
+            ))?);
+        }
+        Ok(c)
+    }
+
+    pub fn depth(&self) -> usize {
+        self.rc_mean.len()
+    }
+}

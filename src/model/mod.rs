@@ -2,6 +2,8 @@
 
 pub mod blocks;
 pub mod fused;
+pub mod inspect;
+pub mod posembed;
 pub mod vision;
 
 pub use fused::{CrateAutodiff, CrateBackend};

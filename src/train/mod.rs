@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::data::{batch_rng, epoch_order, Augment, Batcher, ImageSet, Normalization};
+use crate::measure::{measure_batch, LayerCurves, MeasureSettings};
 use crate::model::{Crate, CrateAutodiff, CrateBackend, CrateConfig};
 pub use checkpoint::{Checkpoint, TrainState};
 pub use optim::{OptimSettings, OptimizerKind, TrainOptimizer};
@@ -122,6 +123,9 @@ pub struct EpochMetrics {
     pub test_top5: f64,
     pub train_img_s: f64,
     pub seconds: f64,
+    /// Per-layer white-box measures on the first test images (`--measure-every`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measures: Option<LayerCurves>,
 }
 
 pub struct TrainRun<'a> {
@@ -131,6 +135,10 @@ pub struct TrainRun<'a> {
     pub show_progress: bool,
     /// Return after this many epochs of this invocation.
     pub stop_after: Option<usize>,
+    /// Measure R^c and sparsity per layer every this many epochs (0 = never).
+    pub measure_every: usize,
+    /// Number of test images the measures use.
+    pub measure_images: usize,
 }
 
 fn append_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
@@ -223,6 +231,17 @@ pub fn fit<B: CrateAutodiff>(
         state.epoch += 1;
         state.batch = 0;
         let eval = evaluate(&model.valid(), run.test, &state.normalization, 500, device)?;
+        let measures = if run.measure_every > 0 && state.epoch % run.measure_every == 0 {
+            Some(measure_curves(
+                &model.valid(),
+                run.test,
+                &state.normalization,
+                run.measure_images,
+                device,
+            )?)
+        } else {
+            None
+        };
         state.seconds += t0.elapsed().as_secs_f64();
         let m = EpochMetrics {
             epoch: state.epoch,
@@ -238,6 +257,7 @@ pub fn fit<B: CrateAutodiff>(
             test_top5: eval.top5,
             train_img_s: seen as f64 / train_secs,
             seconds: state.seconds,
+            measures,
         };
         tracing::info!(
             "epoch {}/{}  train loss {:.4}  test loss {:.4}  top-1 {:.2}%  top-5 {:.2}%  {:.0} img/s  {:.0}s",
@@ -250,11 +270,38 @@ pub fn fit<B: CrateAutodiff>(
             m.train_img_s,
             m.seconds
         );
+        if let Some(c) = &m.measures {
+            tracing::info!(
+                "  R^c per layer {:.2?}  nonzero fraction {:.3?}",
+                c.rc_mean,
+                c.sparsity_mean
+            );
+        }
         append_jsonl(&metrics_path, &m)?;
         Checkpoint::save(&run.run_dir, config, &model, &optim, &state)?;
         last = Some(m);
     }
     Ok(last)
+}
+
+/// The per-layer curves of `model` on the first `limit` images of `set`.
+pub fn measure_curves<B: CrateBackend>(
+    model: &Crate<B>,
+    set: &ImageSet,
+    norm: &Normalization,
+    limit: usize,
+    device: &B::Device,
+) -> Result<LayerCurves> {
+    let k = limit.min(set.len());
+    ensure!(k > 0, "no images to measure on (empty test split)");
+    let batcher = Batcher {
+        norm: norm.clone(),
+        augment: Augment::none(),
+    };
+    let idx: Vec<usize> = (0..k).collect();
+    let (x, _) = batcher.batch::<B>(set, &idx, &mut batch_rng(0, 0, 0), device);
+    let m = measure_batch(model, x, MeasureSettings::default())?;
+    LayerCurves::from_measures(&m, model.layers.len())
 }
 
 fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> indicatif::ProgressBar {

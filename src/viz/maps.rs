@@ -1,0 +1,209 @@
+//! Token maps drawn over the image: the cls-row attention of each MSSA head (the saliency maps of
+//! the CRATE emergence work) and a PCA of the subspace features `U^lᵀ LN₁(Z^l)` as RGB.
+
+use anyhow::{ensure, Result};
+use image::{imageops::FilterType, ImageBuffer, Luma, Rgb, RgbImage};
+use nalgebra::{DMatrix, SymmetricEigen};
+
+use super::{heat_color, min_max};
+use crate::model::inspect::LayerView;
+
+/// Display copy of an image given as u8 CHW pixels (1 or 3 channels), scaled to `cell` pixels.
+pub fn display_image(px: &[u8], c: usize, h: usize, w: usize, cell: u32) -> RgbImage {
+    let img = RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let i = y as usize * w + x as usize;
+        if c == 3 {
+            Rgb([px[i], px[h * w + i], px[2 * h * w + i]])
+        } else {
+            Rgb([px[i]; 3])
+        }
+    });
+    image::imageops::resize(&img, cell, cell, FilterType::Nearest)
+}
+
+/// Bilinear upsampling of a `g × g` map (row-major) to `size × size`.
+pub fn upsample(map: &[f32], g: usize, size: u32) -> Vec<f32> {
+    let small: ImageBuffer<Luma<f32>, Vec<f32>> =
+        ImageBuffer::from_raw(g as u32, g as u32, map.to_vec()).expect("g × g map");
+    image::imageops::resize(&small, size, size, FilterType::Triangle).into_raw()
+}
+
+/// `base` with a viridis heat map blended over it (`heat` in [0, 1], one value per pixel).
+pub fn overlay(base: &RgbImage, heat: &[f32], alpha: f32) -> RgbImage {
+    let mut out = base.clone();
+    for (p, &v) in out.pixels_mut().zip(heat) {
+        let c = heat_color(v);
+        for k in 0..3 {
+            p[k] = ((1.0 - alpha) * p[k] as f32 + alpha * c[k] as f32).round() as u8;
+        }
+    }
+    out
+}
+
+/// Rows of equally sized cells on a white background with `pad` pixels between them.
+pub fn grid(rows: &[Vec<RgbImage>], pad: u32) -> RgbImage {
+    let cell = rows
+        .first()
+        .and_then(|r| r.first())
+        .map_or(1, |c| c.width());
+    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0) as u32;
+    let (w, h) = (
+        cols * cell + (cols + 1) * pad,
+        rows.len() as u32 * cell + (rows.len() as u32 + 1) * pad,
+    );
+    let mut out = RgbImage::from_pixel(w.max(1), h.max(1), Rgb([255, 255, 255]));
+    for (r, row) in rows.iter().enumerate() {
+        for (c, img) in row.iter().enumerate() {
+            let x = pad + c as u32 * (cell + pad);
+            let y = pad + r as u32 * (cell + pad);
+            image::imageops::replace(&mut out, img, x as i64, y as i64);
+        }
+    }
+    out
+}
+
+/// Padding between cells of the picture grids.
+pub const PAD: u32 = 4;
+
+/// Per image one row: the image, the head-averaged cls attention, then each head's cls attention
+/// over the patch grid (`g × g`), each map min–max scaled and upsampled to the cell.
+pub fn attention_grid(view: &LayerView, images: &[RgbImage], g: usize) -> Result<RgbImage> {
+    ensure!(
+        view.n == g * g + 1,
+        "{} tokens do not form a {g}×{g} grid plus cls",
+        view.n
+    );
+    ensure!(images.len() == view.b, "one display image per input image");
+    let mut rows = Vec::new();
+    for (i, img) in images.iter().enumerate() {
+        let cell = img.width();
+        let mut mean = vec![0f32; g * g];
+        let mut heads = Vec::new();
+        for h in 0..view.heads {
+            let a = view.cls_attention(i, h);
+            for (m, v) in mean.iter_mut().zip(a) {
+                *m += v / view.heads as f32;
+            }
+            heads.push(overlay(img, &upsample(&min_max(a), g, cell), 0.6));
+        }
+        let mut row = vec![
+            img.clone(),
+            overlay(img, &upsample(&min_max(&mean), g, cell), 0.6),
+        ];
+        row.extend(heads);
+        rows.push(row);
+    }
+    Ok(grid(&rows, PAD))
+}
+
+/// Principal components of the rows of `x` `[rows, cols]`: the projections `[rows, k]` onto the
+/// `k` leading eigenvectors of the covariance (each signed so its largest entry is positive) and
+/// the explained variances.
+pub fn pca(x: &[f32], rows: usize, cols: usize, k: usize) -> Result<(Vec<f32>, Vec<f64>)> {
+    ensure!(
+        rows >= 2,
+        "PCA needs at least 2 feature vectors, got {rows}"
+    );
+    ensure!(
+        k <= cols,
+        "asked for {k} components of {cols}-dimensional features"
+    );
+    let mut m = DMatrix::<f64>::from_row_iterator(rows, cols, x.iter().map(|v| *v as f64));
+    for c in 0..cols {
+        let mean = m.column(c).mean();
+        m.column_mut(c).add_scalar_mut(-mean);
+    }
+    let cov = (m.transpose() * &m) / (rows as f64 - 1.0);
+    let eig = SymmetricEigen::new(cov);
+    let mut order: Vec<usize> = (0..cols).collect();
+    order.sort_by(|&a, &b| eig.eigenvalues[b].total_cmp(&eig.eigenvalues[a]));
+    let mut proj = vec![0f32; rows * k];
+    let mut var = Vec::with_capacity(k);
+    for (j, &e) in order.iter().take(k).enumerate() {
+        let mut v = eig.eigenvectors.column(e).into_owned();
+        let imax = v.iamax();
+        if v[imax] < 0.0 {
+            v = -v;
+        }
+        let p = &m * v;
+        for r in 0..rows {
+            proj[r * k + j] = p[r] as f32;
+        }
+        var.push(eig.eigenvalues[e]);
+    }
+    Ok((proj, var))
+}
+
+/// Options of the PCA picture.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PcaOptions {
+    /// Show components 2–4 as RGB (as the official `pca_visualization` does) instead of 1–3.
+    pub skip_first: bool,
+    /// Foreground mask: keep patches whose min–max scaled first component exceeds this.
+    pub mask_threshold: Option<f32>,
+}
+
+/// Per image one row: the image and its patch features' PCA as RGB, fitted jointly over all
+/// images, each component min–max scaled over all patches.
+pub fn pca_grid(
+    view: &LayerView,
+    images: &[RgbImage],
+    g: usize,
+    opt: PcaOptions,
+) -> Result<RgbImage> {
+    ensure!(
+        view.n == g * g + 1,
+        "{} tokens do not form a {g}×{g} grid plus cls",
+        view.n
+    );
+    ensure!(images.len() == view.b, "one display image per input image");
+    ensure!(
+        view.inner >= 4,
+        "PCA pictures need features of width ≥ 4, this layer has {}",
+        view.inner
+    );
+    let per = g * g;
+    let mut feats = Vec::with_capacity(view.b * per * view.inner);
+    for i in 0..view.b {
+        feats.extend_from_slice(view.patch_features(i));
+    }
+    let k = if opt.skip_first { 4 } else { 3 };
+    let (proj, _) = pca(&feats, view.b * per, view.inner, k)?;
+    let comp = |j: usize| -> Vec<f32> {
+        min_max(
+            &(0..view.b * per)
+                .map(|r| proj[r * k + j])
+                .collect::<Vec<_>>(),
+        )
+    };
+    let first = comp(0);
+    let rgb: Vec<Vec<f32>> = (k - 3..k).map(comp).collect();
+    let mut rows = Vec::new();
+    for (i, img) in images.iter().enumerate() {
+        let cell = img.width();
+        let chans: Vec<Vec<f32>> = rgb
+            .iter()
+            .map(|c| upsample(&c[i * per..(i + 1) * per], g, cell))
+            .collect();
+        let mask = opt.mask_threshold.map(|t| {
+            upsample(&first[i * per..(i + 1) * per], g, cell)
+                .into_iter()
+                .map(move |v| v > t)
+        });
+        let mut out = RgbImage::new(cell, cell);
+        for (j, p) in out.pixels_mut().enumerate() {
+            for c in 0..3 {
+                p[c] = (255.0 * chans[c][j]).round() as u8;
+            }
+        }
+        if let Some(mask) = mask {
+            for (p, keep) in out.pixels_mut().zip(mask) {
+                if !keep {
+                    *p = Rgb([0, 0, 0]);
+                }
+            }
+        }
+        rows.push(vec![img.clone(), out]);
+    }
+    Ok(grid(&rows, PAD))
+}
