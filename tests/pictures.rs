@@ -86,11 +86,10 @@ fn bicubic_resampling_matches_torch() {
     let torch_up = [
         -0.018154, 0.78869, 0.531541, 0.951936, 1.136307, 0.972031, 0.754111, 0.149623, 0.236292,
         -0.595651, -0.516903, -0.107106, -0.152684, 0.222608, 0.349438, 0.604682, 0.546921,
-        0.461332, 0.579893, 0.222408, -0.91567, -1.07261, -0.86864, -0.657509, -0.633282,
-        0.011878, 0.150084, 0.668583, 0.786688, 1.066306, 0.097542, -0.360715, -0.229274,
-        -0.495839, -0.606257, -0.571147, -0.45647, -0.15119, -0.213223, 0.248111, 1.12343,
-        0.557444, 0.551805, -0.097016, -0.298958, -0.924675, -0.887587, -0.947991, -1.171867,
-        -0.730611,
+        0.461332, 0.579893, 0.222408, -0.91567, -1.07261, -0.86864, -0.657509, -0.633282, 0.011878,
+        0.150084, 0.668583, 0.786688, 1.066306, 0.097542, -0.360715, -0.229274, -0.495839,
+        -0.606257, -0.571147, -0.45647, -0.15119, -0.213223, 0.248111, 1.12343, 0.557444, 0.551805,
+        -0.097016, -0.298958, -0.924675, -0.887587, -0.947991, -1.171867, -0.730611,
     ];
     assert_eq!(up.len(), 50);
     for (i, (a, b)) in up.iter().zip(torch_up).enumerate() {
@@ -155,11 +154,18 @@ fn pca_recovers_the_leading_direction() {
 fn peaked_weights(k: usize) -> StateDict {
     let mut sd = tiny_weights();
     let d = 16;
-    put(&mut sd, "to_patch_embedding.2.weight", vec![d, 49], vec![0.0; d * 49]);
+    put(
+        &mut sd,
+        "to_patch_embedding.2.weight",
+        vec![d, 49],
+        vec![0.0; d * 49],
+    );
     put(&mut sd, "to_patch_embedding.2.bias", vec![d], vec![0.0; d]);
     put(&mut sd, "to_patch_embedding.3.bias", vec![d], vec![0.0; d]);
     put(&mut sd, "cls_token", vec![1, 1, d], vec![0.0; d]);
-    let v: Vec<f32> = (0..d).map(|i| if i % 2 == 0 { 3.0 } else { -3.0 }).collect();
+    let v: Vec<f32> = (0..d)
+        .map(|i| if i % 2 == 0 { 3.0 } else { -3.0 })
+        .collect();
     let u: Vec<f32> = (0..d).map(|i| if i % 4 < 2 { 3.0 } else { -3.0 }).collect();
     let mut pos = u.repeat(17);
     pos[..d].copy_from_slice(&v);
@@ -170,7 +176,12 @@ fn peaked_weights(k: usize) -> StateDict {
     let eye: Vec<f32> = (0..d * d)
         .map(|i| if i / d == i % d { 1.0 } else { 0.0 })
         .collect();
-    put(&mut sd, "transformer.layers.0.0.fn.qkv.weight", vec![d, d], eye);
+    put(
+        &mut sd,
+        "transformer.layers.0.0.fn.qkv.weight",
+        vec![d, d],
+        eye,
+    );
     sd
 }
 
@@ -202,10 +213,23 @@ fn attention_map_peaks_at_the_constructed_token() {
     let img = png(dir.path(), "black.png", 28, |_, _| 0);
     let out = dir.path().join("att.png");
     let out_s = out.display().to_string();
-    ok(&["attention", "--weights", &w, "--config", &c, "--out", &out_s, &img, &img]);
+    ok(&[
+        "attention",
+        "--weights",
+        &w,
+        "--config",
+        &c,
+        "--out",
+        &out_s,
+        &img,
+        &img,
+    ]);
     let pic = image::open(&out).unwrap();
     // cells of 140 px (5 × 28); per row: input, mean, 2 heads; 4 px padding
-    assert_eq!((pic.width(), pic.height()), (4 * 140 + 5 * 4, 2 * 140 + 3 * 4));
+    assert_eq!(
+        (pic.width(), pic.height()),
+        (4 * 140 + 5 * 4, 2 * 140 + 3 * 4)
+    );
     let heat = mean_cell_heat(&out_s, 140, 4);
     assert_eq!(argmax(&heat), k, "heat per patch {heat:?}");
     let others = heat.iter().enumerate().filter(|(i, _)| *i != k);
@@ -213,29 +237,58 @@ fn attention_map_peaks_at_the_constructed_token() {
 
     // at twice the resolution the interpolated position embedding still points there
     let img56 = png(dir.path(), "black56.png", 56, |_, _| 0);
-    ok(&["attention", "--weights", &w, "--config", &c, "--size", "56", "--out", &out_s, &img56]);
+    ok(&[
+        "attention",
+        "--weights",
+        &w,
+        "--config",
+        &c,
+        "--size",
+        "56",
+        "--out",
+        &out_s,
+        &img56,
+    ]);
     let pic = image::open(&out).unwrap();
     assert_eq!((pic.width(), pic.height()), (4 * 168 + 5 * 4, 168 + 2 * 4));
     let heat = mean_cell_heat(&out_s, 168, 8);
     let peak = argmax(&heat);
-    assert_eq!((peak / 8 / 2, peak % 8 / 2), (k / 4, k % 4), "heat {heat:?}");
+    assert_eq!(
+        (peak / 8 / 2, peak % 8 / 2),
+        (k / 4, k % 4),
+        "heat {heat:?}"
+    );
 }
 
 #[test]
 fn pca_picture_has_the_expected_size() {
     let dir = tempfile::tempdir().unwrap();
     let (w, c) = save(dir.path(), &tiny_weights());
-    let a = png(dir.path(), "a.png", 28, |x, y| ((x * 9 + y * 3) % 256) as u8);
+    let a = png(dir.path(), "a.png", 28, |x, y| {
+        ((x * 9 + y * 3) % 256) as u8
+    });
     let b = png(dir.path(), "b.png", 40, |x, y| ((x * y) % 256) as u8);
     let out = dir.path().join("pca.png");
     let out_s = out.display().to_string();
     let so = ok(&[
-        "pca", "--weights", &w, "--config", &c, "--mask-threshold", "0.5", "--out", &out_s, &a,
+        "pca",
+        "--weights",
+        &w,
+        "--config",
+        &c,
+        "--mask-threshold",
+        "0.5",
+        "--out",
+        &out_s,
+        &a,
         &b,
     ]);
     assert!(so.contains("pca.png"), "{so}");
     let pic = image::open(&out).unwrap().to_rgb8();
-    assert_eq!((pic.width(), pic.height()), (2 * 140 + 3 * 4, 2 * 140 + 3 * 4));
+    assert_eq!(
+        (pic.width(), pic.height()),
+        (2 * 140 + 3 * 4, 2 * 140 + 3 * 4)
+    );
     // the mask blacks out some but not all of the PCA cells
     let cell: Vec<_> = (0..140)
         .flat_map(|y| (0..140).map(move |x| (x, y)))
@@ -304,9 +357,25 @@ fn trained_toy_compresses_and_sparsifies_with_depth() {
         run.display().to_string(),
     );
     ok(&[
-        "train", "--config", &cfg_s, "--data", &data_s, "--run-dir", &run_s, "--epochs", "10",
-        "--batch-size", "32", "--lr", "2e-3", "--warmup-epochs", "0.5", "--crop-padding", "0",
-        "--measure-every", "5",
+        "train",
+        "--config",
+        &cfg_s,
+        "--data",
+        &data_s,
+        "--run-dir",
+        &run_s,
+        "--epochs",
+        "10",
+        "--batch-size",
+        "32",
+        "--lr",
+        "2e-3",
+        "--warmup-epochs",
+        "0.5",
+        "--crop-padding",
+        "0",
+        "--measure-every",
+        "5",
         "--json",
     ]);
     let metrics: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
@@ -333,14 +402,24 @@ fn trained_toy_compresses_and_sparsifies_with_depth() {
     };
     let (rc, nz) = (f("rc_mean"), f("sparsity_mean"));
     assert_eq!((rc.len(), nz.len()), (4, 4));
-    assert!(rc[3] < rc[0], "R^c should fall from the input to the last layer: {rc:?}");
-    assert!(nz[3] < nz[0], "the last layer's codes should be sparser than the first's: {nz:?}");
+    assert!(
+        rc[3] < rc[0],
+        "R^c should fall from the input to the last layer: {rc:?}"
+    );
+    assert!(
+        nz[3] < nz[0],
+        "the last layer's codes should be sparser than the first's: {nz:?}"
+    );
 
     // the run report: one self-contained page with plots and pictures
     let so = ok(&["report", &run_s, "--data", &data_s, "--images", "3"]);
     assert!(so.contains("10 epochs"), "{so}");
     let html = std::fs::read_to_string(run.join("report.html")).unwrap();
-    assert_eq!(html.matches("<svg").count(), 2, "training and measure plots");
+    assert_eq!(
+        html.matches("<svg").count(),
+        2,
+        "training and measure plots"
+    );
     assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 2);
     assert!(!html.contains("src=\"http") && !html.contains("<script"));
     assert!(html.contains("epoch 5") && html.contains("epoch 10"));
@@ -378,7 +457,14 @@ fn picture_commands_fail_clearly_on_bad_input() {
     let (w, c) = save(dir.path(), &tiny_weights());
     let img = png(dir.path(), "a.png", 28, |_, _| 9);
     let out = dir.path().join("o.png").display().to_string();
-    let base = ["--weights", w.as_str(), "--config", c.as_str(), "--out", out.as_str()];
+    let base = [
+        "--weights",
+        w.as_str(),
+        "--config",
+        c.as_str(),
+        "--out",
+        out.as_str(),
+    ];
     let run = |cmd: &str, extra: &[&str]| {
         let mut a = vec![cmd];
         a.extend(base);
@@ -386,7 +472,10 @@ fn picture_commands_fail_clearly_on_bad_input() {
         fails(&a)
     };
     let e = run("attention", &["--layer", "3", &img]);
-    assert!(e.contains("layer 3 is out of range") && e.contains("1 layers"), "{e}");
+    assert!(
+        e.contains("layer 3 is out of range") && e.contains("1 layers"),
+        "{e}"
+    );
     let junk = dir.path().join("junk.png");
     std::fs::write(&junk, b"not an image").unwrap();
     let e = run("pca", &[junk.to_str().unwrap()]);
@@ -402,7 +491,13 @@ fn picture_commands_fail_clearly_on_bad_input() {
     write_idx(&data, "t10k", 0, false);
     write_idx(&data, "train", 0, false);
     let e = fails(&[
-        "measure", "--weights", &w, "--config", &c, "--data", data.to_str().unwrap(),
+        "measure",
+        "--weights",
+        &w,
+        "--config",
+        &c,
+        "--data",
+        data.to_str().unwrap(),
     ]);
     assert!(e.contains("empty") || e.contains("no images"), "{e}");
     let e = fails(&["report", dir.path().to_str().unwrap()]);

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::commands::{load_split, load_weights, meta_json, Loaded};
 use super::{DataArgs, WeightArgs};
-use crate::data::{Normalization, Split};
+use crate::data::{Format, Normalization, Split};
 use crate::model::inspect::{inspect_layer, LayerView};
 use crate::model::posembed::at_resolution;
 use crate::train::{measure_curves, Checkpoint, EpochMetrics};
@@ -37,8 +37,16 @@ pub struct PictureArgs {
     /// Output PNG.
     #[arg(long, short)]
     pub out: PathBuf,
+    /// Take the first --count test images of this data folder instead of image files.
+    #[arg(long, conflicts_with = "images")]
+    pub data: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Format::Auto)]
+    pub format: Format,
+    /// Number of test images taken from --data.
+    #[arg(long, default_value_t = 4)]
+    pub count: usize,
     /// PNG or JPEG files.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "data")]
     pub images: Vec<PathBuf>,
 }
 
@@ -169,8 +177,40 @@ fn look(
 fn look_at_files(p: &PictureArgs) -> Result<Looked> {
     let device = Default::default();
     let l = load_weights::<InferBackend>(&p.weights, &device)?;
-    let size = p.size.unwrap_or(l.config.image_size);
     let c = l.config.channels;
+    if let Some(dir) = &p.data {
+        let set = load_split(
+            &DataArgs {
+                data: dir.clone(),
+                format: p.format,
+            },
+            Split::Test,
+            Some(p.count),
+        )?;
+        ensure!(
+            !set.is_empty(),
+            "{}: the test split has no images",
+            dir.display()
+        );
+        ensure!(
+            set.channels == c && set.height == set.width,
+            "{}: images are {}×{}×{}, the model takes {c} channels and square images",
+            dir.display(),
+            set.channels,
+            set.height,
+            set.width
+        );
+        let size = p.size.unwrap_or(set.height);
+        ensure!(
+            size == set.height,
+            "--size {size} differs from the {}-pixel images of {}",
+            set.height,
+            dir.display()
+        );
+        let pixels: Vec<Vec<u8>> = (0..set.len()).map(|i| set.image(i).to_vec()).collect();
+        return look(l, &pixels, size, p.layer, p.cell);
+    }
+    let size = p.size.unwrap_or(l.config.image_size);
     let pixels = p
         .images
         .iter()

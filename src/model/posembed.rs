@@ -87,7 +87,7 @@ pub fn at_resolution<B: CrateBackend>(
 ) -> Result<Crate<B>> {
     let p = model.patch_size;
     ensure!(
-        image_size >= p && image_size % p == 0,
+        image_size >= p && image_size.is_multiple_of(p),
         "image size {image_size} is not a positive multiple of the patch size {p}"
     );
     let (g_in, g_out) = (trained_size / p, image_size / p);

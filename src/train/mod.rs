@@ -231,7 +231,7 @@ pub fn fit<B: CrateAutodiff>(
         state.epoch += 1;
         state.batch = 0;
         let eval = evaluate(&model.valid(), run.test, &state.normalization, 500, device)?;
-        let measures = if run.measure_every > 0 && state.epoch % run.measure_every == 0 {
+        let measures = if run.measure_every > 0 && state.epoch.is_multiple_of(run.measure_every) {
             Some(measure_curves(
                 &model.valid(),
                 run.test,
