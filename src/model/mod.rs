@@ -1,5 +1,6 @@
 //! CRATE models. `blocks` holds the shared operators (MSSA, ISTA); each variant is one file.
 
+pub mod bert;
 pub mod blocks;
 pub mod fused;
 pub mod inspect;

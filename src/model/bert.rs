@@ -1,0 +1,355 @@
+//! CRATE-BERT: the masked-language-model encoder of the HF-style CRATE port
+//! (`../shared/docs/crate-reference.md` §3.2, keys §7.4).
+//!
+//! RoBERTa embeddings (word + padding-offset positions + token type → LN, eps 1e-12), then per layer
+//! `h = x + W_o·MSSA(LN_a x)` (`qkv` and `dense` without bias, additive padding mask) and
+//! `out = ReLU(LN_b h + η(LN_b h·W − LN_b h·WᵀW) − ηλ)` with no residual around the ISTA step;
+//! MLM head `dense → GELU → LN → ·E_wordᵀ + bias` tied to the word embeddings.
+
+use anyhow::{ensure, Result};
+use burn::module::{Module, Param};
+use burn::nn::{
+    Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
+};
+use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::blocks::{Ista, Mssa};
+use super::fused::{layer_norm, merge_heads, CrateBackend};
+use crate::weights::StateDict;
+
+/// LayerNorm eps of the two pre-norms inside each layer (`nn.LayerNorm(d)`).
+pub const LAYER_LN_EPS: f64 = 1e-5;
+/// ISTA step size η and sparsity λ of the port.
+pub const ISTA_STEP: f64 = 0.1;
+pub const ISTA_LAMBDA: f64 = 0.1;
+
+/// `CrateConfig` of the port (HF field names and defaults).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub max_position_embeddings: usize,
+    pub type_vocab_size: usize,
+    pub layer_norm_eps: f64,
+    pub pad_token_id: usize,
+    pub initializer_range: f64,
+}
+
+impl Default for BertConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: 50265,
+            hidden_size: 768,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            max_position_embeddings: 514,
+            type_vocab_size: 1,
+            layer_norm_eps: 1e-12,
+            pad_token_id: 1,
+            initializer_range: 0.02,
+        }
+    }
+}
+
+impl BertConfig {
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.hidden_size > 0
+                && self.num_attention_heads > 0
+                && self.hidden_size.is_multiple_of(self.num_attention_heads),
+            "hidden_size {} must be a positive multiple of num_attention_heads {}",
+            self.hidden_size,
+            self.num_attention_heads
+        );
+        ensure!(
+            self.pad_token_id < self.vocab_size,
+            "pad_token_id {} is outside the vocabulary of {}",
+            self.pad_token_id,
+            self.vocab_size
+        );
+        ensure!(
+            self.max_position_embeddings > self.pad_token_id + 1,
+            "max_position_embeddings {} leaves no positions after the padding offset {}",
+            self.max_position_embeddings,
+            self.pad_token_id + 1
+        );
+        Ok(())
+    }
+
+    /// Longest sequence the position table covers (RoBERTa offsets positions by `pad + 1`).
+    pub fn max_len(&self) -> usize {
+        self.max_position_embeddings - self.pad_token_id - 1
+    }
+
+    pub fn init<B: CrateBackend>(&self, device: &B::Device) -> CrateBert<B> {
+        let d = self.hidden_size;
+        let normal = Initializer::Normal {
+            mean: 0.0,
+            std: self.initializer_range,
+        };
+        let emb = |n: usize| {
+            EmbeddingConfig::new(n, d)
+                .with_initializer(normal.clone())
+                .init(device)
+        };
+        let ln = |eps: f64| LayerNormConfig::new(d).with_epsilon(eps).init(device);
+        let heads = self.num_attention_heads;
+        CrateBert {
+            word_embeddings: emb(self.vocab_size),
+            position_embeddings: emb(self.max_position_embeddings),
+            token_type_embeddings: emb(self.type_vocab_size.max(1)),
+            emb_norm: ln(self.layer_norm_eps),
+            layers: (0..self.num_hidden_layers)
+                .map(|_| BertLayer {
+                    norm_a: ln(LAYER_LN_EPS),
+                    mssa: Mssa::new(d, heads, d / heads, false, 0.0, device),
+                    norm_b: ln(LAYER_LN_EPS),
+                    ista: Ista::new(d, ISTA_STEP, ISTA_LAMBDA, device),
+                })
+                .collect(),
+            mlm_dense: LinearConfig::new(d, d)
+                .with_initializer(normal)
+                .init(device),
+            mlm_norm: ln(self.layer_norm_eps),
+            mlm_bias: Initializer::Zeros.init([self.vocab_size], device),
+            pad_token_id: self.pad_token_id,
+            layer_norm_eps: self.layer_norm_eps,
+        }
+    }
+}
+
+/// One CRATE-BERT layer.
+#[derive(Module, Debug)]
+pub struct BertLayer<B: CrateBackend> {
+    pub norm_a: LayerNorm<B>,
+    pub mssa: Mssa<B>,
+    pub norm_b: LayerNorm<B>,
+    pub ista: Ista<B>,
+}
+
+impl<B: CrateBackend> BertLayer<B> {
+    /// `W_o [SSA_k]` with `softmax(w_k w_kᵀ/√p + mask)` on token rows `x` `[b·t, d]`.
+    fn masked_mssa(
+        &self,
+        x: Tensor<B, 2>,
+        b: usize,
+        t: usize,
+        mask: &Tensor<B, 4>,
+    ) -> Tensor<B, 2> {
+        let w = self.mssa.project(x, b, t);
+        let p = self.mssa.dim_head as f64;
+        let scores = w
+            .clone()
+            .matmul(w.clone().swap_dims(2, 3))
+            .mul_scalar(p.powf(-0.5));
+        let attn = softmax(scores + mask.clone(), 3);
+        self.mssa.to_out.forward(merge_heads(attn.matmul(w)))
+    }
+
+    /// `h = x + MSSA(LN_a x)`, `out = ISTA(LN_b h)`.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        b: usize,
+        t: usize,
+        mask: &Tensor<B, 4>,
+    ) -> Tensor<B, 2> {
+        let h = x.clone() + self.masked_mssa(layer_norm(&self.norm_a, x, LAYER_LN_EPS), b, t, mask);
+        self.ista.forward(layer_norm(&self.norm_b, h, LAYER_LN_EPS))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct CrateBert<B: CrateBackend> {
+    pub word_embeddings: Embedding<B>,
+    pub position_embeddings: Embedding<B>,
+    pub token_type_embeddings: Embedding<B>,
+    pub emb_norm: LayerNorm<B>,
+    pub layers: Vec<BertLayer<B>>,
+    pub mlm_dense: Linear<B>,
+    pub mlm_norm: LayerNorm<B>,
+    pub mlm_bias: Param<Tensor<B, 1>>,
+    pub pad_token_id: usize,
+    pub layer_norm_eps: f64,
+}
+
+/// RoBERTa position ids: `pad + 1 + i` for the i-th non-pad token, `pad` for padding.
+pub fn position_ids(ids: &[i64], t: usize, pad: usize) -> Vec<i64> {
+    let mut out = vec![pad as i64; ids.len()];
+    for (row_in, row_out) in ids.chunks(t).zip(out.chunks_mut(t)) {
+        let mut k = 0;
+        for (i, o) in row_in.iter().zip(row_out) {
+            if *i != pad as i64 {
+                k += 1;
+                *o = pad as i64 + k;
+            }
+        }
+    }
+    out
+}
+
+impl<B: CrateBackend> CrateBert<B> {
+    /// Final hidden states `[b·t, d]` for token ids `[b, t]` (padding = `pad_token_id`, masked out
+    /// of every attention).
+    pub fn encode(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        let [b, t] = ids.dims();
+        let device = ids.device();
+        let raw: Vec<i64> = ids.to_data().convert::<i64>().to_vec().unwrap();
+        let pos = position_ids(&raw, t, self.pad_token_id);
+        let pos = Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [b, t]), &device);
+        let pad: Tensor<B, 2, Bool> = ids.clone().equal_elem(self.pad_token_id as i64);
+        let types = Tensor::<B, 2, Int>::zeros([b, t], &device);
+        let x = self.word_embeddings.forward(ids)
+            + self.position_embeddings.forward(pos)
+            + self.token_type_embeddings.forward(types);
+        let d = x.dims()[2];
+        let mut x = layer_norm(&self.emb_norm, x.reshape([b * t, d]), self.layer_norm_eps);
+        // additive key mask [b, 1, 1, t]: 0 for tokens, a large negative number for padding
+        let mask = Tensor::<B, 2>::zeros([b, t], &device)
+            .mask_fill(pad, -1e9)
+            .reshape([b, 1, 1, t]);
+        for layer in &self.layers {
+            x = layer.forward(x, b, t, &mask);
+        }
+        x
+    }
+
+    /// MLM logits `[rows, vocab]` of hidden rows: `LN(GELU(dense h))·E_wordᵀ + bias`.
+    pub fn mlm_logits(&self, h: Tensor<B, 2>) -> Tensor<B, 2> {
+        let z = layer_norm(
+            &self.mlm_norm,
+            gelu(self.mlm_dense.forward(h)),
+            self.layer_norm_eps,
+        );
+        z.matmul(self.word_embeddings.weight.val().transpose())
+            + self.mlm_bias.val().unsqueeze_dim(0)
+    }
+
+    /// Mean cross-entropy of the MLM logits at positions whose label is not `-100`.
+    pub fn mlm_loss(&self, ids: Tensor<B, 2, Int>, labels: &[i64]) -> Tensor<B, 1> {
+        let [b, t] = ids.dims();
+        let device = ids.device();
+        let rows: Vec<i64> = (0..b * t)
+            .filter(|&i| labels[i] != IGNORE)
+            .map(|i| i as i64)
+            .collect();
+        let targets: Vec<i64> = labels.iter().copied().filter(|l| *l != IGNORE).collect();
+        let h = self.encode(ids);
+        let n = rows.len();
+        let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [n]), &device);
+        let logits = self.mlm_logits(h.select(0, rows));
+        let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n]), &device);
+        burn::nn::loss::CrossEntropyLossConfig::new()
+            .init(&device)
+            .forward(logits, targets)
+    }
+}
+
+/// Label of positions that do not count in the MLM loss (HF convention).
+pub const IGNORE: i64 = -100;
+
+/// BERT's masking of a batch of token ids (`[b·t]` row-major): each non-special token is chosen
+/// with probability `rate`; a chosen token becomes `mask_id` 80 % of the time, a random
+/// non-special token 10 %, and stays 10 %. Returns the corrupted ids and the labels (the original
+/// id where chosen, [`IGNORE`] elsewhere). At least one token per batch is chosen.
+pub fn mask_tokens(
+    ids: &[i64],
+    special: &[i64],
+    mask_id: i64,
+    vocab: usize,
+    rate: f64,
+    seed: u64,
+) -> (Vec<i64>, Vec<i64>) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut out = ids.to_vec();
+    let mut labels = vec![IGNORE; ids.len()];
+    let candidates: Vec<usize> = (0..ids.len())
+        .filter(|&i| !special.contains(&ids[i]))
+        .collect();
+    let normal: Vec<i64> = (0..vocab as i64).filter(|v| !special.contains(v)).collect();
+    let mut chosen: Vec<usize> = candidates
+        .iter()
+        .copied()
+        .filter(|_| rng.random::<f64>() < rate)
+        .collect();
+    if chosen.is_empty() && !candidates.is_empty() {
+        chosen.push(candidates[rng.random_range(0..candidates.len())]);
+    }
+    for i in chosen {
+        labels[i] = ids[i];
+        let r: f64 = rng.random();
+        if r < 0.8 {
+            out[i] = mask_id;
+        } else if r < 0.9 && !normal.is_empty() {
+            out[i] = normal[rng.random_range(0..normal.len())];
+        }
+    }
+    (out, labels)
+}
+
+impl<B: CrateBackend> crate::weights::OfficialKeys for CrateBert<B> {
+    /// burn path → key of the HF port (`CrateForMaskedLM`).
+    fn official_key(path: &[String]) -> String {
+        let p: Vec<&str> = path.iter().map(|s| s.as_str()).collect();
+        let leaf = |s: &str| match s {
+            "gamma" => "weight".to_string(),
+            "beta" => "bias".to_string(),
+            other => other.to_string(),
+        };
+        match p.as_slice() {
+            [e @ ("word_embeddings" | "position_embeddings" | "token_type_embeddings"), l] => {
+                format!("crate.embeddings.{e}.{}", leaf(l))
+            }
+            ["emb_norm", l] => format!("crate.embeddings.LayerNorm.{}", leaf(l)),
+            ["layers", i, "norm_a", l] => {
+                format!("crate.encoder.layer.{i}.attention.self.prenorm.{}", leaf(l))
+            }
+            ["layers", i, "mssa", "qkv", l] => {
+                format!("crate.encoder.layer.{i}.attention.self.qkv.{}", leaf(l))
+            }
+            ["layers", i, "mssa", "to_out", l] => {
+                format!("crate.encoder.layer.{i}.attention.output.dense.{}", leaf(l))
+            }
+            ["layers", i, "norm_b", l] => {
+                format!("crate.encoder.layer.{i}.output.prenorm.{}", leaf(l))
+            }
+            ["layers", i, "ista", l] => format!("crate.encoder.layer.{i}.output.{}", leaf(l)),
+            ["mlm_dense", l] => format!("lm_head.dense.{}", leaf(l)),
+            ["mlm_norm", l] => format!("lm_head.layer_norm.{}", leaf(l)),
+            ["mlm_bias"] => "lm_head.bias".to_string(),
+            _ => p.join("."),
+        }
+    }
+}
+
+/// Drop the tied or derived entries an HF checkpoint carries besides the parameters:
+/// `lm_head.decoder.weight` (= the word embeddings), `lm_head.decoder.bias` (= `lm_head.bias`) and
+/// the `position_ids` buffer. Each tied copy must equal its source.
+pub fn untie_state_dict(mut sd: StateDict) -> Result<StateDict> {
+    for (alias, source) in [
+        (
+            "lm_head.decoder.weight",
+            "crate.embeddings.word_embeddings.weight",
+        ),
+        ("lm_head.decoder.bias", "lm_head.bias"),
+    ] {
+        if let Some(a) = sd.remove(alias) {
+            if let Some(s) = sd.get(source) {
+                ensure!(
+                    a.shape == s.shape
+                        && a.clone().convert::<f32>().to_vec::<f32>().unwrap()
+                            == s.clone().convert::<f32>().to_vec::<f32>().unwrap(),
+                    "{alias} differs from {source}: this checkpoint does not tie them"
+                );
+            }
+        }
+    }
+    sd.remove("crate.embeddings.position_ids");
+    Ok(sd)
+}

@@ -1,0 +1,248 @@
+//! CRATE-BERT (no golden vectors exist for it): HF key names, tied-weight loading, padding and
+//! bidirectionality, BERT's 80/10/10 masking, a finite-difference gradient check and a short
+//! masked-LM training run whose loss must fall.
+
+use burn::module::AutodiffModule;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use whitebox::model::bert::{mask_tokens, position_ids, BertConfig, CrateBert, IGNORE};
+use whitebox::weights::{apply_state_dict, collect_gradients, collect_state_dict, StateDict};
+use whitebox::{CpuAutodiff, CpuBackend};
+
+fn tiny() -> BertConfig {
+    BertConfig {
+        vocab_size: 20,
+        hidden_size: 16,
+        num_hidden_layers: 2,
+        num_attention_heads: 2,
+        max_position_embeddings: 34,
+        type_vocab_size: 1,
+        layer_norm_eps: 1e-12,
+        pad_token_id: 1,
+        initializer_range: 0.2,
+    }
+}
+
+fn ids<B: burn::tensor::backend::Backend>(v: &[i64], b: usize, t: usize) -> Tensor<B, 2, Int> {
+    Tensor::from_data(TensorData::new(v.to_vec(), [b, t]), &Default::default())
+}
+
+#[test]
+fn parameters_carry_the_hf_port_keys() {
+    let m = tiny().init::<CpuBackend>(&Default::default());
+    let mut keys: Vec<String> = collect_state_dict(&m).keys().cloned().collect();
+    keys.sort();
+    let mut want = vec![
+        "crate.embeddings.word_embeddings.weight".to_string(),
+        "crate.embeddings.position_embeddings.weight".into(),
+        "crate.embeddings.token_type_embeddings.weight".into(),
+        "crate.embeddings.LayerNorm.weight".into(),
+        "crate.embeddings.LayerNorm.bias".into(),
+        "lm_head.dense.weight".into(),
+        "lm_head.dense.bias".into(),
+        "lm_head.layer_norm.weight".into(),
+        "lm_head.layer_norm.bias".into(),
+        "lm_head.bias".into(),
+    ];
+    for i in 0..2 {
+        for k in [
+            "attention.self.prenorm.weight",
+            "attention.self.prenorm.bias",
+            "attention.self.qkv.weight",
+            "attention.output.dense.weight",
+            "output.prenorm.weight",
+            "output.prenorm.bias",
+            "output.weight",
+        ] {
+            want.push(format!("crate.encoder.layer.{i}.{k}"));
+        }
+    }
+    want.sort();
+    assert_eq!(keys, want);
+    let sd = collect_state_dict(&m);
+    assert_eq!(
+        sd["crate.encoder.layer.0.attention.self.qkv.weight"]
+            .shape
+            .to_vec(),
+        [16, 16]
+    );
+    assert_eq!(
+        sd["crate.embeddings.position_embeddings.weight"]
+            .shape
+            .to_vec(),
+        [34, 16]
+    );
+}
+
+#[test]
+fn hf_checkpoints_with_tied_decoder_load() {
+    let m = tiny().init::<CpuBackend>(&Default::default());
+    let mut sd = collect_state_dict(&m);
+    sd.insert(
+        "lm_head.decoder.weight".into(),
+        sd["crate.embeddings.word_embeddings.weight"].clone(),
+    );
+    sd.insert("lm_head.decoder.bias".into(), sd["lm_head.bias"].clone());
+    let clean = whitebox::model::bert::untie_state_dict(sd.clone()).unwrap();
+    let (m2, report) =
+        apply_state_dict(tiny().init::<CpuBackend>(&Default::default()), &clean, true).unwrap();
+    assert!(report.is_clean());
+    let x = ids::<CpuBackend>(&[5, 6, 7, 8], 1, 4);
+    let a: Vec<f32> = m.encode(x.clone()).into_data().to_vec().unwrap();
+    let b: Vec<f32> = m2.encode(x).into_data().to_vec().unwrap();
+    assert_eq!(a, b);
+    // a decoder that is not the embedding is refused
+    let mut bad = sd;
+    bad.insert(
+        "lm_head.decoder.weight".into(),
+        TensorData::new(vec![0.5f32; 20 * 16], [20, 16]),
+    );
+    let e = whitebox::model::bert::untie_state_dict(bad).err().unwrap();
+    assert!(e.to_string().contains("does not tie"), "{e}");
+}
+
+#[test]
+fn padding_is_invisible_and_attention_is_bidirectional() {
+    assert_eq!(
+        position_ids(&[5, 6, 1, 1, 1, 7, 8, 9], 4, 1),
+        vec![2, 3, 1, 1, 1, 2, 3, 4]
+    );
+    let m = tiny().init::<CpuBackend>(&Default::default());
+    let short: Vec<f32> = m
+        .encode(ids(&[5, 6, 7], 1, 3))
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let padded: Vec<f32> = m
+        .encode(ids(&[5, 6, 7, 1, 1], 1, 5))
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let d = 16;
+    let diff = short
+        .iter()
+        .zip(&padded[..3 * d])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff < 1e-5, "padding changed the outputs by {diff}");
+    // a later token changes the first position's output (no causal mask)
+    let other: Vec<f32> = m
+        .encode(ids(&[5, 6, 9], 1, 3))
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let d0 = short[..d]
+        .iter()
+        .zip(&other[..d])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(d0 > 1e-4, "position 0 ignored position 2 ({d0})");
+}
+
+#[test]
+fn masking_follows_bert_80_10_10() {
+    let vocab = 50;
+    let special = [0i64, 1, 2, 3];
+    let ids: Vec<i64> = (0..200_000).map(|i| (i % 60) as i64 % vocab).collect();
+    let (out, labels) = mask_tokens(&ids, &special, 3, vocab as usize, 0.15, 7);
+    let eligible = ids.iter().filter(|i| !special.contains(i)).count() as f64;
+    let chosen: Vec<usize> = (0..ids.len()).filter(|&i| labels[i] != IGNORE).collect();
+    for &i in &chosen {
+        assert!(!special.contains(&ids[i]), "special token chosen");
+        assert_eq!(labels[i], ids[i]);
+    }
+    for i in 0..ids.len() {
+        if labels[i] == IGNORE {
+            assert_eq!(out[i], ids[i], "unchosen token changed");
+        }
+    }
+    let n = chosen.len() as f64;
+    assert!((n / eligible - 0.15).abs() < 0.005, "rate {}", n / eligible);
+    let masked = chosen.iter().filter(|&&i| out[i] == 3).count() as f64 / n;
+    let kept = chosen.iter().filter(|&&i| out[i] == ids[i]).count() as f64 / n;
+    let random = 1.0 - masked - kept;
+    assert!((masked - 0.8).abs() < 0.01, "mask {masked}");
+    // a random replacement hits the original token 1 time in 46
+    assert!((kept - (0.1 + 0.1 / 46.0)).abs() < 0.01, "kept {kept}");
+    assert!((random - 0.1 * 45.0 / 46.0).abs() < 0.01, "random {random}");
+}
+
+fn loss_of(sd: &StateDict, x: &[i64], labels: &[i64]) -> f64 {
+    let (m, _) =
+        apply_state_dict(tiny().init::<CpuBackend>(&Default::default()), sd, true).unwrap();
+    m.mlm_loss(ids(x, 2, 6), labels).into_scalar().elem::<f64>()
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    let m = tiny().init::<CpuAutodiff>(&Default::default());
+    let x = [5i64, 3, 7, 9, 3, 11, 12, 3, 6, 1, 1, 1];
+    let labels = [
+        IGNORE, 8, IGNORE, IGNORE, 10, IGNORE, IGNORE, 4, IGNORE, IGNORE, IGNORE, IGNORE,
+    ];
+    let loss = m.mlm_loss(ids(&x, 2, 6), &labels);
+    let grads = collect_gradients(&m, &loss.backward());
+    let sd = collect_state_dict(&m.valid());
+    let h = 1e-2f32;
+    let mut checked = 0;
+    for (key, idx) in [
+        ("crate.encoder.layer.0.output.weight", 5usize),
+        ("crate.encoder.layer.1.output.weight", 17),
+        ("crate.encoder.layer.0.attention.self.qkv.weight", 40),
+        ("crate.encoder.layer.1.attention.output.dense.weight", 3),
+        ("crate.embeddings.word_embeddings.weight", 8 * 16 + 2),
+        ("crate.embeddings.LayerNorm.weight", 4),
+        ("lm_head.dense.weight", 21),
+        ("lm_head.bias", 8),
+        ("crate.encoder.layer.1.output.prenorm.bias", 9),
+    ] {
+        let g = grads[key].to_vec::<f32>().unwrap()[idx] as f64;
+        let shift = |s: f32| {
+            let mut sd = sd.clone();
+            let t = &sd[key];
+            let mut v = t.to_vec::<f32>().unwrap();
+            v[idx] += s;
+            sd.insert(key.to_string(), TensorData::new(v, t.shape.clone()));
+            loss_of(&sd, &x, &labels)
+        };
+        let fd = (shift(h) - shift(-h)) / (2.0 * h as f64);
+        assert!(
+            (fd - g).abs() <= 2e-3 + 0.05 * g.abs(),
+            "{key}[{idx}]: autodiff {g:e}, finite difference {fd:e}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 9);
+}
+
+#[test]
+fn masked_lm_training_lowers_the_loss() {
+    // one fixed 15-token text: every masked token is predictable from its position and context
+    let (b, t) = (8usize, 15usize);
+    let motif = [4i64, 9, 13, 6, 17, 5, 11];
+    let batch: Vec<i64> = (0..b * t).map(|i| motif[(i % t) * 3 % 7]).collect();
+    let special = [0i64, 1, 2, 3];
+    let eval_loss = |m: &CrateBert<CpuBackend>| -> f64 {
+        (0..4)
+            .map(|s| {
+                let (x, y) = mask_tokens(&batch, &special, 3, 20, 0.15, 1000 + s);
+                m.mlm_loss(ids(&x, b, t), &y).into_scalar().elem::<f64>()
+            })
+            .sum::<f64>()
+            / 4.0
+    };
+    let mut m = tiny().init::<CpuAutodiff>(&Default::default());
+    let before = eval_loss(&m.valid());
+    let mut opt = AdamWConfig::new().with_weight_decay(0.01).init();
+    for step in 0..200 {
+        let (x, y) = mask_tokens(&batch, &special, 3, 20, 0.15, step);
+        let loss = m.mlm_loss(ids(&x, b, t), &y);
+        let grads = GradientsParams::from_grads(loss.backward(), &m);
+        m = opt.step(5e-3, m, grads);
+    }
+    let after = eval_loss(&m.valid());
+    assert!(
+        after < 0.3 * before,
+        "masked-LM loss {before:.3} → {after:.3}: should fall below 30 %"
+    );
+}
