@@ -389,3 +389,98 @@ fn ctrl_c_saves_a_checkpoint_that_resumes() {
         "--json",
     ]);
 }
+
+#[test]
+fn crate_alpha_trains_resumes_evaluates_and_runs_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, cfg) = tiny_data(dir.path());
+    let run = dir.path().join("alpha");
+    let common = [
+        "--config",
+        cfg.as_str(),
+        "--arch",
+        "crate-alpha",
+        "--data",
+        data.as_str(),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--json",
+    ];
+    ok(&[
+        &[
+            "train",
+            "--run-dir",
+            run.to_str().unwrap(),
+            "--stop-after",
+            "1",
+        ][..],
+        &common,
+    ]
+    .concat());
+    let j = last_json(&ok(&[
+        &["train", "--run-dir", run.to_str().unwrap(), "--resume"][..],
+        &common,
+    ]
+    .concat()));
+    assert_eq!(j["epochs"], 2);
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("checkpoint/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["arch"], "crate-alpha");
+    let weights = run.join("checkpoint/model.safetensors");
+    let (sd, _) = read_safetensors_all(&weights).unwrap();
+    assert_eq!(sd["transformer.layers.0.1.fn.D1"].shape.to_vec(), [16, 64]);
+    assert_eq!(sd["conv1.weight"].shape.to_vec(), [16, 1, 7, 7]);
+    let e = last_json(&ok(&[
+        "eval",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--data",
+        &data,
+        "--json",
+    ]));
+    assert!((e["test_acc"].as_f64().unwrap() - j["test_acc"].as_f64().unwrap()).abs() < 1e-9);
+    assert!(fails(&[
+        "train",
+        "--arch",
+        "crate-omega",
+        "--run-dir",
+        dir.path().join("x").to_str().unwrap()
+    ])
+    .contains("crate-omega"));
+}
+
+#[test]
+fn forward_crate_alpha_on_official_pth() {
+    let g = Golden::load("crate_alpha.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let mut ctor: serde_json::Value = serde_json::from_str(&g.meta["ctor"]).unwrap();
+    ctor["arch"] = "crate-alpha".into();
+    let cfg = dir.path().join("alpha.json");
+    std::fs::write(&cfg, ctor.to_string()).unwrap();
+    let out = dir.path().join("out.safetensors");
+    let pth = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/crate_alpha_official.pth");
+    let input = golden_path("crate_alpha.safetensors");
+    ok(&[
+        "forward",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--weights",
+        pth.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--activations",
+    ]);
+    let (t, _) = read_safetensors_all(&out).unwrap();
+    assert_close("logits", &t["logits"], g.get("logits"), 1e-5);
+    assert_close(
+        "act.layer1.ista",
+        &t["act.layer1.ista"],
+        g.get("act.layer1.ista"),
+        1e-5,
+    );
+}

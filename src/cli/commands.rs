@@ -146,7 +146,10 @@ pub fn train(a: TrainArgs) -> Result<()> {
         );
         (config, state, model, optim)
     } else {
-        let config = CrateConfig::resolve(&a.config)?;
+        let mut config = CrateConfig::resolve(&a.config)?;
+        if let Some(arch) = &a.arch {
+            config = config.with_arch(arch)?;
+        }
         <TrainBackend as burn::tensor::backend::Backend>::seed(&device, a.seed);
         let mut model = canonical_ids(config.init::<TrainBackend>(&device));
         if let Some(p) = &a.init_from {

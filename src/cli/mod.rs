@@ -88,9 +88,12 @@ pub struct DataArgs {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Preset name (fmnist, crate-tiny, crate-small, crate-base, crate-large) or a JSON config.
+    /// Preset name (fmnist, crate-tiny, crate-small, crate-base, crate-large, crate-alpha-B/16, …) or a JSON config.
     #[arg(long, default_value = "fmnist")]
     pub config: String,
+    /// Override the config's architecture: `crate` or `crate-alpha` (same shape, CRATE-α layers).
+    #[arg(long)]
+    pub arch: Option<String>,
     #[command(flatten)]
     pub data: DataArgs,
     /// Run folder: checkpoint/, metrics.jsonl.

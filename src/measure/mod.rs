@@ -227,7 +227,7 @@ pub fn measure_batch<B: CrateBackend>(
         let q = layer
             .mssa
             .qkv
-            .forward(layer_norm(&layer.norm1, z_in.clone(), LN_EPS));
+            .forward(layer_norm(&layer.norm1, z_in.clone(), layer.ln_eps));
         let q = per_sample(q.into_data().convert::<f32>().to_vec().unwrap(), b);
         let rc: Vec<f64> = q
             .iter()

@@ -1,5 +1,6 @@
 //! CRATE models. `blocks` holds the shared operators (MSSA, ISTA); each variant is one file.
 
+pub mod alpha;
 pub mod blocks;
 pub mod fused;
 pub mod vision;
