@@ -17,7 +17,6 @@ use burn::tensor::Tensor;
 use std::collections::BTreeMap;
 
 use crate::model::fused::layer_norm;
-use crate::model::vision::LN_EPS;
 use crate::model::{Activations, Crate, CrateBackend};
 
 /// `½ logdet(I + c·ZᵀZ)` for `z` `[n, m]` row-major, through the smaller Gram matrix.

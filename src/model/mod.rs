@@ -3,6 +3,7 @@
 pub mod alpha;
 pub mod blocks;
 pub mod fused;
+pub mod mae;
 pub mod vision;
 
 pub use fused::{CrateAutodiff, CrateBackend};
