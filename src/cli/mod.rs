@@ -2,6 +2,7 @@
 
 mod bench;
 mod commands;
+mod mae;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -24,7 +25,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Top-k labels for PNG/JPEG images.
     Predict(PredictArgs),
-    /// Run a forward pass on a safetensors `input` tensor (NCHW f32) and write `logits`.
+    /// Run a forward pass on a safetensors `input` tensor (NCHW f32) and write `logits`
+    /// (CRATE-MAE configs: `pred`, `mask`, `ids_restore`, `recon_img`, `loss`, using `noise` if given).
     Forward(ForwardArgs),
     /// Print a configuration and its parameter count.
     Info(InfoArgs),
@@ -32,6 +34,80 @@ pub enum Command {
     Bench(BenchArgs),
     /// White-box measures per layer: coding rate R, compression R^c, sparsity.
     Measure(MeasureArgs),
+    /// CRATE-MAE: masked-autoencoder pre-training and reconstructions.
+    #[command(subcommand)]
+    Mae(MaeCommand),
+    /// Linear probe: a linear classifier on frozen cls features of a CRATE-MAE encoder.
+    Probe(ProbeArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MaeCommand {
+    /// Pre-train a CRATE-MAE (default: the Fashion-MNIST MAE `mae-fmnist`, mask ratio 0.75).
+    Train(MaeTrainArgs),
+    /// Write a PNG grid: original / masked / reconstructed test images.
+    Reconstruct(ReconstructArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MaeTrainArgs {
+    /// The classifier's training flags; `--config` takes an MAE preset (mae-fmnist, mae-crate-tiny,
+    /// mae-crate-small, mae-crate-base, mae-crate-large; `fmnist` = mae-fmnist) or a JSON config.
+    #[command(flatten)]
+    pub train: TrainArgs,
+    /// Fraction of patches removed (default: the config's, 0.75).
+    #[arg(long)]
+    pub mask_ratio: Option<f64>,
+    /// Per-patch normalised pixel targets (official `norm_pix_loss`).
+    #[arg(long)]
+    pub norm_pix_loss: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ReconstructArgs {
+    #[command(flatten)]
+    pub weights: WeightArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Number of test images (columns).
+    #[arg(long, default_value_t = 8)]
+    pub count: usize,
+    /// Pixel scale factor of the grid.
+    #[arg(long, default_value_t = 2)]
+    pub scale: u32,
+    /// Mask ratio (default: the config's).
+    #[arg(long)]
+    pub mask_ratio: Option<f64>,
+    /// Seed of the random masks.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "reconstruction.png")]
+    pub output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ProbeArgs {
+    /// CRATE-MAE weights (e.g. runs/mae-fmnist/checkpoint/model.safetensors).
+    #[command(flatten)]
+    pub weights: WeightArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[arg(long, default_value_t = 30)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1e-2)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -231,6 +307,9 @@ pub fn run() -> anyhow::Result<()> {
         Some(Command::Info(a)) => commands::info(a),
         Some(Command::Bench(a)) => bench::bench(a),
         Some(Command::Measure(a)) => commands::measure(a),
+        Some(Command::Mae(MaeCommand::Train(a))) => mae::train(a),
+        Some(Command::Mae(MaeCommand::Reconstruct(a))) => mae::reconstruct(a),
+        Some(Command::Probe(a)) => mae::probe(a),
     }
 }
 
