@@ -650,6 +650,41 @@ fn mae_train_lowers_masked_loss_then_reconstructs_and_probes() {
     );
     assert_eq!(p["dim"], 16);
 
+    // fine-tune a classifier from the encoder (lr ~0: the weights must arrive unchanged)
+    let ft = dir.path().join("ft");
+    let j = last_json(&ok(&[
+        "train",
+        "--init-from",
+        weights.to_str().unwrap(),
+        "--data",
+        &data,
+        "--run-dir",
+        ft.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--lr",
+        "1e-12",
+        "--json",
+    ]));
+    assert!((0.0..=1.0).contains(&j["test_acc"].as_f64().unwrap()));
+    let (cls, meta) = read_safetensors_all(&ft.join("checkpoint/model.safetensors")).unwrap();
+    assert!(
+        meta["config"].contains("crate-mae-encoder"),
+        "{}",
+        meta["config"]
+    );
+    for (mine, theirs) in [
+        ("conv1.weight", "patch_embed.proj.weight"),
+        (
+            "transformer.layers.0.1.fn.weight",
+            "blocks.0.layers.0.1.fn.weight",
+        ),
+        ("mlp_head.0.weight", "norm.weight"),
+        ("pos_embedding", "decoder_pos_embed"),
+    ] {
+        assert_close(mine, &cls[mine], &sd[theirs], 1e-6);
+    }
+
     let e = fails(
         &[
             &[

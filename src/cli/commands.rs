@@ -205,10 +205,26 @@ pub fn train(a: TrainArgs) -> Result<()> {
         if let Some(arch) = &a.arch {
             config = config.with_arch(arch)?;
         }
+        let mut init = match &a.init_from {
+            Some(p) => Some((p, read_state_dict(p)?)),
+            None => None,
+        };
+        if let Some((p, sd)) = init.as_mut() {
+            if crate::model::mae::is_mae_state_dict(sd) {
+                // fine-tune from a CRATE-MAE encoder: its shape, a new head of --config's classes
+                config = super::mae::mae_config_of(p)?.encoder_classifier(config.num_classes);
+                *sd = crate::model::mae::encoder_state_dict(sd);
+                tracing::info!(
+                    "--init-from {}: CRATE-MAE encoder → {} classifier",
+                    p.display(),
+                    config.arch
+                );
+            }
+        }
         <TrainBackend as burn::tensor::backend::Backend>::seed(&device, a.seed);
         let mut model = canonical_ids(config.init::<TrainBackend>(&device));
-        if let Some(p) = &a.init_from {
-            let (m, report) = apply_state_dict(model, &read_state_dict(p)?, false)?;
+        if let Some((p, sd)) = &init {
+            let (m, report) = apply_state_dict(model, sd, false)?;
             if !report.is_clean() {
                 tracing::warn!("--init-from {}: {}", p.display(), report.describe());
             }

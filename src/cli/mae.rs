@@ -56,6 +56,19 @@ pub fn is_mae(w: &WeightArgs) -> bool {
     config_json(w).is_some_and(|v| v["arch"] == ARCH_MAE)
 }
 
+/// The MAE config stored with MAE weights at `path` (metadata or `config.json` beside them).
+pub fn mae_config_of(path: &Path) -> Result<MaeConfig> {
+    let w = WeightArgs {
+        weights: path.to_path_buf(),
+        config: None,
+        strict: true,
+    };
+    let v = config_json(&w).with_context(|| {
+        format!("{}: a CRATE-MAE checkpoint without a stored config (metadata or config.json beside it)", path.display())
+    })?;
+    MaeConfig::from_json(&v.to_string()).with_context(|| format!("config of {}", path.display()))
+}
+
 pub struct LoadedMae<B: CrateBackend> {
     pub config: MaeConfig,
     pub model: CrateMae<B>,

@@ -18,8 +18,9 @@ use std::path::Path;
 
 use super::blocks::{Ista, Mssa, PatchConv};
 use super::fused::{layer_norm, CrateBackend};
-use super::vision::{patchify, CrateLayer, Sparsify, LN_EPS};
+use super::vision::{patchify, CrateConfig, CrateLayer, Sparsify, ARCH_MAE_ENCODER, LN_EPS};
 use super::Activations;
+use crate::weights::StateDict;
 
 /// `arch` of CRATE-MAE in a config JSON.
 pub const ARCH_MAE: &str = "crate-mae";
@@ -646,4 +647,60 @@ impl<B: CrateBackend> crate::weights::OfficialKeys for CrateMae<B> {
             _ => p.join("."),
         }
     }
+}
+
+impl MaeConfig {
+    /// The classifier on this MAE's encoder (`arch` `crate-mae-encoder`): same tokenizer, width,
+    /// depth, heads and λ, a new `num_classes` head. The MAE's `norm` becomes the head LayerNorm.
+    pub fn encoder_classifier(&self, num_classes: usize) -> CrateConfig {
+        CrateConfig {
+            arch: ARCH_MAE_ENCODER.into(),
+            image_size: self.img_size,
+            patch_size: self.patch_size,
+            num_classes,
+            dim: self.embed_dim,
+            depth: self.depth,
+            heads: self.num_heads,
+            pool: "cls".into(),
+            channels: self.in_chans,
+            dim_head: self.embed_dim / self.num_heads,
+            dropout: 0.0,
+            emb_dropout: 0.0,
+            ista: ENCODER_STEP,
+            lambd: Some(self.lambd),
+        }
+    }
+}
+
+/// Whether a state dict is laid out as the official CRATE-MAE (§7.2).
+pub fn is_mae_state_dict(sd: &StateDict) -> bool {
+    sd.contains_key("decoder_pred.weight") && sd.contains_key("mask_token")
+}
+
+/// An MAE state dict's encoder under the classifier's keys (`crate-mae-encoder`): the patch conv,
+/// cls token, the fixed sin-cos positions the encoder uses (as the initial learned positions),
+/// the encoder layers and `norm` (as the head LayerNorm); the decoder is dropped.
+pub fn encoder_state_dict(sd: &StateDict) -> StateDict {
+    let mut out = StateDict::new();
+    for (k, v) in sd {
+        let key = if let Some(rest) = k.strip_prefix("patch_embed.proj.") {
+            format!("conv1.{rest}")
+        } else if let Some(rest) = k.strip_prefix("blocks.") {
+            // blocks.{i}.layers.0.{j}.… → transformer.layers.{i}.{j}.…
+            let Some((i, tail)) = rest.split_once(".layers.0.") else {
+                continue;
+            };
+            format!("transformer.layers.{i}.{tail}")
+        } else if let Some(rest) = k.strip_prefix("norm.") {
+            format!("mlp_head.0.{rest}")
+        } else {
+            match k.as_str() {
+                "cls_token" => k.clone(),
+                "decoder_pos_embed" => "pos_embedding".into(),
+                _ => continue,
+            }
+        };
+        out.insert(key, v.clone());
+    }
+    out
 }

@@ -43,6 +43,9 @@ pub struct CrateConfig {
     /// ISTA step size η (the official constructor calls it `ista`).
     #[serde(default = "default_ista")]
     pub ista: f64,
+    /// ISTA sparsity λ; absent = the official classifier's hard-coded 0.1 (CRATE-MAE encoders: 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lambd: Option<f64>,
 }
 
 fn default_arch() -> String {
@@ -70,6 +73,9 @@ pub const LN_EPS: f64 = 1e-5;
 pub const ARCH_CRATE: &str = "crate";
 /// `arch` of CRATE-α (overcomplete ISTA with a decoding dictionary, conv patch embedding).
 pub const ARCH_ALPHA: &str = "crate-alpha";
+/// `arch` of a classifier on a CRATE-MAE encoder (conv patch embedding, CRATE layers with the
+/// encoder's λ); `whitebox train --init-from MAE_CKPT` builds it.
+pub const ARCH_MAE_ENCODER: &str = "crate-mae-encoder";
 
 /// Names accepted by `--config` besides a JSON path.
 pub const PRESETS: [&str; 8] = [
@@ -100,6 +106,7 @@ impl CrateConfig {
             dropout: 0.0,
             emb_dropout: 0.0,
             ista: 0.1,
+            lambd: None,
         }
     }
 
@@ -131,6 +138,13 @@ impl CrateConfig {
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    fn with_arch_unchecked(self, arch: &str) -> Self {
+        Self {
+            arch: arch.to_string(),
+            ..self
+        }
     }
 
     pub fn is_alpha(&self) -> bool {
@@ -179,8 +193,8 @@ impl CrateConfig {
 
     pub fn validate(&self) -> Result<()> {
         ensure!(
-            self.arch == ARCH_CRATE || self.arch == ARCH_ALPHA,
-            "arch {:?} is not a classifier (expected \"{ARCH_CRATE}\" or \"{ARCH_ALPHA}\")",
+            [ARCH_CRATE, ARCH_ALPHA, ARCH_MAE_ENCODER].contains(&self.arch.as_str()),
+            "arch {:?} is not a classifier (expected \"{ARCH_CRATE}\", \"{ARCH_ALPHA}\" or \"{ARCH_MAE_ENCODER}\")",
             self.arch
         );
         for (name, v) in [
@@ -229,6 +243,12 @@ impl CrateConfig {
         if self.is_alpha() {
             return alpha::param_count(self);
         }
+        if self.arch == ARCH_MAE_ENCODER {
+            // conv tokenizer instead of LN-Linear-LN: C·P²·d + d instead of 2·C·P² + C·P²·d + 3d
+            return self.clone().with_arch_unchecked(ARCH_CRATE).param_count()
+                - 2 * self.patch_dim()
+                - 2 * self.dim;
+        }
         let (d, pd, inner, n) = (
             self.dim,
             self.patch_dim(),
@@ -243,6 +263,17 @@ impl CrateConfig {
     pub fn init<B: CrateBackend>(&self, device: &B::Device) -> Crate<B> {
         if self.is_alpha() {
             return alpha::init(self, device);
+        }
+        if self.arch == ARCH_MAE_ENCODER {
+            let mut m = self.clone().with_arch_unchecked(ARCH_CRATE).init(device);
+            (m.patch_norm, m.patch_linear, m.embed_norm) = (None, None, None);
+            m.conv1 = Some(PatchConv::new(
+                self.channels,
+                self.dim,
+                self.patch_size,
+                device,
+            ));
+            return m;
         }
         let d = self.dim;
         let ln = |n: usize| LayerNormConfig::new(n).with_epsilon(LN_EPS).init(device);
@@ -263,7 +294,12 @@ impl CrateConfig {
                     norm1: ln(d),
                     mssa: Mssa::new(d, self.heads, self.dim_head, true, self.dropout, device),
                     norm2: ln(d),
-                    ista: Sparsify::Ista(Ista::new(d, self.ista, ISTA_LAMBDA, device)),
+                    ista: Sparsify::Ista(Ista::new(
+                        d,
+                        self.ista,
+                        self.lambd.unwrap_or(ISTA_LAMBDA),
+                        device,
+                    )),
                     ln_eps: LN_EPS,
                 })
                 .collect(),
