@@ -52,7 +52,7 @@ fn resolve_config(w: &WeightArgs, meta: &HashMap<String, String>) -> Result<Crat
     )
 }
 
-fn is_safetensors(path: &Path) -> bool {
+pub(super) fn is_safetensors(path: &Path) -> bool {
     let mut b = [0u8; 8];
     std::fs::File::open(path)
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
@@ -126,6 +126,57 @@ fn check_shape(cfg: &CrateConfig, set: &data::ImageSet, what: &Path) -> Result<(
     Ok(())
 }
 
+/// The recipe given by the training flags.
+pub(super) fn recipe_from(a: &TrainArgs) -> Result<Recipe> {
+    let recipe = Recipe {
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        min_lr: a.min_lr,
+        warmup_epochs: a.warmup_epochs,
+        label_smoothing: a.label_smoothing,
+        seed: a.seed,
+        optim: OptimSettings {
+            kind: a.optimizer,
+            weight_decay: a.weight_decay,
+            beta1: a.beta1,
+            beta2: a.beta2,
+            no_decay_norm_bias: a.no_decay_norm_bias,
+            clip_grad_norm: (a.clip_grad_norm > 0.0).then_some(a.clip_grad_norm),
+        },
+        augment: Augment {
+            crop_padding: a.crop_padding,
+            hflip: a.hflip,
+        },
+    };
+    ensure!(
+        recipe.epochs > 0 && recipe.batch_size > 0,
+        "--epochs and --batch-size must be positive"
+    );
+    ensure!(
+        recipe.lr > 0.0 && recipe.lr.is_finite(),
+        "--lr must be positive"
+    );
+    Ok(recipe)
+}
+
+/// A run that has not started (normalisation is filled in from the training split).
+pub(super) fn fresh_state(recipe: Recipe, data: &super::DataArgs) -> TrainState {
+    TrainState {
+        recipe,
+        normalization: Normalization {
+            mean: vec![],
+            std: vec![],
+        },
+        class_names: vec![],
+        epoch: 0,
+        batch: 0,
+        step: 0,
+        seconds: 0.0,
+        data: data.data.display().to_string(),
+    }
+}
+
 pub fn train(a: TrainArgs) -> Result<()> {
     let device = Default::default();
     let t_start = Instant::now();
@@ -150,59 +201,38 @@ pub fn train(a: TrainArgs) -> Result<()> {
         );
         (config, state, model, optim)
     } else {
-        let config = CrateConfig::resolve(&a.config)?;
+        let mut config = CrateConfig::resolve(&a.config)?;
+        if let Some(arch) = &a.arch {
+            config = config.with_arch(arch)?;
+        }
+        let mut init = match &a.init_from {
+            Some(p) => Some((p, read_state_dict(p)?)),
+            None => None,
+        };
+        if let Some((p, sd)) = init.as_mut() {
+            if crate::model::mae::is_mae_state_dict(sd) {
+                // fine-tune from a CRATE-MAE encoder: its shape, a new head of --config's classes
+                config = super::mae::mae_config_of(p)?.encoder_classifier(config.num_classes);
+                *sd = crate::model::mae::encoder_state_dict(sd);
+                tracing::info!(
+                    "--init-from {}: CRATE-MAE encoder → {} classifier",
+                    p.display(),
+                    config.arch
+                );
+            }
+        }
         <TrainBackend as burn::tensor::backend::Backend>::seed(&device, a.seed);
         let mut model = canonical_ids(config.init::<TrainBackend>(&device));
-        if let Some(p) = &a.init_from {
-            let (m, report) = apply_state_dict(model, &read_state_dict(p)?, false)?;
+        if let Some((p, sd)) = &init {
+            let (m, report) = apply_state_dict(model, sd, false)?;
             if !report.is_clean() {
                 tracing::warn!("--init-from {}: {}", p.display(), report.describe());
             }
             model = m;
         }
-        let recipe = Recipe {
-            epochs: a.epochs,
-            batch_size: a.batch_size,
-            lr: a.lr,
-            min_lr: a.min_lr,
-            warmup_epochs: a.warmup_epochs,
-            label_smoothing: a.label_smoothing,
-            seed: a.seed,
-            optim: OptimSettings {
-                kind: a.optimizer,
-                weight_decay: a.weight_decay,
-                beta1: a.beta1,
-                beta2: a.beta2,
-                no_decay_norm_bias: a.no_decay_norm_bias,
-                clip_grad_norm: (a.clip_grad_norm > 0.0).then_some(a.clip_grad_norm),
-            },
-            augment: Augment {
-                crop_padding: a.crop_padding,
-                hflip: a.hflip,
-            },
-        };
-        ensure!(
-            recipe.epochs > 0 && recipe.batch_size > 0,
-            "--epochs and --batch-size must be positive"
-        );
-        ensure!(
-            recipe.lr > 0.0 && recipe.lr.is_finite(),
-            "--lr must be positive"
-        );
+        let recipe = recipe_from(&a)?;
         let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
-        let state = TrainState {
-            recipe,
-            normalization: Normalization {
-                mean: vec![],
-                std: vec![],
-            },
-            class_names: vec![],
-            epoch: 0,
-            batch: 0,
-            step: 0,
-            seconds: 0.0,
-            data: a.data.data.display().to_string(),
-        };
+        let state = fresh_state(recipe, &a.data);
         (config, state, model, optim)
     };
     let mut state = state;
@@ -240,7 +270,8 @@ pub fn train(a: TrainArgs) -> Result<()> {
         measure_every: a.measure_every,
         measure_images: a.measure_images,
     };
-    let last = train::fit(&run, &config, model, optim, state.clone(), &device)?;
+    let task = train::Classify::new(config, state.recipe.label_smoothing, &device);
+    let last = train::fit(&run, &task, model, optim, state.clone(), &device)?;
     let dir = Checkpoint::dir(&a.run_dir);
     let final_state = Checkpoint::load_state(&dir)?;
     let (acc, loss) = match &last {
@@ -403,6 +434,9 @@ fn read_input<B: CrateBackend>(
 }
 
 pub fn forward(a: ForwardArgs) -> Result<()> {
+    if super::mae::is_mae(&a.weights) {
+        return super::mae::forward(a);
+    }
     let device = Default::default();
     let l = load_weights::<InferBackend>(&a.weights, &device)?;
     let x = read_input::<InferBackend>(&a.input, &l.config, &device)?;

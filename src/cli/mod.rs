@@ -2,6 +2,7 @@
 
 mod bench;
 mod commands;
+mod mae;
 mod pictures;
 
 use clap::{Args, Parser, Subcommand};
@@ -25,7 +26,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Top-k labels for PNG/JPEG images.
     Predict(PredictArgs),
-    /// Run a forward pass on a safetensors `input` tensor (NCHW f32) and write `logits`.
+    /// Run a forward pass on a safetensors `input` tensor (NCHW f32) and write `logits`
+    /// (CRATE-MAE configs: `pred`, `mask`, `ids_restore`, `recon_img`, `loss`, using `noise` if given).
     Forward(ForwardArgs),
     /// Print a configuration and its parameter count.
     Info(InfoArgs),
@@ -39,6 +41,80 @@ pub enum Command {
     Pca(pictures::PcaArgs),
     /// One self-contained HTML page for a run directory: curves, per-layer measures, attention maps.
     Report(pictures::ReportArgs),
+    /// CRATE-MAE: masked-autoencoder pre-training and reconstructions.
+    #[command(subcommand)]
+    Mae(MaeCommand),
+    /// Linear probe: a linear classifier on frozen cls features of a CRATE-MAE encoder.
+    Probe(ProbeArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MaeCommand {
+    /// Pre-train a CRATE-MAE (default: the Fashion-MNIST MAE `mae-fmnist`, mask ratio 0.75).
+    Train(MaeTrainArgs),
+    /// Write a PNG grid: original / masked / reconstructed test images.
+    Reconstruct(ReconstructArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MaeTrainArgs {
+    /// The classifier's training flags; `--config` takes an MAE preset (mae-fmnist, mae-crate-tiny,
+    /// mae-crate-small, mae-crate-base, mae-crate-large; `fmnist` = mae-fmnist) or a JSON config.
+    #[command(flatten)]
+    pub train: TrainArgs,
+    /// Fraction of patches removed (default: the config's, 0.75).
+    #[arg(long)]
+    pub mask_ratio: Option<f64>,
+    /// Per-patch normalised pixel targets (official `norm_pix_loss`).
+    #[arg(long)]
+    pub norm_pix_loss: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ReconstructArgs {
+    #[command(flatten)]
+    pub weights: WeightArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Number of test images (columns).
+    #[arg(long, default_value_t = 8)]
+    pub count: usize,
+    /// Pixel scale factor of the grid.
+    #[arg(long, default_value_t = 2)]
+    pub scale: u32,
+    /// Mask ratio (default: the config's).
+    #[arg(long)]
+    pub mask_ratio: Option<f64>,
+    /// Seed of the random masks.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value = "reconstruction.png")]
+    pub output: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ProbeArgs {
+    /// CRATE-MAE weights (e.g. runs/mae-fmnist/checkpoint/model.safetensors).
+    #[command(flatten)]
+    pub weights: WeightArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[arg(long, default_value_t = 30)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1e-2)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -98,9 +174,12 @@ pub struct DataArgs {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Preset name (fmnist, crate-tiny, crate-small, crate-base, crate-large) or a JSON config.
+    /// Preset name (fmnist, crate-tiny, crate-small, crate-base, crate-large, crate-alpha-B/16, …) or a JSON config.
     #[arg(long, default_value = "fmnist")]
     pub config: String,
+    /// Override the config's architecture: `crate` or `crate-alpha` (same shape, CRATE-α layers).
+    #[arg(long)]
+    pub arch: Option<String>,
     #[command(flatten)]
     pub data: DataArgs,
     /// Run folder: checkpoint/, metrics.jsonl.
@@ -247,6 +326,9 @@ pub fn run() -> anyhow::Result<()> {
         Some(Command::Attention(a)) => pictures::attention(a),
         Some(Command::Pca(a)) => pictures::pca(a),
         Some(Command::Report(a)) => pictures::report(a),
+        Some(Command::Mae(MaeCommand::Train(a))) => mae::train(a),
+        Some(Command::Mae(MaeCommand::Reconstruct(a))) => mae::reconstruct(a),
+        Some(Command::Probe(a)) => mae::probe(a),
     }
 }
 

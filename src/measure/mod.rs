@@ -17,7 +17,6 @@ use burn::tensor::Tensor;
 use std::collections::BTreeMap;
 
 use crate::model::fused::layer_norm;
-use crate::model::vision::LN_EPS;
 use crate::model::{Activations, Crate, CrateBackend};
 
 /// `½ logdet(I + c·ZᵀZ)` for `z` `[n, m]` row-major, through the smaller Gram matrix.
@@ -227,7 +226,7 @@ pub fn measure_batch<B: CrateBackend>(
         let q = layer
             .mssa
             .qkv
-            .forward(layer_norm(&layer.norm1, z_in.clone(), LN_EPS));
+            .forward(layer_norm(&layer.norm1, z_in.clone(), layer.ln_eps));
         let q = per_sample(q.into_data().convert::<f32>().to_vec().unwrap(), b);
         let rc: Vec<f64> = q
             .iter()

@@ -116,3 +116,51 @@ impl<B: CrateBackend> Ista<B> {
         )
     }
 }
+
+/// Patch embedding by a convolution with kernel = stride = patch size (torch `Conv2d(C, d, P, P)`),
+/// computed as patchify in `(c, p1, p2)` order followed by one GEMM with the flattened kernel.
+#[derive(Module, Debug)]
+pub struct PatchConv<B: CrateBackend> {
+    /// Kernel `[d, C, P, P]`, the torch layout.
+    pub weight: Param<Tensor<B, 4>>,
+    pub bias: Param<Tensor<B, 1>>,
+    pub patch_size: usize,
+}
+
+impl<B: CrateBackend> PatchConv<B> {
+    /// torch `Conv2d` default init: U(±1/√fan_in) for kernel and bias, fan_in = C·P².
+    pub fn new(channels: usize, dim: usize, patch: usize, device: &B::Device) -> Self {
+        let bound = 1.0 / ((channels * patch * patch) as f64).sqrt();
+        let u = Initializer::Uniform {
+            min: -bound,
+            max: bound,
+        };
+        Self {
+            weight: u.init([dim, channels, patch, patch], device),
+            bias: u.init([dim], device),
+            patch_size: patch,
+        }
+    }
+
+    /// Patch tokens `[b, (h w), d]` of an NCHW batch: `conv(x)` flattened row-major over the grid.
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 3> {
+        let [b, c, hh, ww] = x.dims();
+        let p = self.patch_size;
+        let (h, w) = (hh / p, ww / p);
+        let cols = x
+            .reshape([b, c, h, p, w, p])
+            .permute([0, 2, 4, 1, 3, 5])
+            .reshape([b * h * w, c * p * p]);
+        let [d, ..] = self.weight.dims();
+        let kernel = self.weight.val().reshape([d, c * p * p]);
+        let out = cols.matmul(kernel.transpose()) + self.bias.val().unsqueeze::<2>();
+        out.reshape([b, h * w, d])
+    }
+
+    /// Tokens `[b, (h w), d]` back to the conv's NCHW feature map `[b, d, h, w]`.
+    pub fn as_feature_map(&self, tokens: Tensor<B, 3>) -> Tensor<B, 4> {
+        let [b, n, d] = tokens.dims();
+        let g = (n as f64).sqrt().round() as usize;
+        tokens.swap_dims(1, 2).reshape([b, d, g, n / g])
+    }
+}

@@ -5,7 +5,6 @@ use anyhow::{ensure, Result};
 use burn::tensor::Tensor;
 
 use super::fused::{layer_norm, merge_heads};
-use super::vision::LN_EPS;
 use super::{Activations, Crate, CrateBackend};
 
 /// What layer `l` computes on a batch of `b` images with `n` tokens (cls first).
@@ -55,7 +54,7 @@ pub fn inspect_layer<B: CrateBackend>(
         z = l.forward(z, b, n).1;
     }
     let l = &model.layers[layer];
-    let w = l.mssa.project(layer_norm(&l.norm1, z, LN_EPS), b, n); // w_k = U_kᵀ LN₁(Z)
+    let w = l.mssa.project(layer_norm(&l.norm1, z, l.ln_eps), b, n); // w_k = U_kᵀ LN₁(Z)
     let attention = l.mssa.attention(w.clone());
     let features = merge_heads(w);
     let inner = features.dims()[1];

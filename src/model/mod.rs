@@ -1,9 +1,11 @@
 //! CRATE models. `blocks` holds the shared operators (MSSA, ISTA); each variant is one file.
 
+pub mod alpha;
 pub mod bert;
 pub mod blocks;
 pub mod fused;
 pub mod inspect;
+pub mod mae;
 pub mod posembed;
 pub mod vision;
 

@@ -14,7 +14,8 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-use super::blocks::{Ista, Mssa};
+use super::alpha::{self, OvercompleteIsta};
+use super::blocks::{Ista, Mssa, PatchConv};
 use super::Activations;
 
 /// Constructor arguments of the official `CRATE` class (same names, same defaults).
@@ -42,6 +43,9 @@ pub struct CrateConfig {
     /// ISTA step size η (the official constructor calls it `ista`).
     #[serde(default = "default_ista")]
     pub ista: f64,
+    /// ISTA sparsity λ; absent = the official classifier's hard-coded 0.1 (CRATE-MAE encoders: 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lambd: Option<f64>,
 }
 
 fn default_arch() -> String {
@@ -65,18 +69,29 @@ pub const ISTA_LAMBDA: f64 = 0.1;
 /// LayerNorm epsilon of every norm in the official classifier (torch default).
 pub const LN_EPS: f64 = 1e-5;
 
+/// `arch` of the plain CRATE classifier.
+pub const ARCH_CRATE: &str = "crate";
+/// `arch` of CRATE-α (overcomplete ISTA with a decoding dictionary, conv patch embedding).
+pub const ARCH_ALPHA: &str = "crate-alpha";
+/// `arch` of a classifier on a CRATE-MAE encoder (conv patch embedding, CRATE layers with the
+/// encoder's λ); `whitebox train --init-from MAE_CKPT` builds it.
+pub const ARCH_MAE_ENCODER: &str = "crate-mae-encoder";
+
 /// Names accepted by `--config` besides a JSON path.
-pub const PRESETS: [&str; 5] = [
+pub const PRESETS: [&str; 8] = [
     "fmnist",
+    "fmnist-alpha",
     "crate-tiny",
     "crate-small",
     "crate-base",
     "crate-large",
+    "crate-alpha-B/16",
+    "crate-alpha-{Ti,S,B,L,H,g,G,e}/{8,14,16,32}",
 ];
 
 impl CrateConfig {
     /// Official factory shape: 224 px, patch 16, `dim_head = dim / heads`, 1000 classes.
-    fn factory(dim: usize, depth: usize, heads: usize) -> Self {
+    pub(crate) fn factory(dim: usize, depth: usize, heads: usize) -> Self {
         Self {
             arch: default_arch(),
             image_size: 224,
@@ -91,6 +106,7 @@ impl CrateConfig {
             dropout: 0.0,
             emb_dropout: 0.0,
             ista: 0.1,
+            lambd: None,
         }
     }
 
@@ -106,9 +122,42 @@ impl CrateConfig {
         }
     }
 
+    /// The Fashion-MNIST model shape with CRATE-α layers (same width, depth, heads and patch).
+    pub fn fmnist_alpha() -> Self {
+        Self {
+            arch: ARCH_ALPHA.into(),
+            ..Self::fmnist()
+        }
+    }
+
+    /// This configuration with another `arch` (`--arch` on the command line).
+    pub fn with_arch(self, arch: &str) -> Result<Self> {
+        let cfg = Self {
+            arch: arch.to_string(),
+            ..self
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn with_arch_unchecked(self, arch: &str) -> Self {
+        Self {
+            arch: arch.to_string(),
+            ..self
+        }
+    }
+
+    pub fn is_alpha(&self) -> bool {
+        self.arch == ARCH_ALPHA
+    }
+
     pub fn preset(name: &str) -> Option<Self> {
+        if let Some(c) = alpha::preset(name) {
+            return Some(c);
+        }
         Some(match name {
             "fmnist" | "default" => Self::fmnist(),
+            "fmnist-alpha" => Self::fmnist_alpha(),
             "crate-tiny" | "crate-t" => Self::factory(384, 12, 6),
             "crate-small" | "crate-s" => Self::factory(576, 12, 12),
             "crate-base" | "crate-b" => Self::factory(768, 12, 12),
@@ -144,8 +193,8 @@ impl CrateConfig {
 
     pub fn validate(&self) -> Result<()> {
         ensure!(
-            self.arch == "crate",
-            "arch {:?} is not supported here (expected \"crate\")",
+            [ARCH_CRATE, ARCH_ALPHA, ARCH_MAE_ENCODER].contains(&self.arch.as_str()),
+            "arch {:?} is not a classifier (expected \"{ARCH_CRATE}\", \"{ARCH_ALPHA}\" or \"{ARCH_MAE_ENCODER}\")",
             self.arch
         );
         for (name, v) in [
@@ -191,6 +240,15 @@ impl CrateConfig {
 
     /// Parameter count from the official formula (matches `Module::num_params` of the built model).
     pub fn param_count(&self) -> usize {
+        if self.is_alpha() {
+            return alpha::param_count(self);
+        }
+        if self.arch == ARCH_MAE_ENCODER {
+            // conv tokenizer instead of LN-Linear-LN: C·P²·d + d instead of 2·C·P² + C·P²·d + 3d
+            return self.clone().with_arch_unchecked(ARCH_CRATE).param_count()
+                - 2 * self.patch_dim()
+                - 2 * self.dim;
+        }
         let (d, pd, inner, n) = (
             self.dim,
             self.patch_dim(),
@@ -203,6 +261,20 @@ impl CrateConfig {
     }
 
     pub fn init<B: CrateBackend>(&self, device: &B::Device) -> Crate<B> {
+        if self.is_alpha() {
+            return alpha::init(self, device);
+        }
+        if self.arch == ARCH_MAE_ENCODER {
+            let mut m = self.clone().with_arch_unchecked(ARCH_CRATE).init(device);
+            (m.patch_norm, m.patch_linear, m.embed_norm) = (None, None, None);
+            m.conv1 = Some(PatchConv::new(
+                self.channels,
+                self.dim,
+                self.patch_size,
+                device,
+            ));
+            return m;
+        }
         let d = self.dim;
         let ln = |n: usize| LayerNormConfig::new(n).with_epsilon(LN_EPS).init(device);
         let randn = Initializer::Normal {
@@ -210,9 +282,10 @@ impl CrateConfig {
             std: 1.0,
         };
         Crate {
-            patch_norm: ln(self.patch_dim()),
-            patch_linear: LinearConfig::new(self.patch_dim(), d).init(device),
-            embed_norm: ln(d),
+            patch_norm: Some(ln(self.patch_dim())),
+            patch_linear: Some(LinearConfig::new(self.patch_dim(), d).init(device)),
+            embed_norm: Some(ln(d)),
+            conv1: None,
             cls_token: randn.init([1, 1, d], device),
             pos_embedding: randn.init([1, self.num_patches() + 1, d], device),
             emb_dropout: DropoutConfig::new(self.emb_dropout).init(),
@@ -221,7 +294,13 @@ impl CrateConfig {
                     norm1: ln(d),
                     mssa: Mssa::new(d, self.heads, self.dim_head, true, self.dropout, device),
                     norm2: ln(d),
-                    ista: Ista::new(d, self.ista, ISTA_LAMBDA, device),
+                    ista: Sparsify::Ista(Ista::new(
+                        d,
+                        self.ista,
+                        self.lambd.unwrap_or(ISTA_LAMBDA),
+                        device,
+                    )),
+                    ln_eps: LN_EPS,
                 })
                 .collect(),
             head_norm: ln(d),
@@ -232,36 +311,54 @@ impl CrateConfig {
     }
 }
 
-/// One CRATE layer: `Z½ = Z + MSSA(LN₁ Z)`, `Z' = ISTA(LN₂ Z½)`.
+/// The sparse-coding half of a layer: CRATE's square ISTA step, or CRATE-α's overcomplete
+/// two-step ISTA with a separate decoding dictionary.
+#[derive(Module, Debug)]
+pub enum Sparsify<B: CrateBackend> {
+    Ista(Ista<B>),
+    Overcomplete(OvercompleteIsta<B>),
+}
+
+/// One CRATE layer: `Z½ = Z + MSSA(LN₁ Z)`, `Z' = ISTA(LN₂ Z½)`
+/// (CRATE-α: `Z' = Z½ + D₁·ISTA₂(LN₂ Z½)`).
 #[derive(Module, Debug)]
 pub struct CrateLayer<B: CrateBackend> {
     pub norm1: LayerNorm<B>,
     pub mssa: Mssa<B>,
     pub norm2: LayerNorm<B>,
-    pub ista: Ista<B>,
+    pub ista: Sparsify<B>,
+    /// eps of `norm1`/`norm2`: 1e-5 in CRATE, 1e-6 in CRATE-α's PreNorm.
+    pub ln_eps: f64,
 }
 
 impl<B: CrateBackend> CrateLayer<B> {
     /// `MSSA(LN₁ Z)` on token rows `[b·n, d]`.
     pub fn mssa(&self, z: Tensor<B, 2>, b: usize, n: usize) -> Tensor<B, 2> {
-        self.mssa.forward(layer_norm(&self.norm1, z, LN_EPS), b, n)
+        self.mssa
+            .forward(layer_norm(&self.norm1, z, self.ln_eps), b, n)
     }
 
     /// Returns `(Z½, Z')` for token rows `z` `[b·n, d]`.
     pub fn forward(&self, z: Tensor<B, 2>, b: usize, n: usize) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let half = z.clone() + self.mssa(z, b, n);
-        let next = self
-            .ista
-            .forward(layer_norm(&self.norm2, half.clone(), LN_EPS));
+        let y = layer_norm(&self.norm2, half.clone(), self.ln_eps);
+        let next = match &self.ista {
+            Sparsify::Ista(ista) => ista.forward(y),
+            // CRATE-α adds the residual around the sparse-coding block.
+            Sparsify::Overcomplete(odl) => half.clone() + odl.forward(y),
+        };
         (half, next)
     }
 }
 
 #[derive(Module, Debug)]
 pub struct Crate<B: CrateBackend> {
-    pub patch_norm: LayerNorm<B>,
-    pub patch_linear: Linear<B>,
-    pub embed_norm: LayerNorm<B>,
+    /// CRATE tokenizer `LN → Linear → LN` (None in CRATE-α).
+    pub patch_norm: Option<LayerNorm<B>>,
+    pub patch_linear: Option<Linear<B>>,
+    pub embed_norm: Option<LayerNorm<B>>,
+    /// CRATE-α tokenizer: a conv with kernel = stride = patch (None in CRATE).
+    pub conv1: Option<PatchConv<B>>,
     pub cls_token: Param<Tensor<B, 3>>,
     pub pos_embedding: Param<Tensor<B, 3>>,
     pub emb_dropout: Dropout,
@@ -282,14 +379,30 @@ pub fn patchify<B: CrateBackend>(x: Tensor<B, 4>, p: usize) -> Tensor<B, 3> {
 }
 
 impl<B: CrateBackend> Crate<B> {
-    /// Tokens `Z⁰` = [cls; LN(Linear(LN(patches)))] + positions.
-    pub fn embed(&self, x: Tensor<B, 4>, acts: &mut Activations<B>) -> Tensor<B, 3> {
+    /// Patch tokens `[b, n, d]`: `LN(Linear(LN(patches)))` (CRATE) or `conv1(x)` (CRATE-α).
+    fn tokenize(&self, x: Tensor<B, 4>, acts: &mut Activations<B>) -> Tensor<B, 3> {
+        if let Some(conv) = &self.conv1 {
+            let tokens = conv.forward(x);
+            if acts.enabled() {
+                acts.push("act.patch_embed_conv", &conv.as_feature_map(tokens.clone()));
+            }
+            return tokens;
+        }
+        let (Some(pn), Some(pl), Some(en)) =
+            (&self.patch_norm, &self.patch_linear, &self.embed_norm)
+        else {
+            unreachable!("a CRATE model has either conv1 or the LN-Linear-LN tokenizer")
+        };
         let patches = patchify(x, self.patch_size);
         acts.push("act.patches", &patches);
-        let tokens = self
-            .embed_norm
-            .forward(self.patch_linear.forward(self.patch_norm.forward(patches)));
+        let tokens = en.forward(pl.forward(pn.forward(patches)));
         acts.push("act.patch_embed", &tokens);
+        tokens
+    }
+
+    /// Tokens `Z⁰` = [cls; tokenize(x)] + positions.
+    pub fn embed(&self, x: Tensor<B, 4>, acts: &mut Activations<B>) -> Tensor<B, 3> {
+        let tokens = self.tokenize(x, acts);
         let [b, n, d] = tokens.dims();
         let cls = self.cls_token.val().expand([b, 1, d]);
         let z = Tensor::cat(vec![cls, tokens], 1)
@@ -357,6 +470,7 @@ impl<B: CrateBackend> crate::weights::OfficialKeys for Crate<B> {
             ["patch_norm", l] => format!("to_patch_embedding.1.{}", leaf(l)),
             ["patch_linear", l] => format!("to_patch_embedding.2.{}", leaf(l)),
             ["embed_norm", l] => format!("to_patch_embedding.3.{}", leaf(l)),
+            ["conv1", l] => format!("conv1.{l}"),
             ["head_norm", l] => format!("mlp_head.0.{}", leaf(l)),
             ["head", l] => format!("mlp_head.1.{}", leaf(l)),
             ["layers", i, "norm1", l] => format!("transformer.layers.{i}.0.norm.{}", leaf(l)),
@@ -367,7 +481,10 @@ impl<B: CrateBackend> crate::weights::OfficialKeys for Crate<B> {
                 format!("transformer.layers.{i}.0.fn.to_out.0.{}", leaf(l))
             }
             ["layers", i, "norm2", l] => format!("transformer.layers.{i}.1.norm.{}", leaf(l)),
-            ["layers", i, "ista", l] => format!("transformer.layers.{i}.1.fn.{}", leaf(l)),
+            ["layers", i, "ista", "Ista", l] => format!("transformer.layers.{i}.1.fn.{l}"),
+            ["layers", i, "ista", "Overcomplete", l] => {
+                format!("transformer.layers.{i}.1.fn.{}", alpha::official_leaf(l))
+            }
             _ => p.join("."),
         }
     }

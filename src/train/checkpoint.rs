@@ -4,15 +4,15 @@
 //! `checkpoint.tmp/` and swapped in by renames, so a crash keeps the previous checkpoint whole.
 
 use anyhow::{Context, Result};
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::{Recipe, TrainOptimizer};
 use crate::data::Normalization;
-use crate::model::{Crate, CrateAutodiff, CrateBackend, CrateConfig};
-use crate::weights::{collect_state_dict, write_atomic, write_safetensors};
+use crate::weights::{collect_state_dict, write_atomic, write_safetensors, OfficialKeys};
 
 /// Where a run stands, saved next to the weights.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,7 +33,7 @@ pub struct TrainState {
 
 /// Metadata stored in a whitebox safetensors file so `eval`/`predict` need nothing else.
 pub fn model_metadata(
-    config: &CrateConfig,
+    config: &impl Serialize,
     norm: &Normalization,
     classes: &[String],
 ) -> HashMap<String, String> {
@@ -52,10 +52,10 @@ pub fn model_metadata(
 }
 
 /// Save model weights (official keys) with metadata, atomically.
-pub fn save_model<B: CrateBackend>(
+pub fn save_model<B: Backend, M: Module<B> + OfficialKeys>(
     path: &Path,
-    config: &CrateConfig,
-    model: &Crate<B>,
+    config: &impl Serialize,
+    model: &M,
     norm: &Normalization,
     classes: &[String],
 ) -> Result<()> {
@@ -80,13 +80,16 @@ impl Checkpoint {
             .find(|d| d.join("state.json").exists())
     }
 
-    pub fn save<B: CrateAutodiff>(
+    pub fn save<B: AutodiffBackend, M: AutodiffModule<B> + OfficialKeys>(
         run_dir: &Path,
-        config: &CrateConfig,
-        model: &Crate<B>,
-        optim: &TrainOptimizer<Crate<B>, B>,
+        config: &impl Serialize,
+        model: &M,
+        optim: &TrainOptimizer<M, B>,
         state: &TrainState,
-    ) -> Result<()> {
+    ) -> Result<()>
+    where
+        M::InnerModule: OfficialKeys,
+    {
         let tmp = run_dir.join("checkpoint.tmp");
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp)?;

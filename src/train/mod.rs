@@ -1,15 +1,18 @@
-//! Supervised training of the CRATE classifier: per-iteration warm-up + cosine, label smoothing,
-//! AdamW/Lion, clipping, per-epoch evaluation, JSONL metrics, atomic checkpoints and exact resume.
+//! Training: per-iteration warm-up + cosine, AdamW/Lion, clipping, per-epoch evaluation, JSONL
+//! metrics, atomic checkpoints and exact resume, for any [`Task`] (the CRATE/CRATE-α classifier
+//! with label smoothing, or CRATE-MAE's masked reconstruction).
 
 pub mod checkpoint;
 pub mod lion;
+pub mod mae;
 pub mod optim;
 pub mod schedule;
 
 use anyhow::{ensure, Result};
 use burn::module::AutodiffModule;
-use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::GradientsParams;
+use rand::rngs::StdRng;
 
 use burn::tensor::{ElementConversion, Int, Tensor};
 use serde::{Deserialize, Serialize};
@@ -21,6 +24,7 @@ use std::time::Instant;
 use crate::data::{batch_rng, epoch_order, Augment, Batcher, ImageSet, Normalization};
 use crate::measure::{measure_batch, LayerCurves, MeasureSettings};
 use crate::model::{Crate, CrateAutodiff, CrateBackend, CrateConfig};
+use crate::weights::OfficialKeys;
 pub use checkpoint::{Checkpoint, TrainState};
 pub use optim::{OptimSettings, OptimizerKind, TrainOptimizer};
 
@@ -128,6 +132,106 @@ pub struct EpochMetrics {
     pub measures: Option<LayerCurves>,
 }
 
+/// What [`fit`] trains: a model, the loss of one training batch and a held-out evaluation.
+pub trait Task<B: CrateAutodiff> {
+    type Model: AutodiffModule<B, InnerModule = Self::Valid> + OfficialKeys;
+    type Valid: burn::module::Module<B::InnerBackend> + OfficialKeys;
+    /// Constructor arguments saved as `config.json` and in the weights' metadata.
+    type Config: Serialize;
+    fn config(&self) -> &Self::Config;
+    /// Loss of one batch; `rng` is the batch's own generator (after augmentation), so any
+    /// randomness of the loss (e.g. MAE masking) repeats exactly on resume.
+    fn loss(
+        &self,
+        model: &Self::Model,
+        x: Tensor<B, 4>,
+        y: Tensor<B, 1, Int>,
+        rng: &mut StdRng,
+    ) -> Tensor<B, 1>;
+    fn evaluate(
+        &self,
+        model: &Self::Valid,
+        set: &ImageSet,
+        norm: &Normalization,
+        device: &B::Device,
+    ) -> Result<EvalResult>;
+    /// Per-layer white-box measures on the first `limit` images of `set`, where the model has them.
+    fn measure(
+        &self,
+        _model: &Self::Valid,
+        _set: &ImageSet,
+        _norm: &Normalization,
+        _limit: usize,
+        _device: &B::Device,
+    ) -> Result<Option<LayerCurves>> {
+        Ok(None)
+    }
+    /// One line for the log after an evaluation.
+    fn describe(&self, r: &EvalResult) -> String {
+        format!(
+            "test loss {:.4}  top-1 {:.2}%  top-5 {:.2}%",
+            r.loss,
+            100.0 * r.top1,
+            100.0 * r.top5
+        )
+    }
+}
+
+/// The CRATE / CRATE-α classifier: cross-entropy with optional label smoothing.
+pub struct Classify<B: CrateAutodiff> {
+    pub config: CrateConfig,
+    ce: CrossEntropyLoss<B>,
+}
+
+impl<B: CrateAutodiff> Classify<B> {
+    pub fn new(config: CrateConfig, label_smoothing: f64, device: &B::Device) -> Self {
+        let smoothing = (label_smoothing > 0.0).then_some(label_smoothing as f32);
+        Self {
+            config,
+            ce: CrossEntropyLossConfig::new()
+                .with_smoothing(smoothing)
+                .init::<B>(device),
+        }
+    }
+}
+
+impl<B: CrateAutodiff> Task<B> for Classify<B> {
+    type Model = Crate<B>;
+    type Valid = Crate<B::InnerBackend>;
+    type Config = CrateConfig;
+    fn config(&self) -> &CrateConfig {
+        &self.config
+    }
+    fn loss(
+        &self,
+        model: &Crate<B>,
+        x: Tensor<B, 4>,
+        y: Tensor<B, 1, Int>,
+        _rng: &mut StdRng,
+    ) -> Tensor<B, 1> {
+        self.ce.forward(model.forward(x), y)
+    }
+    fn evaluate(
+        &self,
+        model: &Crate<B::InnerBackend>,
+        set: &ImageSet,
+        norm: &Normalization,
+        device: &B::Device,
+    ) -> Result<EvalResult> {
+        evaluate(model, set, norm, 500, device)
+    }
+    fn measure(
+        &self,
+        model: &Crate<B::InnerBackend>,
+        set: &ImageSet,
+        norm: &Normalization,
+        limit: usize,
+        device: &B::Device,
+    ) -> Result<Option<LayerCurves>> {
+        measure_curves(model, set, norm, limit, device).map(Some)
+    }
+}
+
 pub struct TrainRun<'a> {
     pub run_dir: PathBuf,
     pub train: &'a ImageSet,
@@ -151,14 +255,15 @@ fn append_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
 }
 
 /// Train from `state` (fresh or resumed) until `state.recipe.epochs`; returns the last metrics.
-pub fn fit<B: CrateAutodiff>(
+pub fn fit<B: CrateAutodiff, T: Task<B>>(
     run: &TrainRun,
-    config: &CrateConfig,
-    mut model: Crate<B>,
-    mut optim: TrainOptimizer<Crate<B>, B>,
+    task: &T,
+    mut model: T::Model,
+    mut optim: TrainOptimizer<T::Model, B>,
     mut state: TrainState,
     device: &B::Device,
 ) -> Result<Option<EpochMetrics>> {
+    let config = task.config();
     let recipe = state.recipe.clone();
     let n = run.train.len();
     let spe = recipe.steps_per_epoch(n);
@@ -168,10 +273,6 @@ pub fn fit<B: CrateAutodiff>(
         norm: state.normalization.clone(),
         augment: recipe.augment,
     };
-    let smoothing = (recipe.label_smoothing > 0.0).then_some(recipe.label_smoothing as f32);
-    let ce = CrossEntropyLossConfig::new()
-        .with_smoothing(smoothing)
-        .init::<B>(device);
     let metrics_path = run.run_dir.join("metrics.jsonl");
     let mut last = None;
     let stop_at = run
@@ -197,13 +298,9 @@ pub fn fit<B: CrateAutodiff>(
             }
             let b = state.batch;
             let idx = &order[b * recipe.batch_size..((b + 1) * recipe.batch_size).min(n)];
-            let (x, y) = batcher.batch::<B>(
-                run.train,
-                idx,
-                &mut batch_rng(recipe.seed, epoch, b),
-                device,
-            );
-            let loss = ce.forward(model.forward(x), y);
+            let mut rng = batch_rng(recipe.seed, epoch, b);
+            let (x, y) = batcher.batch::<B>(run.train, idx, &mut rng, device);
+            let loss = task.loss(&model, x, y, &mut rng);
             let loss_val: f64 = loss.clone().into_scalar().elem();
             ensure!(
                 loss_val.is_finite(),
@@ -230,15 +327,15 @@ pub fn fit<B: CrateAutodiff>(
         bar.finish_and_clear();
         state.epoch += 1;
         state.batch = 0;
-        let eval = evaluate(&model.valid(), run.test, &state.normalization, 500, device)?;
+        let eval = task.evaluate(&model.valid(), run.test, &state.normalization, device)?;
         let measures = if run.measure_every > 0 && state.epoch.is_multiple_of(run.measure_every) {
-            Some(measure_curves(
+            task.measure(
                 &model.valid(),
                 run.test,
                 &state.normalization,
                 run.measure_images,
                 device,
-            )?)
+            )?
         } else {
             None
         };
@@ -260,13 +357,11 @@ pub fn fit<B: CrateAutodiff>(
             measures,
         };
         tracing::info!(
-            "epoch {}/{}  train loss {:.4}  test loss {:.4}  top-1 {:.2}%  top-5 {:.2}%  {:.0} img/s  {:.0}s",
+            "epoch {}/{}  train loss {:.4}  {}  {:.0} img/s  {:.0}s",
             m.epoch,
             recipe.epochs,
             m.train_loss,
-            m.test_loss,
-            100.0 * m.test_acc,
-            100.0 * m.test_top5,
+            task.describe(&eval),
             m.train_img_s,
             m.seconds
         );

@@ -1,0 +1,603 @@
+//! CRATE-MAE commands: `forward` on an MAE config, `mae train`, `mae reconstruct`, `probe`.
+
+use anyhow::{bail, ensure, Context, Result};
+use burn::module::AutodiffModule;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::LinearConfig;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use super::commands::{fresh_state, is_safetensors, load_split, meta_json, recipe_from};
+use super::{ForwardArgs, MaeTrainArgs, ProbeArgs, ReconstructArgs, WeightArgs};
+use crate::data::{self, batch_rng, Augment, Batcher, ImageSet, Normalization, Split};
+use crate::model::mae::{unpatchify, CrateMae, MaeConfig, ARCH_MAE};
+use crate::model::{Activations, CrateBackend};
+use crate::train::mae::{evaluate_mae, Reconstruct};
+use crate::train::{self, Checkpoint, TrainOptimizer, TrainRun};
+use crate::weights::{
+    apply_state_dict, canonical_ids, read_safetensors_all, read_state_dict, safetensors_bytes,
+    write_atomic, StateDict,
+};
+use crate::{InferBackend, TrainBackend};
+
+/// The config JSON that goes with a weights file: `--config` (file), else the safetensors
+/// metadata, else `config.json` beside the weights.
+fn config_json(w: &WeightArgs) -> Option<serde_json::Value> {
+    let text = match &w.config {
+        Some(spec) if Path::new(spec).is_file() => std::fs::read_to_string(spec).ok()?,
+        Some(_) => return None,
+        None => {
+            let meta = is_safetensors(&w.weights)
+                .then(|| read_safetensors_all(&w.weights).ok())
+                .flatten()
+                .map(|(_, m)| m);
+            match meta.and_then(|m| m.get("config").cloned()) {
+                Some(c) => c,
+                None => std::fs::read_to_string(w.weights.with_file_name("config.json")).ok()?,
+            }
+        }
+    };
+    serde_json::from_str(&text).ok()
+}
+
+/// Whether `--weights`/`--config` describe a CRATE-MAE (`"arch": "crate-mae"` or an MAE preset).
+pub fn is_mae(w: &WeightArgs) -> bool {
+    if let Some(spec) = &w.config {
+        if MaeConfig::preset(spec).is_some() {
+            return true;
+        }
+    }
+    config_json(w).is_some_and(|v| v["arch"] == ARCH_MAE)
+}
+
+/// The MAE config stored with MAE weights at `path` (metadata or `config.json` beside them).
+pub fn mae_config_of(path: &Path) -> Result<MaeConfig> {
+    let w = WeightArgs {
+        weights: path.to_path_buf(),
+        config: None,
+        strict: true,
+    };
+    let v = config_json(&w).with_context(|| {
+        format!("{}: a CRATE-MAE checkpoint without a stored config (metadata or config.json beside it)", path.display())
+    })?;
+    MaeConfig::from_json(&v.to_string()).with_context(|| format!("config of {}", path.display()))
+}
+
+pub struct LoadedMae<B: CrateBackend> {
+    pub config: MaeConfig,
+    pub model: CrateMae<B>,
+    pub meta: HashMap<String, String>,
+}
+
+/// Reject a state dict that is not laid out as the official `MaskedAutoencoderViT` (§7.2).
+fn check_mae_layout(sd: &StateDict, path: &Path) -> Result<()> {
+    let want = [
+        "decoder_pred.weight",
+        "mask_token",
+        "blocks.0.layers.0.1.fn.weight",
+    ];
+    if want.iter().all(|k| sd.contains_key(*k)) {
+        return Ok(());
+    }
+    let mut seen: Vec<&String> = sd.keys().collect();
+    seen.sort();
+    seen.truncate(4);
+    bail!(
+        "{}: not a CRATE-MAE checkpoint: expected the official keys ({}, …) but found {:?}{}",
+        path.display(),
+        want.join(", "),
+        seen,
+        if sd.contains_key("mlp_head.1.weight") {
+            " — this looks like a classifier; use it without \"arch\": \"crate-mae\""
+        } else {
+            ""
+        }
+    )
+}
+
+pub fn load_mae<B: CrateBackend>(w: &WeightArgs, device: &B::Device) -> Result<LoadedMae<B>> {
+    let meta = if is_safetensors(&w.weights) {
+        read_safetensors_all(&w.weights)?.1
+    } else {
+        HashMap::new()
+    };
+    let config = match &w.config {
+        Some(spec) => MaeConfig::resolve(spec)?,
+        None => {
+            let v = config_json(w).with_context(|| {
+                format!(
+                    "{}: no config stored with these weights; pass --config PRESET|FILE.json",
+                    w.weights.display()
+                )
+            })?;
+            MaeConfig::from_json(&v.to_string())
+                .with_context(|| format!("config of {}", w.weights.display()))?
+        }
+    };
+    let sd = read_state_dict(&w.weights)?;
+    check_mae_layout(&sd, &w.weights)?;
+    let (model, report) = apply_state_dict(config.init::<B>(device), &sd, w.strict)
+        .with_context(|| format!("loading {}", w.weights.display()))?;
+    if !report.is_clean() {
+        tracing::warn!(
+            "non-strict load of {}: {}",
+            w.weights.display(),
+            report.describe()
+        );
+    }
+    Ok(LoadedMae {
+        config,
+        model,
+        meta,
+    })
+}
+
+/// `whitebox forward` on a CRATE-MAE: reads `input` and optional `noise`, writes `pred`, `mask`,
+/// `ids_restore`, `ids_keep`, `ids_shuffle`, `recon_img` and `loss` (golden names).
+pub fn forward(a: ForwardArgs) -> Result<()> {
+    let device = Default::default();
+    let l = load_mae::<InferBackend>(&a.weights, &device)?;
+    let c = &l.config;
+    let (tensors, _) = read_safetensors_all(&a.input)?;
+    let input = tensors
+        .get("input")
+        .with_context(|| format!("{}: no tensor named `input`", a.input.display()))?;
+    let want = [c.in_chans, c.img_size, c.img_size];
+    ensure!(
+        input.shape.len() == 4 && input.shape[1..] == want,
+        "{}: `input` has shape {:?}, expected [N, {}, {}, {}]",
+        a.input.display(),
+        input.shape.to_vec(),
+        want[0],
+        want[1],
+        want[2]
+    );
+    let b = input.shape[0];
+    let noise = match tensors.get("noise") {
+        Some(t) => {
+            ensure!(
+                t.shape.to_vec() == [b, c.num_patches()],
+                "{}: `noise` has shape {:?}, expected [{b}, {}]",
+                a.input.display(),
+                t.shape.to_vec(),
+                c.num_patches()
+            );
+            Some(t.clone().convert::<f32>().to_vec::<f32>().unwrap())
+        }
+        None => None,
+    };
+    let x = Tensor::<InferBackend, 4>::from_data(input.clone().convert::<f32>(), &device);
+    let masking = l
+        .model
+        .masking(b, noise.as_deref(), &mut StdRng::seed_from_u64(0));
+    let mut acts = if a.activations {
+        Activations::on()
+    } else {
+        Activations::off()
+    };
+    let out = l.model.forward_with(x, masking, &mut acts);
+    let m = &out.masking;
+    let (len, keep) = (m.len, m.len_keep);
+    let mut sd = StateDict::new();
+    let recon = unpatchify(out.pred.clone(), c.patch_size, c.in_chans);
+    sd.insert("pred".into(), out.pred.into_data().convert::<f32>());
+    sd.insert("recon_img".into(), recon.into_data().convert::<f32>());
+    let loss: f32 = out.loss.into_scalar().elem();
+    sd.insert(
+        "loss".into(),
+        TensorData::new(vec![loss], Vec::<usize>::new()),
+    );
+    sd.insert("mask".into(), TensorData::new(m.mask.clone(), [b, len]));
+    for (k, v, w) in [
+        ("ids_restore", &m.ids_restore, len),
+        ("ids_shuffle", &m.ids_shuffle, len),
+        ("ids_keep", &m.ids_keep, keep),
+    ] {
+        sd.insert(k.into(), TensorData::new(v.clone(), [b, w]));
+    }
+    for cap in acts.into_vec() {
+        sd.insert(cap.name, TensorData::new(cap.values, cap.shape));
+    }
+    write_atomic(&a.output, &safetensors_bytes(sd.iter(), None)?)?;
+    println!(
+        "wrote {} tensors to {} (loss {loss:.6})",
+        sd.len(),
+        a.output.display()
+    );
+    Ok(())
+}
+
+fn check_mae_shape(cfg: &MaeConfig, set: &ImageSet, what: &Path) -> Result<()> {
+    ensure!(
+        set.channels == cfg.in_chans && set.height == cfg.img_size && set.width == cfg.img_size,
+        "{}: images are {}×{}×{} but the MAE expects {}×{}×{} (channels × height × width)",
+        what.display(),
+        set.channels,
+        set.height,
+        set.width,
+        cfg.in_chans,
+        cfg.img_size,
+        cfg.img_size
+    );
+    Ok(())
+}
+
+/// `whitebox mae train`: masked-autoencoder pre-training with the classifier's training machinery.
+pub fn train(m: MaeTrainArgs) -> Result<()> {
+    let a = &m.train;
+    let device = Default::default();
+    let t_start = Instant::now();
+    ensure!(
+        a.measure_every == 0,
+        "--measure-every measures classifier layers; it is not available for `mae train`"
+    );
+    let ckpt = Checkpoint::find(&a.run_dir);
+    if !a.resume && ckpt.is_some() {
+        bail!("{} already holds a checkpoint: pass --resume to continue it, or choose another --run-dir", a.run_dir.display());
+    }
+    let (config, state, model, optim) = if a.resume {
+        let dir =
+            ckpt.with_context(|| format!("--resume: no checkpoint in {}", a.run_dir.display()))?;
+        let state = train::Checkpoint::load_state(&dir)?;
+        let config = MaeConfig::from_json_file(&dir.join("config.json"))?;
+        let sd = read_state_dict(&dir.join("model.safetensors"))?;
+        let (model, _) = apply_state_dict(config.init::<TrainBackend>(&device), &sd, true)?;
+        let optim = TrainOptimizer::new(state.recipe.optim.clone(), &model).load(&dir, &device)?;
+        tracing::info!(
+            "resuming {} at epoch {} batch {} (step {})",
+            a.run_dir.display(),
+            state.epoch + 1,
+            state.batch,
+            state.step
+        );
+        (config, state, model, optim)
+    } else {
+        let spec = if a.config == "fmnist" {
+            "mae-fmnist"
+        } else {
+            a.config.as_str()
+        };
+        let mut config = MaeConfig::resolve(spec)?;
+        if let Some(r) = m.mask_ratio {
+            config.mask_ratio = r;
+        }
+        config.norm_pix_loss |= m.norm_pix_loss;
+        config.validate()?;
+        <TrainBackend as burn::tensor::backend::Backend>::seed(&device, a.seed);
+        let mut model = canonical_ids(config.init::<TrainBackend>(&device));
+        if let Some(p) = &a.init_from {
+            let (mm, report) = apply_state_dict(model, &read_state_dict(p)?, false)?;
+            if !report.is_clean() {
+                tracing::warn!("--init-from {}: {}", p.display(), report.describe());
+            }
+            model = mm;
+        }
+        let recipe = recipe_from(a)?;
+        let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
+        (config, fresh_state(recipe, &a.data), model, optim)
+    };
+    let mut state = state;
+    let train_set = load_split(&a.data, Split::Train, a.train_limit)?;
+    let test_set = load_split(&a.data, Split::Test, a.test_limit)?;
+    check_mae_shape(&config, &train_set, &a.data.data)?;
+    if state.normalization.mean.is_empty() {
+        state.normalization = Normalization::from_set(&train_set);
+        state.class_names = train_set.class_names.clone();
+    }
+    std::fs::create_dir_all(&a.run_dir)
+        .with_context(|| format!("cannot create {}", a.run_dir.display()))?;
+    ctrlc::set_handler(|| train::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst)).ok();
+    tracing::info!(
+        "MAE pre-training {} params on {} images ({} test) from {}, mask ratio {}, {} epochs",
+        config.param_count(),
+        train_set.len(),
+        test_set.len(),
+        a.data.data.display(),
+        config.mask_ratio,
+        state.recipe.epochs
+    );
+    // masked-patch loss of the starting weights, for the log and the JSON summary
+    let start_loss = if state.step == 0 {
+        Some(
+            evaluate_mae(
+                &model.valid(),
+                &test_set,
+                &state.normalization,
+                500,
+                &device,
+            )?
+            .loss,
+        )
+    } else {
+        None
+    };
+    let run = TrainRun {
+        run_dir: a.run_dir.clone(),
+        train: &train_set,
+        test: &test_set,
+        show_progress: !a.json,
+        stop_after: a.stop_after,
+        measure_every: 0,
+        measure_images: 0,
+    };
+    let task = Reconstruct { config };
+    let last = train::fit(&run, &task, model, optim, state, &device)?;
+    let dir = Checkpoint::dir(&a.run_dir);
+    let final_state = Checkpoint::load_state(&dir)?;
+    let loss = match &last {
+        Some(m) => m.test_loss,
+        None => {
+            let w = WeightArgs {
+                weights: dir.join("model.safetensors"),
+                config: None,
+                strict: true,
+            };
+            let l = load_mae::<InferBackend>(&w, &device)?;
+            evaluate_mae(
+                &l.model,
+                &test_set,
+                &final_state.normalization,
+                500,
+                &device,
+            )?
+            .loss
+        }
+    };
+    println!(
+        "test masked-patch loss {:.4}{}  ({} epochs, weights in {})",
+        loss,
+        start_loss.map_or(String::new(), |s| format!(" (at step 0: {s:.4})")),
+        final_state.epoch,
+        dir.join("model.safetensors").display()
+    );
+    if a.json {
+        println!(
+            "{}",
+            json!({"test_loss": loss, "start_test_loss": start_loss, "epochs": final_state.epoch,
+                   "steps": final_state.step, "seconds": t_start.elapsed().as_secs_f64(),
+                   "train_seconds": final_state.seconds, "weights": dir.join("model.safetensors")})
+        );
+    }
+    Ok(())
+}
+
+/// Normalisation stored with MAE weights (else the training split's, with a warning).
+fn stored_norm(meta: &HashMap<String, String>, d: &super::DataArgs) -> Result<Normalization> {
+    Ok(match meta_json::<Normalization>(meta, "normalization") {
+        Some(n) => n,
+        None => {
+            tracing::warn!(
+                "no normalisation stored with the weights; using the train split's statistics"
+            );
+            Normalization::from_set(&load_split(d, Split::Train, None)?)
+        }
+    })
+}
+
+/// `whitebox mae reconstruct`: a PNG grid, one column per test image; rows are the original,
+/// the masked input (removed patches grey) and the reconstruction (visible patches pasted back
+/// over the prediction, as in the MAE visualisations).
+pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
+    let device = Default::default();
+    let l = load_mae::<InferBackend>(&a.weights, &device)?;
+    let mut model = l.model;
+    if let Some(r) = a.mask_ratio {
+        crate::model::mae::check_mask_ratio(r)?;
+        model.mask_ratio = r;
+    }
+    let c = &l.config;
+    let mut set = data::load(&a.data.data, a.data.format, Split::Test)?;
+    set.truncate(a.count.max(1));
+    check_mae_shape(c, &set, &a.data.data)?;
+    let norm = stored_norm(&l.meta, &a.data)?;
+    let batcher = Batcher {
+        norm: norm.clone(),
+        augment: Augment::none(),
+    };
+    let idx: Vec<usize> = (0..set.len()).collect();
+    let (x, _) = batcher.batch::<InferBackend>(&set, &idx, &mut batch_rng(0, 0, 0), &device);
+    let n = idx.len();
+    let masking = model.masking(n, None, &mut StdRng::seed_from_u64(a.seed));
+    let out = model.forward_with(x.clone(), masking, &mut Activations::off());
+    let (p, ch) = (c.patch_size, c.in_chans);
+    let mut pred = out.pred;
+    if c.norm_pix_loss {
+        // undo the per-patch normalisation with the statistics of the true patch
+        let t = crate::model::vision::patchify(x.clone(), p);
+        let (var, mean) = t.var_mean(2);
+        pred = pred * var.add_scalar(1e-6).sqrt() + mean;
+    }
+    let [b, len] = [n, out.masking.len];
+    let mask = Tensor::<InferBackend, 3>::from_data(
+        TensorData::new(out.masking.mask.clone(), [b, len, 1]),
+        &device,
+    );
+    let mask_img = unpatchify(mask.expand([b, len, p * p * ch]), p, ch);
+    let keep_img = mask_img.clone().neg().add_scalar(1.0);
+    let recon = unpatchify(pred, p, ch);
+    let pasted = x.clone() * keep_img.clone() + recon * mask_img.clone();
+    let s = c.img_size;
+    let rows: Vec<Vec<f32>> = [x.clone(), x, pasted]
+        .into_iter()
+        .map(|t| t.into_data().convert::<f32>().to_vec::<f32>().unwrap())
+        .collect();
+    let masked: Vec<f32> = mask_img.into_data().convert::<f32>().to_vec().unwrap();
+    let scale = a.scale.max(1) as usize;
+    let (w, h) = ((n * s * scale) as u32, (3 * s * scale) as u32);
+    let mut img = image::RgbImage::new(w, h);
+    let hw = s * s;
+    for (r, vals) in rows.iter().enumerate() {
+        for i in 0..n {
+            for y in 0..s {
+                for xx in 0..s {
+                    let mut rgb = [0u8; 3];
+                    for (k, v) in rgb.iter_mut().enumerate() {
+                        let cc = if ch == 1 { 0 } else { k.min(ch - 1) };
+                        let at = i * ch * hw + cc * hw + y * s + xx;
+                        let px = if r == 1 && masked[at] > 0.5 {
+                            0.5
+                        } else {
+                            vals[at] * norm.std[cc] + norm.mean[cc]
+                        };
+                        *v = (px.clamp(0.0, 1.0) * 255.0).round() as u8;
+                    }
+                    for dy in 0..scale {
+                        for dx in 0..scale {
+                            img.put_pixel(
+                                ((i * s + xx) * scale + dx) as u32,
+                                ((r * s + y) * scale + dy) as u32,
+                                image::Rgb(rgb),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(dir) = a.output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    img.save(&a.output)
+        .with_context(|| format!("cannot write {}", a.output.display()))?;
+    println!(
+        "wrote {}×{} grid of {n} images (original / masked / reconstructed, mask ratio {}) to {}",
+        w,
+        h,
+        model.mask_ratio,
+        a.output.display()
+    );
+    Ok(())
+}
+
+/// Frozen cls features `[n, d]` of `set` under the MAE encoder.
+fn features<B: CrateBackend>(
+    model: &CrateMae<B>,
+    set: &ImageSet,
+    norm: &Normalization,
+    device: &B::Device,
+) -> (Vec<f32>, usize) {
+    let batcher = Batcher {
+        norm: norm.clone(),
+        augment: Augment::none(),
+    };
+    let idx: Vec<usize> = (0..set.len()).collect();
+    let mut out = Vec::new();
+    let mut d = 0;
+    for chunk in idx.chunks(500) {
+        let (x, _) = batcher.batch::<B>(set, chunk, &mut batch_rng(0, 0, 0), device);
+        let f = model.cls_features(x);
+        d = f.dims()[1];
+        out.extend(f.into_data().convert::<f32>().to_vec::<f32>().unwrap());
+    }
+    (out, d)
+}
+
+/// `whitebox probe`: a linear classifier on frozen cls features of an MAE encoder
+/// (features standardised with the training split's statistics, softmax regression by AdamW).
+pub fn probe(a: ProbeArgs) -> Result<()> {
+    let device = Default::default();
+    let t0 = Instant::now();
+    let l = load_mae::<InferBackend>(&a.weights, &device)?;
+    let train_set = load_split(&a.data, Split::Train, a.train_limit)?;
+    let test_set = load_split(&a.data, Split::Test, a.test_limit)?;
+    check_mae_shape(&l.config, &train_set, &a.data.data)?;
+    let norm = stored_norm(&l.meta, &a.data)?;
+    let (ftr, d) = features(&l.model, &train_set, &norm, &device);
+    let (fte, _) = features(&l.model, &test_set, &norm, &device);
+    tracing::info!(
+        "features: {} train, {} test, d = {d} ({:.0}s)",
+        train_set.len(),
+        test_set.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    // standardise with the train statistics
+    let n = train_set.len();
+    let mut mean = vec![0f64; d];
+    let mut var = vec![0f64; d];
+    for r in 0..n {
+        for j in 0..d {
+            mean[j] += ftr[r * d + j] as f64 / n as f64;
+        }
+    }
+    for r in 0..n {
+        for j in 0..d {
+            var[j] += (ftr[r * d + j] as f64 - mean[j]).powi(2) / n as f64;
+        }
+    }
+    let standardise = |f: &[f32]| -> Vec<f32> {
+        f.chunks(d)
+            .flat_map(|row| {
+                row.iter()
+                    .enumerate()
+                    .map(|(j, &v)| ((v as f64 - mean[j]) / (var[j] + 1e-6).sqrt()) as f32)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let (ftr, fte) = (standardise(&ftr), standardise(&fte));
+    let k = train_set
+        .num_classes()
+        .max(test_set.num_classes())
+        .max(train_set.labels.iter().copied().max().unwrap_or(0) as usize + 1);
+    type AB = TrainBackend;
+    <AB as burn::tensor::backend::Backend>::seed(&device, a.seed);
+    let mut head = LinearConfig::new(d, k).init::<AB>(&device);
+    let mut opt = AdamWConfig::new()
+        .with_weight_decay(a.weight_decay as f32)
+        .init();
+    let ce = CrossEntropyLossConfig::new().init::<AB>(&device);
+    let steps_per_epoch = n.div_ceil(a.batch_size);
+    let total = steps_per_epoch * a.epochs;
+    let mut step = 0;
+    for epoch in 0..a.epochs {
+        let order = data::epoch_order(n, a.seed, epoch);
+        for chunk in order.chunks(a.batch_size) {
+            let xs: Vec<f32> = chunk
+                .iter()
+                .flat_map(|&i| ftr[i * d..(i + 1) * d].iter().copied())
+                .collect();
+            let ys: Vec<i64> = chunk.iter().map(|&i| train_set.labels[i] as i64).collect();
+            let x = Tensor::<AB, 2>::from_data(TensorData::new(xs, [chunk.len(), d]), &device);
+            let y = Tensor::<AB, 1, Int>::from_data(TensorData::new(ys, [chunk.len()]), &device);
+            let loss = ce.forward(head.forward(x), y);
+            let grads = GradientsParams::from_grads(loss.backward(), &head);
+            let lr = train::schedule::warmup_cosine(step, 0, total, a.lr, 0.0);
+            head = opt.step(lr, head, grads);
+            step += 1;
+        }
+    }
+    let head = head.valid();
+    let accuracy = |f: &[f32], set: &ImageSet| -> f64 {
+        let m = set.len();
+        let x = Tensor::<InferBackend, 2>::from_data(TensorData::new(f.to_vec(), [m, d]), &device);
+        let y = Tensor::<InferBackend, 1, Int>::from_data(
+            TensorData::new(
+                set.labels.iter().map(|&v| v as i64).collect::<Vec<_>>(),
+                [m],
+            ),
+            &device,
+        );
+        train::topk_hits(head.forward(x), y).0 as f64 / m as f64
+    };
+    let (tr, te) = (accuracy(&ftr, &train_set), accuracy(&fte, &test_set));
+    println!(
+        "linear probe on frozen cls features: test accuracy {:.2}%  (train {:.2}%, d = {d}, {} epochs, {:.0}s)",
+        100.0 * te,
+        100.0 * tr,
+        a.epochs,
+        t0.elapsed().as_secs_f64()
+    );
+    if a.json {
+        println!(
+            "{}",
+            json!({"test_acc": te, "train_acc": tr, "dim": d, "epochs": a.epochs, "seconds": t0.elapsed().as_secs_f64()})
+        );
+    }
+    Ok(())
+}
