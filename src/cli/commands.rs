@@ -345,32 +345,37 @@ pub fn eval(a: EvalArgs) -> Result<()> {
 }
 
 /// Decode, convert to the model's channel count, resize and normalise one image.
+/// Decode one image into u8 CHW pixels with `c` channels, resized to `size × size`.
+pub(super) fn read_image(path: &Path, c: usize, size: usize) -> Result<Vec<u8>> {
+    ensure!(
+        c == 1 || c == 3,
+        "image inputs need a 1- or 3-channel model, this one has {c}"
+    );
+    let s = size as u32;
+    let img = crate::data::folder::open_image(path)?.resize_exact(
+        s,
+        s,
+        image::imageops::FilterType::Triangle,
+    );
+    Ok(crate::data::folder::to_chw(&img, c))
+}
+
+/// u8 CHW pixels of one image → normalised f32 (`(v/255 − mean_c)/std_c`).
+pub(super) fn normalize_chw(px: &[u8], norm: &Normalization) -> Vec<f32> {
+    let hw = px.len() / norm.mean.len();
+    px.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let c = i / hw;
+            (*v as f32 / 255.0 - norm.mean[c]) / norm.std[c]
+        })
+        .collect()
+}
+
+/// Decode, convert to the model's channel count, resize and normalise one image.
 pub fn preprocess(path: &Path, cfg: &CrateConfig, norm: &Normalization) -> Result<Vec<f32>> {
-    let img = image::ImageReader::open(path)
-        .with_context(|| format!("cannot open image {}", path.display()))?
-        .with_guessed_format()?
-        .decode()
-        .with_context(|| format!("cannot decode image {}", path.display()))?;
-    let s = cfg.image_size as u32;
-    let img = img.resize_exact(s, s, image::imageops::FilterType::Triangle);
-    let (hw, c) = ((s * s) as usize, cfg.channels);
-    let mut out = vec![0f32; c * hw];
-    match c {
-        1 => {
-            for (i, p) in img.to_luma8().pixels().enumerate() {
-                out[i] = (p[0] as f32 / 255.0 - norm.mean[0]) / norm.std[0];
-            }
-        }
-        3 => {
-            for (i, p) in img.to_rgb8().pixels().enumerate() {
-                for ch in 0..3 {
-                    out[ch * hw + i] = (p[ch] as f32 / 255.0 - norm.mean[ch]) / norm.std[ch];
-                }
-            }
-        }
-        _ => bail!("predict supports 1- or 3-channel models, this one has {c}"),
-    }
-    Ok(out)
+    let px = read_image(path, cfg.channels, cfg.image_size)?;
+    Ok(normalize_chw(&px, norm))
 }
 
 pub fn predict(a: PredictArgs) -> Result<()> {

@@ -1,14 +1,14 @@
 //! `whitebox attention`, `whitebox pca` and `whitebox report`: pictures of what a trained CRATE
 //! attends to and how its features group, drawn from the weights of a run.
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use burn::tensor::{Tensor, TensorData};
 use clap::Args;
 use image::RgbImage;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
-use super::commands::{load_split, load_weights, meta_json, Loaded};
+use super::commands::{load_split, load_weights, meta_json, normalize_chw, read_image, Loaded};
 use super::{DataArgs, WeightArgs};
 use crate::data::{Format, Normalization, Split};
 use crate::model::inspect::{inspect_layer, LayerView};
@@ -86,33 +86,6 @@ pub struct ReportArgs {
     pub out: Option<PathBuf>,
 }
 
-/// Decode one image into u8 CHW pixels with `c` channels at `size × size`.
-fn read_image(path: &Path, c: usize, size: usize) -> Result<Vec<u8>> {
-    let img = image::ImageReader::open(path)
-        .with_context(|| format!("cannot open image {}", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("cannot read image {}", path.display()))?
-        .decode()
-        .with_context(|| format!("cannot decode image {}", path.display()))?;
-    let s = size as u32;
-    let img = img.resize_exact(s, s, image::imageops::FilterType::Triangle);
-    Ok(match c {
-        1 => img.to_luma8().into_raw(),
-        3 => {
-            let rgb = img.to_rgb8();
-            let hw = size * size;
-            let mut out = vec![0u8; 3 * hw];
-            for (i, p) in rgb.pixels().enumerate() {
-                for ch in 0..3 {
-                    out[ch * hw + i] = p[ch];
-                }
-            }
-            out
-        }
-        _ => bail!("pictures support 1- or 3-channel models, this one has {c}"),
-    })
-}
-
 fn normalization(l: &Loaded<InferBackend>) -> Normalization {
     let c = l.config.channels;
     meta_json::<Normalization>(&l.meta, "normalization").unwrap_or_else(|| {
@@ -148,14 +121,11 @@ fn look(
         "--layer {layer} is out of range: the model has {depth} layers (0..={})",
         depth.saturating_sub(1)
     );
-    let (c, hw) = (cfg.channels, size * size);
-    let mut x = Vec::with_capacity(pixels.len() * c * hw);
-    for px in pixels {
-        for (i, v) in px.iter().enumerate() {
-            let ch = i / hw;
-            x.push((*v as f32 / 255.0 - norm.mean[ch]) / norm.std[ch]);
-        }
-    }
+    let c = cfg.channels;
+    let x: Vec<f32> = pixels
+        .iter()
+        .flat_map(|px| normalize_chw(px, &norm))
+        .collect();
     let device = Default::default();
     let x = Tensor::<InferBackend, 4>::from_data(
         TensorData::new(x, [pixels.len(), c, size, size]),

@@ -6,27 +6,38 @@ use std::path::Path;
 
 use super::{ImageSet, Split};
 
-/// Decode one image file into (channels, height, width, CHW u8 pixels); gray stays 1 channel.
-pub fn decode_image(path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
-    let img = image::ImageReader::open(path)
+/// Open and decode one image file (format guessed from its bytes).
+pub fn open_image(path: &Path) -> Result<image::DynamicImage> {
+    image::ImageReader::open(path)
         .with_context(|| format!("cannot open image {}", path.display()))?
         .with_guessed_format()
         .with_context(|| format!("cannot read image {}", path.display()))?
         .decode()
-        .with_context(|| format!("cannot decode image {}", path.display()))?;
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    if img.color().has_color() {
-        let rgb = img.to_rgb8();
-        let mut chw = vec![0u8; 3 * h * w];
-        for (i, p) in rgb.pixels().enumerate() {
-            for c in 0..3 {
-                chw[c * h * w + i] = p[c];
-            }
-        }
-        Ok((3, h, w, chw))
-    } else {
-        Ok((1, h, w, img.to_luma8().into_raw()))
+        .with_context(|| format!("cannot decode image {}", path.display()))
+}
+
+/// CHW u8 pixels of an image as 1 (gray) or 3 (RGB) channels.
+pub fn to_chw(img: &image::DynamicImage, channels: usize) -> Vec<u8> {
+    if channels == 1 {
+        return img.to_luma8().into_raw();
     }
+    let rgb = img.to_rgb8();
+    let hw = rgb.width() as usize * rgb.height() as usize;
+    let mut chw = vec![0u8; 3 * hw];
+    for (i, p) in rgb.pixels().enumerate() {
+        for c in 0..3 {
+            chw[c * hw + i] = p[c];
+        }
+    }
+    chw
+}
+
+/// Decode one image file into (channels, height, width, CHW u8 pixels); gray stays 1 channel.
+pub fn decode_image(path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
+    let img = open_image(path)?;
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let c = if img.color().has_color() { 3 } else { 1 };
+    Ok((c, h, w, to_chw(&img, c)))
 }
 
 pub fn load(root: &Path, split: Split) -> Result<ImageSet> {

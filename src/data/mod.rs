@@ -3,7 +3,7 @@
 
 pub mod augment;
 mod cifar;
-mod folder;
+pub mod folder;
 mod idx;
 
 pub use augment::{batch_rng, epoch_order, Augment, Batcher, Normalization};
