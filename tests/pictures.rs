@@ -6,42 +6,13 @@
 mod common;
 
 use burn::tensor::TensorData;
-use common::{idx_bytes, write_idx};
+use common::{fails, idx_bytes, ok, write_idx};
 use std::path::Path;
-use std::process::{Command, Output};
 use whitebox::model::posembed::{at_resolution, bicubic_grid};
 use whitebox::model::CrateConfig;
 use whitebox::viz::maps::pca;
 use whitebox::weights::{collect_state_dict, write_safetensors, StateDict};
 use whitebox::CpuBackend as B;
-
-fn whitebox(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_whitebox"))
-        .args(args)
-        .output()
-        .expect("run whitebox")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = whitebox(args);
-    let (so, se) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        out.status.success(),
-        "whitebox {args:?} failed:\n{so}\n{se}"
-    );
-    so.into_owned()
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = whitebox(args);
-    assert!(!out.status.success(), "whitebox {args:?} should fail");
-    let se = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!se.contains("panicked"), "panic instead of an error: {se}");
-    se
-}
 
 const TINY: &str = r#"{"image_size": 28, "patch_size": 7, "num_classes": 10, "dim": 16, "depth": 1, "heads": 2, "dim_head": 8, "channels": 1}"#;
 

@@ -297,11 +297,7 @@ impl<B: CrateBackend> crate::weights::OfficialKeys for CrateBert<B> {
     /// burn path → key of the HF port (`CrateForMaskedLM`).
     fn official_key(path: &[String]) -> String {
         let p: Vec<&str> = path.iter().map(|s| s.as_str()).collect();
-        let leaf = |s: &str| match s {
-            "gamma" => "weight".to_string(),
-            "beta" => "bias".to_string(),
-            other => other.to_string(),
-        };
+        let leaf = crate::weights::torch_leaf;
         match p.as_slice() {
             [e @ ("word_embeddings" | "position_embeddings" | "token_type_embeddings"), l] => {
                 format!("crate.embeddings.{e}.{}", leaf(l))

@@ -461,11 +461,7 @@ impl<B: CrateBackend> crate::weights::OfficialKeys for Crate<B> {
     /// burn path → official `model/crate.py` key (see `../shared/docs/crate-reference.md` §7.1).
     fn official_key(path: &[String]) -> String {
         let p: Vec<&str> = path.iter().map(|s| s.as_str()).collect();
-        let leaf = |s: &str| match s {
-            "gamma" => "weight".to_string(),
-            "beta" => "bias".to_string(),
-            other => other.to_string(),
-        };
+        let leaf = crate::weights::torch_leaf;
         match p.as_slice() {
             ["patch_norm", l] => format!("to_patch_embedding.1.{}", leaf(l)),
             ["patch_linear", l] => format!("to_patch_embedding.2.{}", leaf(l)),

@@ -9,7 +9,7 @@ pub use files::{
 };
 pub use names::{
     apply_state_dict, canonical_ids, collect_gradients, collect_state_dict,
-    gradients_from_state_dict, LoadReport, OfficialKeys,
+    gradients_from_state_dict, torch_leaf, LoadReport, OfficialKeys,
 };
 
 use burn::tensor::TensorData;

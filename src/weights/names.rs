@@ -14,6 +14,15 @@ pub trait OfficialKeys {
     fn official_key(path: &[String]) -> String;
 }
 
+/// Torch's name of a burn parameter leaf: LayerNorm `gamma`/`beta` are `weight`/`bias`.
+pub fn torch_leaf(s: &str) -> &str {
+    match s {
+        "gamma" => "weight",
+        "beta" => "bias",
+        other => other,
+    }
+}
+
 /// Path and container type of the current position in a module walk.
 #[derive(Default)]
 struct PathStack {

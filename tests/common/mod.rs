@@ -6,6 +6,7 @@ use flate2::write::GzEncoder;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 pub fn golden_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -93,4 +94,35 @@ pub fn write_idx(dir: &Path, prefix: &str, n: usize, gzip: bool) {
     };
     std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte{ext}")), img).unwrap();
     std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte{ext}")), lab).unwrap();
+}
+
+/// Run the `whitebox` binary.
+pub fn whitebox(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_whitebox"))
+        .args(args)
+        .output()
+        .expect("run whitebox")
+}
+
+/// Run `whitebox`, assert it succeeds, return its stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = whitebox(args);
+    let (so, se) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "whitebox {args:?} failed:\n{so}\n{se}"
+    );
+    so.into_owned()
+}
+
+/// Run `whitebox`, assert it fails cleanly (an error, not a panic), return its stderr.
+pub fn fails(args: &[&str]) -> String {
+    let out = whitebox(args);
+    assert!(!out.status.success(), "whitebox {args:?} should fail");
+    let se = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!se.contains("panicked"), "panic instead of an error: {se}");
+    se
 }
