@@ -54,7 +54,13 @@ pub trait CrateBackend: Backend {
 
     /// Self-attention with q = k = v = `w` `[b, h, n, dh]`: `softmax(s·w wᵀ) w`.
     fn crate_ssa(w: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
-        unwrap(ssa_forward::<Self>(wrap(w), scale).1)
+        Self::crate_ssa_parts(w, scale).1
+    }
+
+    /// `(softmax(s·w wᵀ), softmax(s·w wᵀ) w)`: the weights are what the backward needs.
+    fn crate_ssa_parts(w: FloatTensor<Self>, scale: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (a, o) = ssa_forward::<Self>(wrap(w), scale);
+        (unwrap(a), unwrap(o))
     }
 
     /// Token rows `[b·n, h·dh]` → contiguous heads `[b, h, n, dh]`.
@@ -92,7 +98,68 @@ fn swap_heads_f32(src: &[f32], b: usize, outer: usize, inner: usize, dh: usize) 
     dst
 }
 
+/// `(A, O)` with `A = softmax(s·w wᵀ)` (rows), `O = A w` for one head `w` `[n, dh]`, in cache.
+/// `S` is symmetric, so each dot product is computed once.
+fn ssa_head(w: &[f32], n: usize, dh: usize, scale: f32, a: &mut [f32], o: &mut [f32]) {
+    for i in 0..n {
+        let wi = &w[i * dh..(i + 1) * dh];
+        for j in 0..=i {
+            let wj = &w[j * dh..(j + 1) * dh];
+            let dot: f32 = wi.iter().zip(wj).map(|(x, y)| x * y).sum();
+            a[i * n + j] = scale * dot;
+            a[j * n + i] = scale * dot;
+        }
+    }
+    for row in a.chunks_exact_mut(n) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for v in row.iter_mut() {
+            *v = (*v - max).exp();
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|v| *v *= inv);
+    }
+    o.fill(0.0);
+    for i in 0..n {
+        let oi = &mut o[i * dh..(i + 1) * dh];
+        for j in 0..n {
+            let aij = a[i * n + j];
+            for (x, y) in oi.iter_mut().zip(&w[j * dh..(j + 1) * dh]) {
+                *x += aij * y;
+            }
+        }
+    }
+}
+
+/// Sequences up to this length use [`ssa_head`]; longer ones the batched GEMMs.
+const SSA_KERNEL_MAX_N: usize = 48;
+
 impl CrateBackend for burn::backend::Flex {
+    fn crate_ssa_parts(w: FloatTensor<Self>, scale: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        use rayon::prelude::*;
+        let w = w.to_contiguous();
+        let s = w.layout().shape();
+        let (b, h, n, dh) = (s[0], s[1], s[2], s[3]);
+        let src = match w.as_slice::<f32>() {
+            Some(src) if n <= SSA_KERNEL_MAX_N => src,
+            _ => {
+                let (a, o) = ssa_forward::<Self>(wrap(w), scale);
+                return (unwrap(a), unwrap(o));
+            }
+        };
+        let mut a = vec![0f32; b * h * n * n];
+        let mut o = vec![0f32; b * h * n * dh];
+        a.par_chunks_mut(n * n)
+            .zip(o.par_chunks_mut(n * dh))
+            .zip(src.par_chunks(n * dh))
+            .for_each(|((a, o), w)| ssa_head(w, n, dh, scale as f32, a, o));
+        let t = |v: Vec<f32>, shape: [usize; 4]| {
+            burn_flex::FlexTensor::from_data(burn::tensor::TensorData::new(v, shape))
+        };
+        (t(a, [b, h, n, n]), t(o, [b, h, n, dh]))
+    }
+
     fn crate_split_heads(x: FloatTensor<Self>, b: usize, n: usize, h: usize) -> FloatTensor<Self> {
         let x = x.to_contiguous();
         let dh = x.layout().shape()[1] / h;
@@ -278,8 +345,8 @@ impl<B: CrateBackend, C: CheckpointStrategy> CrateBackend for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (attn, out) = ssa_forward::<B>(wrap(w.primitive.clone()), scale);
-                prep.finish((w.primitive, unwrap(attn), scale), unwrap(out))
+                let (attn, out) = B::crate_ssa_parts(w.primitive.clone(), scale);
+                prep.finish((w.primitive, attn, scale), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::crate_ssa(w.primitive, scale)),
         }
