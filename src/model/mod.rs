@@ -2,6 +2,7 @@
 
 pub mod blocks;
 pub mod fused;
+pub mod lm;
 pub mod vision;
 
 pub use fused::{CrateAutodiff, CrateBackend};
