@@ -2,6 +2,7 @@
 
 mod bench;
 mod commands;
+pub mod lm;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -24,7 +25,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Top-k labels for PNG/JPEG images.
     Predict(PredictArgs),
-    /// Run a forward pass on a safetensors `input` tensor (NCHW f32) and write `logits`.
+    /// Run a forward pass on a safetensors `input` tensor (NCHW f32; int64 `idx` for language
+    /// models) and write `logits`.
     Forward(ForwardArgs),
     /// Print a configuration and its parameter count.
     Info(InfoArgs),
@@ -32,6 +34,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// White-box measures per layer: coding rate R, compression R^c, sparsity.
     Measure(MeasureArgs),
+    /// Causal language models: prepare text, train, eval (loss, perplexity), generate.
+    Lm(lm::LmArgs),
 }
 
 #[derive(Args, Debug)]
@@ -228,6 +232,7 @@ pub fn run() -> anyhow::Result<()> {
         Some(Command::Info(a)) => commands::info(a),
         Some(Command::Bench(a)) => bench::bench(a),
         Some(Command::Measure(a)) => commands::measure(a),
+        Some(Command::Lm(a)) => lm::run(a),
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod lion;
+pub mod lm;
 pub mod optim;
 pub mod schedule;
 
@@ -133,7 +134,7 @@ pub struct TrainRun<'a> {
     pub stop_after: Option<usize>,
 }
 
-fn append_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
+pub(crate) fn append_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
