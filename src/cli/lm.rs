@@ -26,6 +26,7 @@ pub struct LmArgs {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum LmCommand {
     /// Tokenize a corpus once into train.bin / val.bin / meta.json.
     Prepare(PrepareArgs),
@@ -303,6 +304,10 @@ pub fn train(a: LmTrainArgs) -> Result<()> {
         stop_after: a.stop_after,
         max_seconds: a.max_seconds,
     };
+    ctrlc::set_handler(|| {
+        crate::train::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst)
+    })
+    .ok();
     let last = fit_lm(&run, &config, model, optim, state, &device)?;
     let final_path = a.run_dir.join("model.safetensors");
     if let Some(dir) = Checkpoint::find(&a.run_dir) {

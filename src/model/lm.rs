@@ -460,7 +460,9 @@ impl<B: CrateBackend> GptBlock<B> {
     }
 }
 
+/// One layer of either kind (a handful per model, so the variants' size difference is moot).
 #[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum LmBlock<B: CrateBackend> {
     Crate(CrateLmBlock<B>),
     Gpt(GptBlock<B>),
