@@ -65,9 +65,10 @@ pub struct LmTrainArgs {
     /// Preset (char, crate-1l, crate, crate-medium, crate-large, crate-xl) or a JSON config.
     #[arg(long, default_value = "char")]
     pub config: String,
-    /// crate-lm (complete dictionary), crate-lm-overcomplete (crate-lm's train.py) or gpt (baseline).
-    #[arg(long, default_value = "crate-lm-overcomplete")]
-    pub arch: String,
+    /// crate-lm (complete dictionary), crate-lm-overcomplete (crate-lm's train.py; the default
+    /// unless a JSON --config names another) or gpt (baseline).
+    #[arg(long)]
+    pub arch: Option<String>,
     /// Override the preset's layers / heads / width / context.
     #[arg(long)]
     pub n_layer: Option<usize>,
@@ -194,7 +195,9 @@ pub fn prepare(a: PrepareArgs) -> Result<text::DataMeta> {
 
 fn train_config(a: &LmTrainArgs, tokenizer: &Tokenizer) -> Result<LmConfig> {
     let mut c = LmConfig::resolve(&a.config)?;
-    c.arch = a.arch.clone();
+    if let Some(arch) = &a.arch {
+        c.arch = arch.clone();
+    }
     c.vocab_size = tokenizer.vocab_size();
     c.n_layer = a.n_layer.unwrap_or(c.n_layer);
     c.n_head = a.n_head.unwrap_or(c.n_head);
