@@ -5,6 +5,7 @@ pub mod cli;
 pub mod data;
 pub mod measure;
 pub mod model;
+pub mod text;
 pub mod train;
 pub mod viz;
 pub mod weights;

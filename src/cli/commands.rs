@@ -52,13 +52,13 @@ fn resolve_config(w: &WeightArgs, meta: &HashMap<String, String>) -> Result<Crat
     )
 }
 
-pub(super) fn is_safetensors(path: &Path) -> bool {
-    let mut b = [0u8; 8];
+/// u64 header length then the JSON header (the length's low byte can be 0x80, like a pickle's first byte).
+pub(crate) fn is_safetensors(path: &Path) -> bool {
+    let mut b = [0u8; 9];
     std::fs::File::open(path)
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
         .is_ok()
-        && !b.starts_with(b"PK\x03\x04")
-        && b[0] != 0x80
+        && b[8] == b'{'
 }
 
 /// Load weights into a model for inference.
@@ -439,6 +439,9 @@ fn read_input<B: CrateBackend>(
 }
 
 pub fn forward(a: ForwardArgs) -> Result<()> {
+    if let Some(config) = super::lm::lm_config(&a.weights)? {
+        return super::lm::forward(&a, config);
+    }
     if super::mae::is_mae(&a.weights) {
         return super::mae::forward(a);
     }

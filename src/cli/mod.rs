@@ -2,6 +2,7 @@
 
 mod bench;
 mod commands;
+pub mod lm;
 mod mae;
 mod pictures;
 
@@ -26,8 +27,9 @@ pub enum Command {
     Eval(EvalArgs),
     /// Top-k labels for PNG/JPEG images.
     Predict(PredictArgs),
-    /// Run a forward pass on a safetensors `input` tensor (NCHW f32) and write `logits`
-    /// (CRATE-MAE configs: `pred`, `mask`, `ids_restore`, `recon_img`, `loss`, using `noise` if given).
+    /// Run a forward pass on a safetensors `input` tensor (NCHW f32; int64 `idx` for language
+    /// models) and write `logits` (CRATE-MAE configs: `pred`, `mask`, `ids_restore`, `recon_img`,
+    /// `loss`, using `noise` if given).
     Forward(ForwardArgs),
     /// Print a configuration and its parameter count.
     Info(InfoArgs),
@@ -46,6 +48,8 @@ pub enum Command {
     Mae(MaeCommand),
     /// Linear probe: a linear classifier on frozen cls features of a CRATE-MAE encoder.
     Probe(ProbeArgs),
+    /// Causal language models: prepare text, train, eval (loss, perplexity), generate.
+    Lm(lm::LmArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -329,6 +333,7 @@ pub fn run() -> anyhow::Result<()> {
         Some(Command::Mae(MaeCommand::Train(a))) => mae::train(a),
         Some(Command::Mae(MaeCommand::Reconstruct(a))) => mae::reconstruct(a),
         Some(Command::Probe(a)) => mae::probe(a),
+        Some(Command::Lm(a)) => lm::run(a),
     }
 }
 

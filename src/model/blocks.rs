@@ -110,10 +110,13 @@ impl<B: CrateBackend> Ista<B> {
     /// d×d matrix `M` once per forward costs one d³ product and leaves one token GEMM. It is
     /// algebraically identical and autodiff still trains `W` through `M` (checked by the golden tests).
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        relu(
-            x.matmul(self.step_matrix())
-                .sub_scalar(self.step_size * self.lambd),
-        )
+        relu(self.prerelu(x))
+    }
+
+    /// The argument of the ReLU, `x·M − ηλ` (recorded as `prerelu` by the language models).
+    pub fn prerelu(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        x.matmul(self.step_matrix())
+            .sub_scalar(self.step_size * self.lambd)
     }
 }
 

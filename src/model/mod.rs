@@ -7,6 +7,7 @@ pub mod fused;
 pub mod inspect;
 pub mod mae;
 pub mod posembed;
+pub mod lm;
 pub mod vision;
 
 pub use fused::{CrateAutodiff, CrateBackend};

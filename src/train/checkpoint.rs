@@ -90,40 +90,24 @@ impl Checkpoint {
     where
         M::InnerModule: OfficialKeys,
     {
-        let tmp = run_dir.join("checkpoint.tmp");
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp)?;
-        }
-        std::fs::create_dir_all(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        save_model(
-            &tmp.join("model.safetensors"),
-            config,
-            &model.valid(),
-            &state.normalization,
-            &state.class_names,
-        )?;
-        write_atomic(
-            &tmp.join("config.json"),
-            serde_json::to_string_pretty(config)?.as_bytes(),
-        )?;
-        optim.save(&tmp)?;
-        write_atomic(
-            &tmp.join("state.json"),
-            serde_json::to_string_pretty(state)?.as_bytes(),
-        )?;
-        let (cur, old) = (run_dir.join("checkpoint"), run_dir.join("checkpoint.old"));
-        if old.exists() {
-            std::fs::remove_dir_all(&old)?;
-        }
-        if cur.exists() {
-            std::fs::rename(&cur, &old)?;
-        }
-        std::fs::rename(&tmp, &cur)?;
-        if old.exists() {
-            std::fs::remove_dir_all(&old)?;
-        }
-        Ok(())
+        write_checkpoint_dir(run_dir, |tmp| {
+            save_model(
+                &tmp.join("model.safetensors"),
+                config,
+                &model.valid(),
+                &state.normalization,
+                &state.class_names,
+            )?;
+            write_atomic(
+                &tmp.join("config.json"),
+                serde_json::to_string_pretty(config)?.as_bytes(),
+            )?;
+            optim.save(tmp)?;
+            write_atomic(
+                &tmp.join("state.json"),
+                serde_json::to_string_pretty(state)?.as_bytes(),
+            )
+        })
     }
 
     pub fn load_state(dir: &Path) -> Result<TrainState> {
@@ -133,4 +117,27 @@ impl Checkpoint {
         serde_json::from_str(&text)
             .with_context(|| format!("{}: not a valid training state", p.display()))
     }
+}
+
+/// Fill `<run>/checkpoint.tmp/` with `write`, then swap it in for `<run>/checkpoint/` by renames,
+/// so a crash at any point leaves one complete checkpoint (`checkpoint/` or `checkpoint.old/`).
+pub fn write_checkpoint_dir(run_dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = run_dir.join("checkpoint.tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    write(&tmp)?;
+    let (cur, old) = (run_dir.join("checkpoint"), run_dir.join("checkpoint.old"));
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    if cur.exists() {
+        std::fs::rename(&cur, &old)?;
+    }
+    std::fs::rename(&tmp, &cur)?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(())
 }

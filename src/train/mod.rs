@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod lion;
+pub mod lm;
 pub mod mae;
 pub mod optim;
 pub mod schedule;
@@ -245,7 +246,7 @@ pub struct TrainRun<'a> {
     pub measure_images: usize,
 }
 
-fn append_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
+pub(crate) fn append_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -15,15 +15,19 @@ use super::StateDict;
 /// or a bare state dict; `module.` (DataParallel) and `_orig_mod.` (torch.compile) prefixes are
 /// stripped. Non-float tensors (e.g. int64 buffers) are skipped.
 pub fn read_state_dict(path: &Path) -> Result<StateDict> {
-    let mut magic = [0u8; 8];
+    let mut magic = [0u8; 9];
     let n = std::fs::File::open(path)
         .with_context(|| format!("cannot open weights {}", path.display()))?
         .read(&mut magic)
         .with_context(|| format!("cannot read weights {}", path.display()))?;
-    let raw = if n >= 4 && &magic[..4] == b"PK\x03\x04" || n >= 2 && magic[0] == 0x80 {
-        read_torch(path)?
-    } else if n == 8 {
+    // safetensors: u64 header length, then the JSON header (its length's low byte may be 0x80,
+    // the first byte of a pickle, so the '{' decides)
+    let raw = if n == 9 && magic[8] == b'{' {
         read_safetensors(path)?
+    } else if n >= 4 && &magic[..4] == b"PK\x03\x04" || n >= 2 && magic[0] == 0x80 {
+        read_torch(path)?
+    } else if n >= 8 {
+        read_safetensors(path)? // not a torch file: report what is wrong as safetensors
     } else {
         bail!("{}: too short to be a weights file", path.display());
     };

@@ -1,0 +1,605 @@
+//! `whitebox lm …` (prepare, train, eval, generate) and the language-model path of `whitebox forward`.
+
+use anyhow::{bail, ensure, Context, Result};
+use burn::tensor::{Int, Tensor, TensorData};
+use clap::{Args, Subcommand};
+use rand::{rngs::StdRng, SeedableRng};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::{ForwardArgs, WeightArgs};
+use crate::model::lm::{self, CausalLm, LmConfig, Sampling};
+use crate::model::{Activations, CrateBackend};
+use crate::text::{self, StreamDecoder, TokenFile, Tokenizer};
+use crate::train::lm::{fit_lm, load_state, sequential_loss, LmRecipe, LmRun, LmState};
+use crate::train::{Checkpoint, OptimSettings, OptimizerKind, TrainOptimizer};
+use crate::weights::{
+    canonical_ids, read_safetensors_all, read_state_dict, safetensors_bytes, write_atomic,
+    StateDict,
+};
+use crate::{InferBackend, TrainBackend};
+
+#[derive(Args, Debug)]
+pub struct LmArgs {
+    #[command(subcommand)]
+    pub command: LmCommand,
+}
+
+#[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
+pub enum LmCommand {
+    /// Tokenize a corpus once into train.bin / val.bin / meta.json.
+    Prepare(PrepareArgs),
+    /// Train a causal language model (default: character-level CRATE on Shakespeare).
+    Train(LmTrainArgs),
+    /// Loss and perplexity of weights on a text file.
+    Eval(LmEvalArgs),
+    /// Sample text from weights, streaming tokens to the terminal.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PrepareArgs {
+    /// Text file or folder of text files (default: the Shakespeare corpus of scripts/setup.sh).
+    #[arg(long, default_value = text::DEFAULT_CORPUS)]
+    pub corpus: PathBuf,
+    /// Output folder for the token files.
+    #[arg(long, default_value = "data/shakespeare-char")]
+    pub out: PathBuf,
+    /// char (vocabulary from the corpus) or gpt2 (BPE, 50257 tokens).
+    #[arg(long, default_value = "char")]
+    pub tokenizer: String,
+    /// Fraction of the tokens (the end of the corpus) held out for validation.
+    #[arg(long, default_value_t = 0.1)]
+    pub val_fraction: f64,
+}
+
+#[derive(Args, Debug)]
+pub struct LmTrainArgs {
+    /// Prepared token folder (`whitebox lm prepare`); prepared from --corpus when missing.
+    #[arg(long, default_value = "data/shakespeare-char")]
+    pub data: PathBuf,
+    /// Corpus used when --data has not been prepared yet (character tokenizer).
+    #[arg(long, default_value = text::DEFAULT_CORPUS)]
+    pub corpus: PathBuf,
+    /// Preset (char, crate-1l, crate, crate-medium, crate-large, crate-xl) or a JSON config.
+    #[arg(long, default_value = "char")]
+    pub config: String,
+    /// crate-lm (complete dictionary), crate-lm-overcomplete (crate-lm's train.py; the default
+    /// unless a JSON --config names another) or gpt (baseline).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Override the preset's layers / heads / width / context.
+    #[arg(long)]
+    pub n_layer: Option<usize>,
+    #[arg(long)]
+    pub n_head: Option<usize>,
+    #[arg(long)]
+    pub n_embd: Option<usize>,
+    #[arg(long)]
+    pub block_size: Option<usize>,
+    #[arg(long, default_value = "runs/lm")]
+    pub run_dir: PathBuf,
+    /// Continue the run in --run-dir from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value_t = 2000)]
+    pub max_iters: usize,
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Final learning rate (default: 10 % of the peak).
+    #[arg(long)]
+    pub min_lr: Option<f64>,
+    #[arg(long, default_value_t = 100)]
+    pub warmup_iters: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub beta1: f64,
+    #[arg(long, default_value_t = 0.95)]
+    pub beta2: f64,
+    /// Global gradient-norm clip (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip_grad_norm: f64,
+    #[arg(long, default_value_t = 250)]
+    pub eval_interval: usize,
+    #[arg(long, default_value_t = 20)]
+    pub eval_iters: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop this invocation after N iterations (continue with --resume).
+    #[arg(long)]
+    pub stop_after: Option<usize>,
+    /// Stop when the run has trained this many seconds (validation and checkpoint first).
+    #[arg(long)]
+    pub max_seconds: Option<f64>,
+    /// End by printing one JSON object on the last line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LmEvalArgs {
+    #[command(flatten)]
+    pub weights: WeightArgs,
+    /// Text file scored with the model's tokenizer.
+    #[arg(long)]
+    pub text: PathBuf,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub weights: WeightArgs,
+    #[arg(long, default_value = "\n")]
+    pub prompt: String,
+    #[arg(long, default_value_t = 500)]
+    pub max_new_tokens: usize,
+    /// Softmax temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f64,
+    /// Sample among the k most likely tokens only.
+    #[arg(long, default_value_t = 200)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+}
+
+pub fn run(a: LmArgs) -> Result<()> {
+    match a.command {
+        LmCommand::Prepare(a) => prepare(a).map(|_| ()),
+        LmCommand::Train(a) => train(a),
+        LmCommand::Eval(a) => eval(a),
+        LmCommand::Generate(a) => generate(a),
+    }
+}
+
+fn parse_tokenizer(name: &str) -> Result<Option<Tokenizer>> {
+    match name {
+        "char" => Ok(None),
+        "gpt2" => Ok(Some(Tokenizer::Gpt2)),
+        other => bail!("--tokenizer {other:?}: expected char or gpt2"),
+    }
+}
+
+pub fn prepare(a: PrepareArgs) -> Result<text::DataMeta> {
+    let meta = text::prepare(
+        &a.corpus,
+        &a.out,
+        parse_tokenizer(&a.tokenizer)?,
+        a.val_fraction,
+    )
+    .with_context(|| format!("preparing {}", a.corpus.display()))?;
+    println!(
+        "{}: {} train + {} val tokens, vocabulary {} ({})",
+        a.out.display(),
+        meta.train_tokens,
+        meta.val_tokens,
+        meta.tokenizer.vocab_size(),
+        match meta.tokenizer {
+            Tokenizer::Char { .. } => "char",
+            Tokenizer::Gpt2 => "gpt2",
+        }
+    );
+    Ok(meta)
+}
+
+fn train_config(a: &LmTrainArgs, tokenizer: &Tokenizer) -> Result<LmConfig> {
+    let mut c = LmConfig::resolve(&a.config)?;
+    if let Some(arch) = &a.arch {
+        c.arch = arch.clone();
+    }
+    c.vocab_size = tokenizer.vocab_size();
+    c.n_layer = a.n_layer.unwrap_or(c.n_layer);
+    c.n_head = a.n_head.unwrap_or(c.n_head);
+    c.n_embd = a.n_embd.unwrap_or(c.n_embd);
+    c.block_size = a.block_size.unwrap_or(c.block_size);
+    c.validate()?;
+    Ok(c)
+}
+
+pub fn train(a: LmTrainArgs) -> Result<()> {
+    let device = Default::default();
+    if !a.data.join("meta.json").exists() {
+        tracing::info!(
+            "{} is not prepared: tokenizing {} (character level)",
+            a.data.display(),
+            a.corpus.display()
+        );
+        prepare(PrepareArgs {
+            corpus: a.corpus.clone(),
+            out: a.data.clone(),
+            tokenizer: "char".into(),
+            val_fraction: 0.1,
+        })?;
+    }
+    let meta = text::read_meta(&a.data)?;
+    let train_tokens = TokenFile::open(&a.data.join("train.bin"))?;
+    let val_tokens = TokenFile::open(&a.data.join("val.bin"))?;
+    ensure!(
+        val_tokens.len() >= 2,
+        "{}: the validation split is empty; prepare with a larger --val-fraction",
+        a.data.display()
+    );
+    std::fs::create_dir_all(&a.run_dir)
+        .with_context(|| format!("cannot create {}", a.run_dir.display()))?;
+
+    let (config, model, optim, state) = if a.resume {
+        let dir = Checkpoint::find(&a.run_dir)
+            .with_context(|| format!("--resume: no checkpoint in {}", a.run_dir.display()))?;
+        let state = load_state(&dir)?;
+        ensure!(
+            state.tokenizer == meta.tokenizer,
+            "--resume: {} was prepared with another tokenizer than the run",
+            a.data.display()
+        );
+        let config = LmConfig::from_json_file(&dir.join("config.json"))?;
+        let sd = read_state_dict(&dir.join("model.safetensors"))?;
+        let model = lm::load_official(config.init::<TrainBackend>(&device), sd)?;
+        let optim = TrainOptimizer::new(state.recipe.optim.clone(), &model).load(&dir, &device)?;
+        tracing::info!(
+            "resuming {} at iteration {}",
+            a.run_dir.display(),
+            state.step
+        );
+        (config, model, optim, state)
+    } else {
+        let config = train_config(&a, &meta.tokenizer)?;
+        let recipe = LmRecipe {
+            max_iters: a.max_iters,
+            batch_size: a.batch_size,
+            grad_accum: a.grad_accum,
+            lr: a.lr,
+            min_lr: a.min_lr.unwrap_or(a.lr / 10.0),
+            warmup_iters: a.warmup_iters.min(a.max_iters),
+            optim: OptimSettings {
+                kind: OptimizerKind::Adamw,
+                weight_decay: a.weight_decay,
+                beta1: a.beta1,
+                beta2: a.beta2,
+                // LayerNorm weights and biases are the only < 2-D parameters: decay ≥ 2-D only
+                no_decay_norm_bias: true,
+                clip_grad_norm: (a.clip_grad_norm > 0.0).then_some(a.clip_grad_norm),
+            },
+            eval_interval: a.eval_interval,
+            eval_iters: a.eval_iters,
+            seed: a.seed,
+        };
+        <TrainBackend as burn::tensor::backend::Backend>::seed(&device, a.seed);
+        let model = canonical_ids(config.init::<TrainBackend>(&device));
+        let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
+        let state = LmState {
+            recipe,
+            tokenizer: meta.tokenizer.clone(),
+            step: 0,
+            seconds: 0.0,
+            data: a.data.display().to_string(),
+            best_val_loss: None,
+        };
+        let _ = std::fs::remove_file(a.run_dir.join("metrics.jsonl"));
+        (config, model, optim, state)
+    };
+    tracing::info!(
+        "{}: {} layers, {} heads, d {}, context {}, vocabulary {}, {} parameters; {} train tokens",
+        config.arch,
+        config.n_layer,
+        config.n_head,
+        config.n_embd,
+        config.block_size,
+        config.vocab_size,
+        config.param_count(),
+        train_tokens.len()
+    );
+    let run = LmRun {
+        run_dir: a.run_dir.clone(),
+        train: &train_tokens,
+        val: &val_tokens,
+        show_progress: std::io::IsTerminal::is_terminal(&std::io::stderr()) && !a.json,
+        stop_after: a.stop_after,
+        max_seconds: a.max_seconds,
+    };
+    ctrlc::set_handler(|| {
+        crate::train::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst)
+    })
+    .ok();
+    let last = fit_lm(&run, &config, model, optim, state, &device)?;
+    let final_path = a.run_dir.join("model.safetensors");
+    if let Some(dir) = Checkpoint::find(&a.run_dir) {
+        std::fs::copy(dir.join("model.safetensors"), &final_path)?;
+    }
+    if let Some(m) = &last {
+        println!(
+            "iteration {}: val loss {:.4} (perplexity {:.2}), weights {}",
+            m.step,
+            m.val_loss,
+            m.val_loss.exp(),
+            final_path.display()
+        );
+        if a.json {
+            println!("{}", serde_json::to_string(m)?);
+        }
+    }
+    Ok(())
+}
+
+/// A loaded language model and its tokenizer (when the weights carry one).
+pub struct LoadedLm<B: CrateBackend> {
+    pub config: LmConfig,
+    pub model: CausalLm<B>,
+    pub tokenizer: Option<Tokenizer>,
+}
+
+/// The language-model config of a weights file, if it describes one: `--config`, else the
+/// safetensors metadata, else `config.json` beside it, else nanoGPT `model_args` in a torch file.
+pub fn lm_config(w: &WeightArgs) -> Result<Option<LmConfig>> {
+    let parse = |text: &str| -> Result<Option<LmConfig>> {
+        let v: serde_json::Value = serde_json::from_str(text)?;
+        let is_lm = v.get("vocab_size").is_some()
+            || v.get("arch")
+                .and_then(|a| a.as_str())
+                .is_some_and(|a| lm::ARCHS.contains(&a));
+        if is_lm {
+            Ok(Some(LmConfig::from_json(text)?))
+        } else {
+            Ok(None)
+        }
+    };
+    if let Some(spec) = &w.config {
+        if let Some(c) = LmConfig::preset(spec) {
+            return Ok(Some(c));
+        }
+        let p = Path::new(spec);
+        if p.is_file() {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config {}", p.display()))?;
+            return parse(&text).with_context(|| format!("config {}", p.display()));
+        }
+        return Ok(None);
+    }
+    if super::commands::is_safetensors(&w.weights) {
+        let (_, meta) = read_safetensors_all(&w.weights)?;
+        if let Some(c) = meta.get("config") {
+            return parse(c).with_context(|| format!("{}: config metadata", w.weights.display()));
+        }
+    } else if w.weights.exists() {
+        if let Some(c) = nanogpt_model_args(&w.weights)? {
+            return Ok(Some(c));
+        }
+    }
+    let beside = w.weights.with_file_name("config.json");
+    if beside.is_file() {
+        return parse(&std::fs::read_to_string(&beside)?)
+            .with_context(|| format!("config {}", beside.display()));
+    }
+    Ok(None)
+}
+
+/// `model_args` of a nanoGPT `{'model', 'model_args', …}` checkpoint; the arch is read off the keys.
+fn nanogpt_model_args(path: &Path) -> Result<Option<LmConfig>> {
+    use burn_store::pytorch::reader::PickleValue;
+    use burn_store::pytorch::PytorchReader;
+    let Ok(PickleValue::Dict(args)) = PytorchReader::read_pickle_data(path, Some("model_args"))
+    else {
+        return Ok(None);
+    };
+    let int = |k: &str| match args.get(k) {
+        Some(PickleValue::Int(v)) if *v > 0 => Ok(*v as usize),
+        _ => bail!(
+            "{}: model_args.{k} is missing or not a positive integer",
+            path.display()
+        ),
+    };
+    let sd = read_state_dict(path)?;
+    let mut config = LmConfig {
+        arch: infer_arch(&sd, int("n_embd")?)
+            .with_context(|| format!("{}: not a crate-lm or nanoGPT model", path.display()))?,
+        vocab_size: int("vocab_size")?,
+        block_size: int("block_size")?,
+        n_layer: int("n_layer")?,
+        n_head: int("n_head")?,
+        n_embd: int("n_embd")?,
+        dropout: 0.0, // training-only; inference runs without it
+        bias: !matches!(args.get("bias"), Some(PickleValue::Bool(false))),
+    };
+    if config.arch != "gpt" {
+        config.bias = true; // ignored by both crate-lm files
+    }
+    config
+        .validate()
+        .with_context(|| format!("{}: model_args", path.display()))?;
+    Ok(Some(config))
+}
+
+/// crate-lm complete (ISTA W d×d), overcomplete (4d×d) or nanoGPT GPT (an MLP).
+pub fn infer_arch(sd: &StateDict, d: usize) -> Option<String> {
+    if sd.contains_key("transformer.h.0.mlp.c_fc.weight") {
+        return Some("gpt".into());
+    }
+    let w = sd.get("transformer.h.0.ista.weight")?;
+    Some(if w.shape[0] == 4 * d {
+        "crate-lm-overcomplete".into()
+    } else {
+        "crate-lm".into()
+    })
+}
+
+pub fn load_lm<B: CrateBackend>(
+    w: &WeightArgs,
+    config: LmConfig,
+    device: &B::Device,
+) -> Result<LoadedLm<B>> {
+    let sd = read_state_dict(&w.weights)?;
+    let model = config.init::<B>(device);
+    let model = if w.strict {
+        lm::load_official(model, sd)
+    } else {
+        let (m, report) =
+            crate::weights::apply_state_dict(model, &lm::prepare_state_dict(sd), false)?;
+        if !report.is_clean() {
+            tracing::warn!(
+                "non-strict load of {}: {}",
+                w.weights.display(),
+                report.describe()
+            );
+        }
+        Ok(m)
+    }
+    .with_context(|| format!("loading {}", w.weights.display()))?;
+    let tokenizer = if super::commands::is_safetensors(&w.weights) {
+        let (_, meta) = read_safetensors_all(&w.weights)?;
+        meta.get("tokenizer")
+            .map(|t| serde_json::from_str(t))
+            .transpose()
+            .with_context(|| format!("{}: bad tokenizer metadata", w.weights.display()))?
+    } else {
+        None
+    };
+    Ok(LoadedLm {
+        config,
+        model,
+        tokenizer,
+    })
+}
+
+fn load_for_inference(w: &WeightArgs) -> Result<LoadedLm<InferBackend>> {
+    let config = lm_config(w)?.with_context(|| {
+        format!(
+            "{}: no language-model config stored with these weights; pass --config FILE.json",
+            w.weights.display()
+        )
+    })?;
+    let mut l = load_lm::<InferBackend>(w, config, &Default::default())?;
+    if l.tokenizer.is_none() && l.config.vocab_size >= 50257 {
+        l.tokenizer = Some(Tokenizer::Gpt2); // official weights: GPT-2 BPE
+    }
+    Ok(l)
+}
+
+fn need_tokenizer(l: &LoadedLm<InferBackend>, w: &WeightArgs) -> Result<Tokenizer> {
+    l.tokenizer.clone().with_context(|| {
+        format!(
+            "{}: no tokenizer stored with these weights (vocabulary {})",
+            w.weights.display(),
+            l.config.vocab_size
+        )
+    })
+}
+
+pub fn eval(a: LmEvalArgs) -> Result<()> {
+    let l = load_for_inference(&a.weights)?;
+    let tok = need_tokenizer(&l, &a.weights)?;
+    let text = text::read_corpus(&a.text)?;
+    let ids: Vec<i64> = tok
+        .encode(&text)
+        .with_context(|| format!("{}", a.text.display()))?
+        .into_iter()
+        .map(i64::from)
+        .collect();
+    lm::check_tokens(&ids, l.config.vocab_size)?;
+    let (loss, n) = sequential_loss(&l.model, &ids, a.batch_size, &Default::default())?;
+    println!(
+        "{}: loss {:.4}, perplexity {:.2} over {} predicted tokens",
+        a.text.display(),
+        loss,
+        loss.exp(),
+        n
+    );
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"loss": loss, "perplexity": loss.exp(), "tokens": n})
+        );
+    }
+    Ok(())
+}
+
+pub fn generate(a: GenerateArgs) -> Result<()> {
+    let l = load_for_inference(&a.weights)?;
+    let tok = need_tokenizer(&l, &a.weights)?;
+    let prompt: Vec<i64> = tok
+        .encode(&a.prompt)
+        .context("--prompt")?
+        .into_iter()
+        .map(i64::from)
+        .collect();
+    ensure!(!prompt.is_empty(), "--prompt is empty");
+    ensure!(
+        prompt.len() <= l.config.block_size,
+        "--prompt is {} tokens, longer than the model's context of {} (block_size)",
+        prompt.len(),
+        l.config.block_size
+    );
+    let opts = Sampling {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_k: (a.top_k > 0).then_some(a.top_k),
+    };
+    let mut rng = StdRng::seed_from_u64(a.seed);
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", a.prompt)?;
+    let mut dec = StreamDecoder::default();
+    l.model.generate(&prompt, &opts, &mut rng, |t| {
+        write!(out, "{}", dec.push(&tok, t as u32)?)?;
+        out.flush()?;
+        Ok(())
+    })?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// `whitebox forward` for a language model: int64 `idx` `[B, T]` in, `logits` `[B, T, V]` out.
+pub fn forward(a: &ForwardArgs, config: LmConfig) -> Result<()> {
+    let device = Default::default();
+    let l = load_lm::<InferBackend>(&a.weights, config, &device)?;
+    let (tensors, _) = read_safetensors_all(&a.input)?;
+    let idx = tensors
+        .get("idx")
+        .with_context(|| format!("{}: no tensor named `idx`", a.input.display()))?;
+    ensure!(
+        idx.shape.len() == 2,
+        "{}: `idx` has shape {:?}, expected [B, T]",
+        a.input.display(),
+        idx.shape.to_vec()
+    );
+    let ids: Vec<i64> = idx
+        .clone()
+        .convert::<i64>()
+        .to_vec()
+        .map_err(|e| anyhow::anyhow!("{}: `idx` is not integer: {e:?}", a.input.display()))?;
+    ensure!(
+        idx.shape[1] <= l.config.block_size,
+        "{}: sequence length {} exceeds block_size {}",
+        a.input.display(),
+        idx.shape[1],
+        l.config.block_size
+    );
+    ensure!(idx.shape[1] > 0, "{}: `idx` is empty", a.input.display());
+    lm::check_tokens(&ids, l.config.vocab_size).with_context(|| a.input.display().to_string())?;
+    let x = Tensor::<InferBackend, 2, Int>::from_data(
+        TensorData::new(ids, [idx.shape[0], idx.shape[1]]),
+        &device,
+    );
+    let mut acts = if a.activations {
+        Activations::on()
+    } else {
+        Activations::off()
+    };
+    let logits = l.model.forward_with(x, &mut acts);
+    let mut out = StateDict::new();
+    out.insert("logits".into(), logits.into_data().convert::<f32>());
+    for c in acts.into_vec() {
+        out.insert(c.name, TensorData::new(c.values, c.shape));
+    }
+    write_atomic(&a.output, &safetensors_bytes(out.iter(), None)?)?;
+    println!("wrote {} tensors to {}", out.len(), a.output.display());
+    Ok(())
+}
