@@ -453,6 +453,16 @@ fn crate_alpha_trains_resumes_evaluates_and_runs_forward() {
 }
 
 #[test]
+fn info_on_crate_alpha_and_mae_presets() {
+    assert!(ok(&["info", "--config", "crate-alpha-B/16"]).contains("parameters: 72328936"));
+    let out = ok(&["info", "--config", "mae-fmnist"]);
+    assert!(
+        out.contains("parameters: 247729") && out.contains("4 visible"),
+        "{out}"
+    );
+}
+
+#[test]
 fn forward_crate_alpha_on_official_pth() {
     let g = Golden::load("crate_alpha.safetensors");
     let dir = tempfile::tempdir().unwrap();

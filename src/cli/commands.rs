@@ -19,6 +19,18 @@ use crate::weights::{
 use crate::{InferBackend, TrainBackend};
 
 pub fn info(a: InfoArgs) -> Result<()> {
+    if let Some(mae) = super::mae::mae_config_spec(&a.config)? {
+        println!("{}", serde_json::to_string_pretty(&mae)?);
+        println!(
+            "tokens: {} patches + cls ({} visible at mask ratio {}), patch dim {}",
+            mae.num_patches(),
+            mae.len_keep(),
+            mae.mask_ratio,
+            mae.patch_dim()
+        );
+        println!("parameters: {}", mae.param_count());
+        return Ok(());
+    }
     let cfg = CrateConfig::resolve(&a.config)?;
     println!("{}", serde_json::to_string_pretty(&cfg)?);
     println!(
