@@ -660,6 +660,16 @@ fn mae_train_lowers_masked_loss_then_reconstructs_and_probes() {
     );
     assert_eq!(p["dim"], 16);
 
+    // classifier commands on MAE weights: a clear error
+    let e = fails(&[
+        "eval",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--data",
+        &data,
+    ]);
+    assert!(e.contains("is a CRATE-MAE, not a classifier"), "{e}");
+
     // fine-tune a classifier from the encoder (lr ~0: the weights must arrive unchanged)
     let ft = dir.path().join("ft");
     let j = last_json(&ok(&[

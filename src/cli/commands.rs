@@ -45,6 +45,13 @@ pub fn info(a: InfoArgs) -> Result<()> {
 /// Config and metadata of a weights file: `--config`, else the safetensors metadata, else a
 /// `config.json` beside the file.
 fn resolve_config(w: &WeightArgs, meta: &HashMap<String, String>) -> Result<CrateConfig> {
+    if super::mae::is_mae(w) {
+        bail!(
+            "{} is a CRATE-MAE, not a classifier: use `whitebox forward`, `mae reconstruct`, `probe`, \
+             or `train --init-from` to fine-tune its encoder",
+            w.weights.display()
+        );
+    }
     if let Some(spec) = &w.config {
         return CrateConfig::resolve(spec);
     }
