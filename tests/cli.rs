@@ -425,6 +425,16 @@ fn crate_alpha_trains_resumes_evaluates_and_runs_forward() {
 }
 
 #[test]
+fn info_on_crate_alpha_and_mae_presets() {
+    assert!(ok(&["info", "--config", "crate-alpha-B/16"]).contains("parameters: 72328936"));
+    let out = ok(&["info", "--config", "mae-fmnist"]);
+    assert!(
+        out.contains("parameters: 247729") && out.contains("4 visible"),
+        "{out}"
+    );
+}
+
+#[test]
 fn forward_crate_alpha_on_official_pth() {
     let g = Golden::load("crate_alpha.safetensors");
     let dir = tempfile::tempdir().unwrap();
@@ -621,6 +631,16 @@ fn mae_train_lowers_masked_loss_then_reconstructs_and_probes() {
         "{p}"
     );
     assert_eq!(p["dim"], 16);
+
+    // classifier commands on MAE weights: a clear error
+    let e = fails(&[
+        "eval",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--data",
+        &data,
+    ]);
+    assert!(e.contains("is a CRATE-MAE, not a classifier"), "{e}");
 
     // fine-tune a classifier from the encoder (lr ~0: the weights must arrive unchanged)
     let ft = dir.path().join("ft");

@@ -149,3 +149,38 @@ fn official_checkpoint_container_loads_and_bad_configs_are_clear_errors() {
         .to_string()
         .contains("decoder_embed_dim 64"));
 }
+
+#[test]
+fn norm_pix_loss_targets_follow_the_reference_formula() {
+    // FAIR-MAE: per patch (x − mean) / sqrt(var + 1e-6) with torch's unbiased var.
+    let g = Golden::load("crate_mae.safetensors");
+    let mut model = golden_model(&g);
+    model.norm_pix_loss = true;
+    let device = Default::default();
+    let got = model
+        .target(Tensor::<B, 4>::from_data(g.get("input").clone(), &device))
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap();
+    let plain = g.f32("target");
+    let pd = 192;
+    let mut want = Vec::with_capacity(plain.len());
+    for row in plain.chunks(pd) {
+        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / pd as f64;
+        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / (pd - 1) as f64;
+        want.extend(
+            row.iter()
+                .map(|&v| ((v as f64 - mean) / (var + 1e-6).sqrt()) as f32),
+        );
+    }
+    let d = max_abs_diff(&got, &want);
+    assert!(d <= 1e-5, "norm_pix targets: max |Δ| {d:e}");
+    // and the loss changes accordingly (targets are no longer raw pixels)
+    let masking = model.masking(2, Some(&g.f32("noise")), &mut rand::rng());
+    let out = model.forward_with(
+        Tensor::from_data(g.get("input").clone(), &device),
+        masking,
+        &mut Activations::off(),
+    );
+    assert!((out.loss.into_scalar() - g.f32("loss")[0]).abs() > 1e-3);
+}

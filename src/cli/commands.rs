@@ -19,6 +19,18 @@ use crate::weights::{
 use crate::{InferBackend, TrainBackend};
 
 pub fn info(a: InfoArgs) -> Result<()> {
+    if let Some(mae) = super::mae::mae_config_spec(&a.config)? {
+        println!("{}", serde_json::to_string_pretty(&mae)?);
+        println!(
+            "tokens: {} patches + cls ({} visible at mask ratio {}), patch dim {}",
+            mae.num_patches(),
+            mae.len_keep(),
+            mae.mask_ratio,
+            mae.patch_dim()
+        );
+        println!("parameters: {}", mae.param_count());
+        return Ok(());
+    }
     let cfg = CrateConfig::resolve(&a.config)?;
     println!("{}", serde_json::to_string_pretty(&cfg)?);
     println!(
@@ -33,6 +45,13 @@ pub fn info(a: InfoArgs) -> Result<()> {
 /// Config and metadata of a weights file: `--config`, else the safetensors metadata, else a
 /// `config.json` beside the file.
 fn resolve_config(w: &WeightArgs, meta: &HashMap<String, String>) -> Result<CrateConfig> {
+    if super::mae::is_mae(w) {
+        bail!(
+            "{} is a CRATE-MAE, not a classifier: use `whitebox forward`, `mae reconstruct`, `probe`, \
+             or `train --init-from` to fine-tune its encoder",
+            w.weights.display()
+        );
+    }
     if let Some(spec) = &w.config {
         return CrateConfig::resolve(spec);
     }

@@ -69,6 +69,24 @@ pub fn mae_config_of(path: &Path) -> Result<MaeConfig> {
     MaeConfig::from_json(&v.to_string()).with_context(|| format!("config of {}", path.display()))
 }
 
+/// `Some` MAE config when `spec` is an MAE preset or a JSON file with `"arch": "crate-mae"`.
+pub fn mae_config_spec(spec: &str) -> Result<Option<MaeConfig>> {
+    if let Some(c) = MaeConfig::preset(spec) {
+        return Ok(Some(c));
+    }
+    let path = Path::new(spec);
+    let is_mae = path.is_file()
+        && std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v["arch"] == ARCH_MAE);
+    Ok(if is_mae {
+        Some(MaeConfig::from_json_file(path)?)
+    } else {
+        None
+    })
+}
+
 pub struct LoadedMae<B: CrateBackend> {
     pub config: MaeConfig,
     pub model: CrateMae<B>,

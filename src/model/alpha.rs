@@ -5,6 +5,10 @@
 //! `Z½ = Z + MSSA(LN₁ Z)` (to_out without bias), `y = LN₂ Z½` (eps 1e-6),
 //! `A¹ = relu(η Dᵀy − ηλ)`, `A² = relu(A¹ − η Dᵀ(D A¹ − y) − ηλ)`, `Z' = Z½ + D₁ A²`,
 //! with `D`, `D₁` of shape `[d, 4d]`, η = λ = 0.1. Head: `LN` (eps 1e-5) + Linear on the cls token.
+//!
+//! Code vs paper: the book writes the layer as `Z' = D A` (one dictionary, no residual); the
+//! released code, followed here, adds the residual and decodes with the separate `D₁`. The torch
+//! port hard-codes 3 input channels in `conv1`; here the conv takes `channels`.
 
 use burn::module::{Module, Param};
 use burn::nn::{DropoutConfig, Initializer, LayerNormConfig, LinearConfig};

@@ -8,6 +8,9 @@
 //! Loss: mean squared error per patch, averaged over the masked patches only.
 //! `pos_embed` and `decoder_embed` exist in the official model but are unused; they are kept so
 //! official checkpoints load strictly and are written back.
+//!
+//! Code vs paper (the code is followed): the book states λ = 0.1 for the encoder, the public
+//! code passes 0.5; unlike FAIR's MAE, the mask tokens are inserted before the encoder.
 
 use anyhow::{ensure, Context, Result};
 use burn::module::{Module, Param};
