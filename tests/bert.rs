@@ -1,10 +1,13 @@
 //! CRATE-BERT (no golden vectors exist for it): HF key names, tied-weight loading, padding and
 //! bidirectionality, BERT's 80/10/10 masking, a finite-difference gradient check and a short
-//! masked-LM training run whose loss must fall.
+//! masked-LM training run whose loss must fall; `bert train` and `bert fill-mask` end to end.
+
+mod common;
 
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use common::{fails, ok};
 use whitebox::model::bert::{mask_tokens, position_ids, BertConfig, CrateBert, IGNORE};
 use whitebox::weights::{apply_state_dict, collect_gradients, collect_state_dict, StateDict};
 use whitebox::{CpuAutodiff, CpuBackend};
@@ -245,4 +248,98 @@ fn masked_lm_training_lowers_the_loss() {
         after < 0.3 * before,
         "masked-LM loss {before:.3} → {after:.3}: should fall below 30 %"
     );
+}
+
+#[test]
+fn bert_train_and_fill_mask_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(
+        &corpus,
+        "to be or not to be that is the question ".repeat(200),
+    )
+    .unwrap();
+    let (data, run) = (dir.path().join("tokens"), dir.path().join("run"));
+    let s = |p: &std::path::Path| p.display().to_string();
+    let out = ok(&[
+        "bert",
+        "train",
+        "--corpus",
+        &s(&corpus),
+        "--data",
+        &s(&data),
+        "--run-dir",
+        &s(&run),
+        "--max-iters",
+        "150",
+        "--eval-interval",
+        "50",
+        "--eval-iters",
+        "4",
+        "--hidden-size",
+        "32",
+        "--layers",
+        "2",
+        "--heads",
+        "2",
+        "--seq-len",
+        "24",
+        "--batch-size",
+        "16",
+        "--lr",
+        "3e-3",
+        "--warmup-iters",
+        "10",
+        "--json",
+    ]);
+    let last: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(last["iters"], 150);
+    let log: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(log.len(), 4, "iterations 0, 50, 100, 150");
+    let (first, end) = (
+        log[0]["val_loss"].as_f64().unwrap(),
+        log[3]["val_loss"].as_f64().unwrap(),
+    );
+    assert!(end < 0.8 * first, "validation loss {first:.3} → {end:.3}");
+
+    let w = s(&run.join("checkpoint/model.safetensors"));
+    let out = ok(&[
+        "bert",
+        "fill-mask",
+        "--weights",
+        &w,
+        "to be or not <mask>o be",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].starts_with("<mask> 1: "), "{out}");
+    let probs: Vec<f64> = lines[0]
+        .split(", ")
+        .map(|e| {
+            e.rsplit(' ')
+                .next()
+                .unwrap()
+                .trim_end_matches('%')
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(probs.len(), 5);
+    assert!(probs.windows(2).all(|p| p[0] >= p[1]) && probs.iter().sum::<f64>() <= 100.01);
+    assert!(
+        lines[1].starts_with("to be or not ") && lines[1].ends_with("o be"),
+        "{out}"
+    );
+
+    let e = fails(&["bert", "fill-mask", "--weights", &w, "to be"]);
+    assert!(e.contains("no <mask>"), "{e}");
+    let e = fails(&["bert", "fill-mask", "--weights", &w, "Zebra <mask>"]);
+    assert!(e.contains("not in the model's character vocabulary"), "{e}");
+    let long = format!("{} <mask>", "to be ".repeat(10));
+    let e = fails(&["bert", "fill-mask", "--weights", &w, &long]);
+    assert!(e.contains("reads at most 24"), "{e}");
 }

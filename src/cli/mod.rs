@@ -1,6 +1,7 @@
 //! The `whitebox` command line.
 
 mod bench;
+pub mod bert;
 mod commands;
 pub mod lm;
 mod mae;
@@ -50,6 +51,8 @@ pub enum Command {
     Probe(ProbeArgs),
     /// Causal language models: prepare text, train, eval (loss, perplexity), generate.
     Lm(lm::LmArgs),
+    /// CRATE-BERT: masked-LM pre-training and fill-mask.
+    Bert(bert::BertArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -334,6 +337,7 @@ pub fn run() -> anyhow::Result<()> {
         Some(Command::Mae(MaeCommand::Reconstruct(a))) => mae::reconstruct(a),
         Some(Command::Probe(a)) => mae::probe(a),
         Some(Command::Lm(a)) => lm::run(a),
+        Some(Command::Bert(a)) => bert::run(a),
     }
 }
 

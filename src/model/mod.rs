@@ -5,9 +5,9 @@ pub mod bert;
 pub mod blocks;
 pub mod fused;
 pub mod inspect;
+pub mod lm;
 pub mod mae;
 pub mod posembed;
-pub mod lm;
 pub mod vision;
 
 pub use fused::{CrateAutodiff, CrateBackend};
