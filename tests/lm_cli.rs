@@ -3,38 +3,9 @@
 
 mod common;
 
-use common::{assert_close, golden_path, Golden};
+use common::{assert_close, fails, golden_path, ok, Golden};
 use std::path::Path;
-use std::process::{Command, Output};
 use whitebox::weights::{read_safetensors_all, write_safetensors};
-
-fn whitebox(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_whitebox"))
-        .args(args)
-        .output()
-        .expect("run whitebox")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = whitebox(args);
-    let (so, se) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(
-        out.status.success(),
-        "whitebox {args:?} failed:\n{so}\n{se}"
-    );
-    so.into_owned()
-}
-
-fn fails(args: &[&str]) -> String {
-    let out = whitebox(args);
-    assert!(!out.status.success(), "whitebox {args:?} should fail");
-    let se = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!se.contains("panicked"), "panic instead of an error: {se}");
-    se
-}
 
 fn fixture(name: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -680,11 +680,7 @@ impl<B: CrateBackend> crate::weights::OfficialKeys for CausalLm<B> {
             .iter()
             .map(|s| s.as_str())
             .filter(|s| !matches!(*s, "Crate" | "Gpt" | "Complete" | "Overcomplete"))
-            .map(|s| match s {
-                "gamma" => "weight",
-                "beta" => "bias",
-                other => other,
-            })
+            .map(crate::weights::torch_leaf)
             .collect();
         format!("transformer.{}", parts.join("."))
     }

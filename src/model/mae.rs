@@ -617,11 +617,7 @@ impl<B: CrateBackend> crate::weights::OfficialKeys for CrateMae<B> {
     /// burn path → official `crate_ae.py` key (`../shared/docs/crate-reference.md` §7.2).
     fn official_key(path: &[String]) -> String {
         let p: Vec<&str> = path.iter().map(|s| s.as_str()).collect();
-        let leaf = |s: &str| match s {
-            "gamma" => "weight".to_string(),
-            "beta" => "bias".to_string(),
-            other => other.to_string(),
-        };
+        let leaf = crate::weights::torch_leaf;
         match p.as_slice() {
             ["patch_embed", l] => format!("patch_embed.proj.{l}"),
             ["blocks", i, "norm1", l] => format!("blocks.{i}.layers.0.0.norm.{}", leaf(l)),
