@@ -467,19 +467,24 @@ pub fn forward(a: ForwardArgs) -> Result<()> {
     let device = Default::default();
     let l = load_weights::<InferBackend>(&a.weights, &device)?;
     let x = read_input::<InferBackend>(&a.input, &l.config, &device)?;
-    let mut acts = if a.activations {
-        Activations::on()
-    } else {
-        Activations::off()
-    };
+    let mut acts = Activations::recording(a.activations);
     let logits = l.model.forward_with(x, &mut acts);
+    write_forward(&a.output, logits.into_data(), acts)
+}
+
+/// Write `logits` and any captured activations (golden names) as one safetensors file.
+pub(super) fn write_forward<B: burn::tensor::backend::Backend>(
+    path: &Path,
+    logits: TensorData,
+    acts: Activations<B>,
+) -> Result<()> {
     let mut out = StateDict::new();
-    out.insert("logits".into(), logits.into_data().convert::<f32>());
+    out.insert("logits".into(), logits.convert::<f32>());
     for c in acts.into_vec() {
         out.insert(c.name, TensorData::new(c.values, c.shape));
     }
-    write_atomic(&a.output, &safetensors_bytes(out.iter(), None)?)?;
-    println!("wrote {} tensors to {}", out.len(), a.output.display());
+    write_atomic(path, &safetensors_bytes(out.iter(), None)?)?;
+    println!("wrote {} tensors to {}", out.len(), path.display());
     Ok(())
 }
 

@@ -13,10 +13,7 @@ use crate::model::{Activations, CrateBackend};
 use crate::text::{self, StreamDecoder, TokenFile, Tokenizer};
 use crate::train::lm::{fit_lm, load_state, sequential_loss, LmRecipe, LmRun, LmState};
 use crate::train::{Checkpoint, OptimSettings, OptimizerKind, TrainOptimizer};
-use crate::weights::{
-    canonical_ids, read_safetensors_all, read_state_dict, safetensors_bytes, write_atomic,
-    StateDict,
-};
+use crate::weights::{canonical_ids, read_safetensors_all, read_state_dict, StateDict};
 use crate::{InferBackend, TrainBackend};
 
 #[derive(Args, Debug)]
@@ -588,18 +585,7 @@ pub fn forward(a: &ForwardArgs, config: LmConfig) -> Result<()> {
         TensorData::new(ids, [idx.shape[0], idx.shape[1]]),
         &device,
     );
-    let mut acts = if a.activations {
-        Activations::on()
-    } else {
-        Activations::off()
-    };
+    let mut acts = Activations::recording(a.activations);
     let logits = l.model.forward_with(x, &mut acts);
-    let mut out = StateDict::new();
-    out.insert("logits".into(), logits.into_data().convert::<f32>());
-    for c in acts.into_vec() {
-        out.insert(c.name, TensorData::new(c.values, c.shape));
-    }
-    write_atomic(&a.output, &safetensors_bytes(out.iter(), None)?)?;
-    println!("wrote {} tensors to {}", out.len(), a.output.display());
-    Ok(())
+    super::commands::write_forward(&a.output, logits.into_data(), acts)
 }

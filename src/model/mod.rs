@@ -43,6 +43,14 @@ impl<B: Backend> Activations<B> {
             _b: Default::default(),
         }
     }
+    /// Recording when `on`, like [`Activations::on`], else [`Activations::off`].
+    pub fn recording(on: bool) -> Self {
+        if on {
+            Self::on()
+        } else {
+            Self::off()
+        }
+    }
     pub fn enabled(&self) -> bool {
         self.items.is_some()
     }
