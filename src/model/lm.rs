@@ -111,23 +111,17 @@ impl LmConfig {
 
     /// A preset name or a JSON file.
     pub fn resolve(spec: &str) -> Result<Self> {
-        if let Some(c) = Self::preset(spec) {
-            return Ok(c);
-        }
-        let path = Path::new(spec);
-        if !path.exists() {
-            bail!(
-                "--config {spec:?} is neither a preset ({}) nor an existing JSON file",
-                PRESETS.join(", ")
-            );
-        }
-        Self::from_json_file(path)
+        super::resolve_config(
+            spec,
+            Self::preset(spec),
+            "a preset",
+            &PRESETS,
+            Self::from_json_file,
+        )
     }
 
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
-        Self::from_json(&text).with_context(|| format!("config {}", path.display()))
+        super::read_json_config(path, Self::from_json)
     }
 
     pub fn from_json(text: &str) -> Result<Self> {

@@ -139,22 +139,17 @@ impl MaeConfig {
 
     /// A preset name or a JSON file with the constructor arguments.
     pub fn resolve(spec: &str) -> Result<Self> {
-        if let Some(c) = Self::preset(spec) {
-            return Ok(c);
-        }
-        let path = Path::new(spec);
-        ensure!(
-            path.exists(),
-            "--config {spec:?} is neither an MAE preset ({}) nor an existing JSON file",
-            MAE_PRESETS.join(", ")
-        );
-        Self::from_json_file(path)
+        super::resolve_config(
+            spec,
+            Self::preset(spec),
+            "an MAE preset",
+            &MAE_PRESETS,
+            Self::from_json_file,
+        )
     }
 
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
-        Self::from_json(&text).with_context(|| format!("config {}", path.display()))
+        super::read_json_config(path, Self::from_json)
     }
 
     pub fn from_json(text: &str) -> Result<Self> {

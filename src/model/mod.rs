@@ -68,3 +68,35 @@ impl<B: Backend> Activations<B> {
         self.items.unwrap_or_default()
     }
 }
+
+/// `spec` as a preset (`preset`, if it named one) or else as a JSON file read by `from_file`;
+/// `kind` and `presets` word the error ("neither a preset (fmnist, …) nor an existing JSON file").
+pub fn resolve_config<C>(
+    spec: &str,
+    preset: Option<C>,
+    kind: &str,
+    presets: &[&str],
+    from_file: impl FnOnce(&std::path::Path) -> anyhow::Result<C>,
+) -> anyhow::Result<C> {
+    if let Some(c) = preset {
+        return Ok(c);
+    }
+    let path = std::path::Path::new(spec);
+    anyhow::ensure!(
+        path.exists(),
+        "--config {spec:?} is neither {kind} ({}) nor an existing JSON file",
+        presets.join(", ")
+    );
+    from_file(path)
+}
+
+/// A JSON config file parsed (and validated) by `parse`; errors name the file.
+pub fn read_json_config<C>(
+    path: &std::path::Path,
+    parse: impl FnOnce(&str) -> anyhow::Result<C>,
+) -> anyhow::Result<C> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    parse(&text).with_context(|| format!("config {}", path.display()))
+}

@@ -5,7 +5,7 @@
 //! head `LN + Linear`.
 
 use super::fused::{layer_norm, CrateBackend};
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use burn::module::{Module, Param};
 use burn::nn::{
     Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
@@ -168,27 +168,21 @@ impl CrateConfig {
 
     /// A preset name or a JSON file holding the constructor arguments.
     pub fn resolve(spec: &str) -> Result<Self> {
-        if let Some(c) = Self::preset(spec) {
-            return Ok(c);
-        }
-        let path = Path::new(spec);
-        if !path.exists() {
-            bail!(
-                "--config {spec:?} is neither a preset ({}) nor an existing JSON file",
-                PRESETS.join(", ")
-            );
-        }
-        Self::from_json_file(path)
+        super::resolve_config(
+            spec,
+            Self::preset(spec),
+            "a preset",
+            &PRESETS,
+            Self::from_json_file,
+        )
     }
 
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
-        let cfg: Self = serde_json::from_str(&text)
-            .with_context(|| format!("config {} is not a valid CRATE config", path.display()))?;
-        cfg.validate()
-            .with_context(|| format!("config {}", path.display()))?;
-        Ok(cfg)
+        super::read_json_config(path, |text| {
+            let cfg: Self = serde_json::from_str(text).context("not a valid CRATE config")?;
+            cfg.validate()?;
+            Ok(cfg)
+        })
     }
 
     pub fn validate(&self) -> Result<()> {
