@@ -1,5 +1,5 @@
-//! The fused operators (LayerNorm, self-attention, head split/merge) against burn's op-by-op
-//! versions: same forward values and same gradients.
+//! The fused operators (matmul, LayerNorm, self-attention, head split/merge) against burn's
+//! op-by-op versions: same forward values and same gradients.
 
 use burn::module::Param;
 use burn::nn::LayerNormConfig;
@@ -52,7 +52,7 @@ fn fused_layer_norm_matches_burn_layer_norm_and_its_gradients() {
 
 #[test]
 fn fused_attention_and_head_moves_match_op_by_op() {
-    // short sequences take flex's in-cache kernel, long ones the batched-GEMM path
+    // per-head GEMM kernels on flex, forward and backward, at several head shapes
     for (b, n, h, dh) in [(3, 7, 2, 5), (2, 17, 4, 24), (2, 60, 3, 8)] {
         check_attention(b, n, h, dh);
     }
@@ -91,4 +91,35 @@ fn check_attention(b: usize, n: usize, h: usize, dh: usize) {
     let w = fused::split_heads(x.inner(), b, n, h);
     let plain = fused::merge_heads(fused::ssa(w, scale));
     assert!(max_diff(plain, out_ref.inner()) < 1e-5, "n = {n}");
+}
+
+#[test]
+fn fused_matmul_matches_burn_matmul_and_its_gradients_on_transposed_views() {
+    let device = Default::default();
+    // (m, k, n): one product small enough for one thread, one split over the threads
+    for (m, k, n) in [(7, 5, 3), (300, 64, 80)] {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let a_shape = if ta { [k, m] } else { [m, k] };
+            let b_shape = if tb { [n, k] } else { [k, n] };
+            let a = Tensor::<B, 2>::random(a_shape, Distribution::Normal(0.0, 1.0), &device)
+                .require_grad();
+            let b = Tensor::<B, 2>::random(b_shape, Distribution::Normal(0.0, 1.0), &device)
+                .require_grad();
+            let weight = Tensor::<B, 2>::random([m, n], Distribution::Normal(0.0, 1.0), &device);
+            let view = |t: Tensor<B, 2>, tr: bool| if tr { t.transpose() } else { t };
+
+            let c_ref = view(a.clone(), ta).matmul(view(b.clone(), tb));
+            let g_ref = (c_ref.clone() * weight.clone()).sum().backward();
+            let c = fused::matmul(view(a.clone(), ta), view(b.clone(), tb));
+            let g = (c.clone() * weight).sum().backward();
+
+            let case = format!("{m}x{k}x{n} ta={ta} tb={tb}");
+            assert_eq!(c.dims(), [m, n], "{case}");
+            assert!(max_diff(c.inner(), c_ref.inner()) < 1e-4, "{case}");
+            let (ga, ga_ref) = (a.grad(&g).unwrap(), a.grad(&g_ref).unwrap());
+            assert!(max_diff(ga, ga_ref) < 1e-4, "{case}: dA");
+            let (gb, gb_ref) = (b.grad(&g).unwrap(), b.grad(&g_ref).unwrap());
+            assert!(max_diff(gb, gb_ref) < 1e-4, "{case}: dB");
+        }
+    }
 }

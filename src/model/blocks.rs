@@ -43,7 +43,7 @@ impl<B: CrateBackend> Mssa<B> {
     /// Per-head subspace projections `w = U_kᵀ z` of token rows `x` `[b·n, d]`, as `[b, h, n, dh]`
     /// (one copy of `dh`-long runs).
     pub fn project(&self, x: Tensor<B, 2>, b: usize, n: usize) -> Tensor<B, 4> {
-        fused::split_heads(self.qkv.forward(x), b, n, self.heads)
+        fused::split_heads(fused::linear(&self.qkv, x), b, n, self.heads)
     }
 
     /// The attention scale `1/√dh`.
@@ -67,7 +67,7 @@ impl<B: CrateBackend> Mssa<B> {
             fused::ssa(w, self.scale())
         };
         let out = fused::merge_heads(heads_out);
-        self.dropout.forward(self.to_out.forward(out))
+        self.dropout.forward(fused::linear(&self.to_out, out))
     }
 }
 
@@ -100,7 +100,7 @@ impl<B: CrateBackend> Ista<B> {
     fn step_matrix(&self) -> Tensor<B, 2> {
         let w = self.weight.val();
         let [d, _] = w.dims();
-        let wtw = w.clone().transpose().matmul(w.clone());
+        let wtw = fused::matmul(w.clone().transpose(), w.clone());
         Tensor::eye(d, &w.device()) + (w - wtw).mul_scalar(self.step_size)
     }
 
@@ -115,8 +115,7 @@ impl<B: CrateBackend> Ista<B> {
 
     /// The argument of the ReLU, `x·M − ηλ` (recorded as `prerelu` by the language models).
     pub fn prerelu(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        x.matmul(self.step_matrix())
-            .sub_scalar(self.step_size * self.lambd)
+        fused::matmul(x, self.step_matrix()).sub_scalar(self.step_size * self.lambd)
     }
 }
 
@@ -156,7 +155,7 @@ impl<B: CrateBackend> PatchConv<B> {
             .reshape([b * h * w, c * p * p]);
         let [d, ..] = self.weight.dims();
         let kernel = self.weight.val().reshape([d, c * p * p]);
-        let out = cols.matmul(kernel.transpose()) + self.bias.val().unsqueeze::<2>();
+        let out = fused::matmul(cols, kernel.transpose()) + self.bias.val().unsqueeze::<2>();
         out.reshape([b, h * w, d])
     }
 

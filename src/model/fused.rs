@@ -14,7 +14,10 @@ use burn::backend::Autodiff;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
+use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{Tensor, TensorPrimitive};
+
+use super::gemm::{self, MatRef};
 
 fn wrap<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
@@ -41,7 +44,31 @@ fn ssa_forward<B: Backend>(w: Tensor<B, 4>, scale: f64) -> (Tensor<B, 4>, Tensor
     (attn.clone(), attn.matmul(w))
 }
 
+/// [`CrateBackend::crate_ssa_backward`] op by op (any backend).
+fn ssa_backward_ops<B: Backend>(
+    w: FloatTensor<B>,
+    attn: FloatTensor<B>,
+    d_out: FloatTensor<B>,
+    scale: f64,
+) -> FloatTensor<B> {
+    let (w, attn, d_out): (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) =
+        (wrap(w), wrap(attn), wrap(d_out));
+    // dSᵀ w is a GEMM on a transposed view; adding dS + dSᵀ first would need a strided copy
+    let d_attn = d_out.clone().matmul(w.clone().swap_dims(2, 3));
+    let row = (d_attn.clone() * attn.clone()).sum_dim(3);
+    let d_s = (attn.clone() * (d_attn - row)).mul_scalar(scale);
+    let dw = attn.swap_dims(2, 3).matmul(d_out)
+        + d_s.clone().matmul(w.clone())
+        + d_s.swap_dims(2, 3).matmul(w);
+    unwrap(dw)
+}
+
 pub trait CrateBackend: Backend {
+    /// Matrix product `a · b` of two matrices `[m, k]`, `[k, n]` (either may be a transposed view).
+    fn crate_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_matmul(a, b)
+    }
+
     /// LayerNorm of rows `x` `[r, d]` with affine `gamma`, `beta` `[d]`.
     fn crate_layer_norm(
         x: FloatTensor<Self>,
@@ -61,6 +88,17 @@ pub trait CrateBackend: Backend {
     fn crate_ssa_parts(w: FloatTensor<Self>, scale: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (a, o) = ssa_forward::<Self>(wrap(w), scale);
         (unwrap(a), unwrap(o))
+    }
+
+    /// `dw` of `O = softmax(s·w wᵀ) w`, from `w`, the weights `A` and `dO`:
+    /// `dA = dO wᵀ`, `dS = s·A ⊙ (dA − rowsum(dA ⊙ A))`, `dw = Aᵀ dO + (dS + dSᵀ) w`.
+    fn crate_ssa_backward(
+        w: FloatTensor<Self>,
+        attn: FloatTensor<Self>,
+        d_out: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        ssa_backward_ops::<Self>(w, attn, d_out, scale)
     }
 
     /// Token rows `[b·n, h·dh]` → contiguous heads `[b, h, n, dh]`.
@@ -98,55 +136,105 @@ fn swap_heads_f32(src: &[f32], b: usize, outer: usize, inner: usize, dh: usize) 
     dst
 }
 
-/// `(A, O)` with `A = softmax(s·w wᵀ)` (rows), `O = A w` for one head `w` `[n, dh]`, in cache.
-/// `S` is symmetric, so each dot product is computed once.
-fn ssa_head(w: &[f32], n: usize, dh: usize, scale: f32, a: &mut [f32], o: &mut [f32]) {
-    for i in 0..n {
-        let wi = &w[i * dh..(i + 1) * dh];
-        for j in 0..=i {
-            let wj = &w[j * dh..(j + 1) * dh];
-            let dot: f32 = wi.iter().zip(wj).map(|(x, y)| x * y).sum();
-            a[i * n + j] = scale * dot;
-            a[j * n + i] = scale * dot;
-        }
-    }
+/// `A ← softmax(s·A)` row by row, in place, for `A` `[n, n]`.
+fn softmax_rows(a: &mut [f32], n: usize, scale: f32) {
     for row in a.chunks_exact_mut(n) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0;
         for v in row.iter_mut() {
-            *v = (*v - max).exp();
+            *v = ((*v - max) * scale).exp();
             sum += *v;
         }
         let inv = 1.0 / sum;
         row.iter_mut().for_each(|v| *v *= inv);
     }
-    o.fill(0.0);
-    for i in 0..n {
-        let oi = &mut o[i * dh..(i + 1) * dh];
-        for j in 0..n {
-            let aij = a[i * n + j];
-            for (x, y) in oi.iter_mut().zip(&w[j * dh..(j + 1) * dh]) {
-                *x += aij * y;
-            }
-        }
-    }
 }
 
-/// Sequences up to this length use [`ssa_head`]; longer ones the batched GEMMs.
-const SSA_KERNEL_MAX_N: usize = 48;
+/// One head `w` `[n, dh]`: `A = softmax(s·w wᵀ)` into `a`, `O = A w` into `o`.
+fn ssa_head(w: &[f32], n: usize, dh: usize, scale: f32, a: &mut [f32], o: &mut [f32]) {
+    let w = MatRef::rows(w, n, dh);
+    gemm::matmul_into(w, w.t(), a, false); // S = w wᵀ
+    softmax_rows(a, n, scale);
+    gemm::matmul_into(MatRef::rows(a, n, n), w, o, false); // O = A w
+}
+
+/// One head's `dw` (see [`CrateBackend::crate_ssa_backward`]); `ds` is `[n, n]` scratch.
+fn ssa_head_backward(
+    w: &[f32],
+    a: &[f32],
+    d_o: &[f32],
+    dims: (usize, usize),
+    scale: f32,
+    dw: &mut [f32],
+    ds: &mut [f32],
+) {
+    let (n, dh) = dims;
+    let (w, d_o, a_m) = (
+        MatRef::rows(w, n, dh),
+        MatRef::rows(d_o, n, dh),
+        MatRef::rows(a, n, n),
+    );
+    gemm::matmul_into(d_o, w.t(), ds, false); // dA = dO wᵀ
+    for (ds, a) in ds.chunks_exact_mut(n).zip(a.chunks_exact(n)) {
+        let r: f32 = ds.iter().zip(a).map(|(x, y)| x * y).sum();
+        ds.iter_mut()
+            .zip(a)
+            .for_each(|(x, y)| *x = scale * y * (*x - r)); // dS
+    }
+    for i in 0..n {
+        for j in 0..=i {
+            let s = ds[i * n + j] + ds[j * n + i]; // dS + dSᵀ
+            ds[i * n + j] = s;
+            ds[j * n + i] = s;
+        }
+    }
+    gemm::matmul_into(a_m.t(), d_o, dw, false); // Aᵀ dO
+    gemm::matmul_into(MatRef::rows(ds, n, n), w, dw, true); // + (dS + dSᵀ) w
+}
+
+/// A 2-D f32 flex tensor as a strided matrix view (no copy).
+fn mat_view(t: &burn_flex::FlexTensor) -> Option<MatRef<'_>> {
+    let l = t.layout();
+    if t.dtype() != burn::tensor::DType::F32 || l.num_dims() != 2 || !l.has_positive_strides() {
+        return None;
+    }
+    let (s, st) = (l.shape(), l.strides());
+    Some(MatRef {
+        data: &t.storage::<f32>()[l.start_offset()..],
+        rows: s[0],
+        cols: s[1],
+        rs: st[0] as usize,
+        cs: st[1] as usize,
+    })
+}
+
+fn flex_f32<const D: usize>(v: Vec<f32>, shape: [usize; D]) -> burn_flex::FlexTensor {
+    burn_flex::FlexTensor::from_data(burn::tensor::TensorData::new(v, shape))
+}
+
+/// A 4-D f32 tensor's contiguous data and dims `[b, h, n, d]`.
+fn heads_f32(t: &burn_flex::FlexTensor) -> Option<(&[f32], [usize; 4])> {
+    let s = t.layout().shape();
+    (s.num_dims() == 4).then_some(())?;
+    Some((t.as_slice::<f32>()?, [s[0], s[1], s[2], s[3]]))
+}
 
 impl CrateBackend for burn::backend::Flex {
+    fn crate_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        if let (Some(x), Some(y)) = (mat_view(&a), mat_view(&b)) {
+            if x.cols == y.rows {
+                return flex_f32(gemm::matmul(x, y), [x.rows, y.cols]);
+            }
+        }
+        Self::float_matmul(a, b)
+    }
+
     fn crate_ssa_parts(w: FloatTensor<Self>, scale: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
         use rayon::prelude::*;
         let w = w.to_contiguous();
-        let s = w.layout().shape();
-        let (b, h, n, dh) = (s[0], s[1], s[2], s[3]);
-        let src = match w.as_slice::<f32>() {
-            Some(src) if n <= SSA_KERNEL_MAX_N => src,
-            _ => {
-                let (a, o) = ssa_forward::<Self>(wrap(w), scale);
-                return (unwrap(a), unwrap(o));
-            }
+        let Some((src, [b, h, n, dh])) = heads_f32(&w) else {
+            let (a, o) = ssa_forward::<Self>(wrap(w), scale);
+            return (unwrap(a), unwrap(o));
         };
         let mut a = vec![0f32; b * h * n * n];
         let mut o = vec![0f32; b * h * n * dh];
@@ -154,10 +242,35 @@ impl CrateBackend for burn::backend::Flex {
             .zip(o.par_chunks_mut(n * dh))
             .zip(src.par_chunks(n * dh))
             .for_each(|((a, o), w)| ssa_head(w, n, dh, scale as f32, a, o));
-        let t = |v: Vec<f32>, shape: [usize; 4]| {
-            burn_flex::FlexTensor::from_data(burn::tensor::TensorData::new(v, shape))
+        (flex_f32(a, [b, h, n, n]), flex_f32(o, [b, h, n, dh]))
+    }
+
+    fn crate_ssa_backward(
+        w: FloatTensor<Self>,
+        attn: FloatTensor<Self>,
+        d_out: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        use rayon::prelude::*;
+        let (w, attn, d_out) = (
+            w.to_contiguous(),
+            attn.to_contiguous(),
+            d_out.to_contiguous(),
+        );
+        let (Some((ws, [b, h, n, dh])), Some((a, _)), Some((g, _))) =
+            (heads_f32(&w), heads_f32(&attn), heads_f32(&d_out))
+        else {
+            return ssa_backward_ops::<Self>(w, attn, d_out, scale);
         };
-        (t(a, [b, h, n, n]), t(o, [b, h, n, dh]))
+        let mut dw = vec![0f32; b * h * n * dh];
+        dw.par_chunks_mut(n * dh)
+            .zip(ws.par_chunks(n * dh))
+            .zip(a.par_chunks(n * n).zip(g.par_chunks(n * dh)))
+            .for_each_init(
+                || vec![0f32; n * n],
+                |ds, ((dw, w), (a, g))| ssa_head_backward(w, a, g, (n, dh), scale as f32, dw, ds),
+            );
+        flex_f32(dw, [b, h, n, dh])
     }
 
     fn crate_split_heads(x: FloatTensor<Self>, b: usize, n: usize, h: usize) -> FloatTensor<Self> {
@@ -234,26 +347,37 @@ impl<B: Backend> Backward<B, 3> for LayerNormBackward {
 #[derive(Debug)]
 struct SsaBackward;
 
-impl<B: Backend> Backward<B, 1> for SsaBackward {
+impl<B: CrateBackend> Backward<B, 1> for SsaBackward {
     /// (w, softmax weights A, scale)
     type State = (FloatTensor<B>, FloatTensor<B>, f64);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_w] = ops.parents;
-        let d_out: Tensor<B, 4> = wrap(grads.consume::<B>(&ops.node));
+        let d_out = grads.consume::<B>(&ops.node);
         let Some(node) = node_w else { return };
         let (w, attn, scale) = ops.state;
-        let (w, attn): (Tensor<B, 4>, Tensor<B, 4>) = (wrap(w), wrap(attn));
-        // O = A w with A = softmax(S), S = s·w wᵀ:
-        // dA = dO wᵀ,  dS = A ⊙ (dA − rowsum(dA ⊙ A)),  dw = Aᵀ dO + s (dS w + dSᵀ w)
-        // (dSᵀ w is a GEMM on a transposed view; adding dS + dSᵀ first would need a strided copy)
-        let d_attn = d_out.clone().matmul(w.clone().swap_dims(2, 3));
-        let row = (d_attn.clone() * attn.clone()).sum_dim(3);
-        let d_s = (attn.clone() * (d_attn - row)).mul_scalar(scale);
-        let dw = attn.swap_dims(2, 3).matmul(d_out)
-            + d_s.clone().matmul(w.clone())
-            + d_s.swap_dims(2, 3).matmul(w);
-        grads.register::<B>(node.id, unwrap(dw));
+        grads.register::<B>(node.id, B::crate_ssa_backward(w, attn, d_out, scale));
+    }
+}
+
+#[derive(Debug)]
+struct MatmulBackward;
+
+impl<B: CrateBackend> Backward<B, 2> for MatmulBackward {
+    /// (a, b)
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_a, node_b] = ops.parents;
+        let g = grads.consume::<B>(&ops.node);
+        let (a, b) = ops.state;
+        // C = A·B:  dA = dC·Bᵀ,  dB = Aᵀ·dC (transposes are views)
+        if let Some(node) = node_a {
+            grads.register::<B>(node.id, B::crate_matmul(g.clone(), B::float_transpose(b)));
+        }
+        if let Some(node) = node_b {
+            grads.register::<B>(node.id, B::crate_matmul(B::float_transpose(a), g));
+        }
     }
 }
 
@@ -286,6 +410,20 @@ impl<B: CrateBackend> Backward<B, 1> for MergeHeadsBackward {
 }
 
 impl<B: CrateBackend, C: CheckpointStrategy> CrateBackend for Autodiff<B, C> {
+    fn crate_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        match MatmulBackward
+            .prepare::<C>([a.node.clone(), b.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let out = B::crate_matmul(a.primitive.clone(), b.primitive.clone());
+                prep.finish((a.primitive, b.primitive), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::crate_matmul(a.primitive, b.primitive)),
+        }
+    }
+
     fn crate_split_heads(x: FloatTensor<Self>, b: usize, n: usize, h: usize) -> FloatTensor<Self> {
         match SplitHeadsBackward
             .prepare::<C>([x.node.clone()])
@@ -350,6 +488,20 @@ impl<B: CrateBackend, C: CheckpointStrategy> CrateBackend for Autodiff<B, C> {
             }
             OpsKind::UnTracked(prep) => prep.finish(B::crate_ssa(w.primitive, scale)),
         }
+    }
+}
+
+/// `a · b` of two matrices through the fused op (BLAS on flex, no output copy).
+pub fn matmul<B: CrateBackend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
+    wrap(B::crate_matmul(unwrap(a), unwrap(b)))
+}
+
+/// `x·W + b` of a burn `Linear` (weight `[in, out]`) through [`matmul`].
+pub fn linear<B: CrateBackend>(l: &burn::nn::Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    let y = matmul(x, l.weight.val());
+    match &l.bias {
+        Some(bias) => y + bias.val().unsqueeze::<2>(),
+        None => y,
     }
 }
 

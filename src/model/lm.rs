@@ -13,7 +13,7 @@
 //! and `logits = X_L wteᵀ` (`lm_head` tied to `wte`).
 
 use super::blocks::Ista;
-use super::fused::{layer_norm, merge_heads, split_heads, CrateBackend};
+use super::fused::{self, layer_norm, matmul, merge_heads, split_heads, CrateBackend};
 use super::Activations;
 use anyhow::{bail, ensure, Context, Result};
 use burn::module::{Module, Param};
@@ -275,7 +275,7 @@ pub struct CausalMssa<B: CrateBackend> {
 impl<B: CrateBackend> CausalMssa<B> {
     /// `c_proj([SSA_1; …; SSA_K])` with `SSA_k = causal softmax(w_k w_kᵀ/√dh) w_k`, `w = c_attn(x)`.
     fn forward(&self, x: Tensor<B, 2>, b: usize, n: usize, rec: &mut Recorder<B>) -> Tensor<B, 2> {
-        let qkv = self.c_attn.forward(x);
+        let qkv = fused::linear(&self.c_attn, x);
         rec.push("qkv", &qkv);
         let dh = qkv.dims()[1] / self.n_head;
         let w = split_heads(qkv, b, n, self.n_head);
@@ -286,7 +286,7 @@ impl<B: CrateBackend> CausalMssa<B> {
             (dh as f64).powf(-0.5),
         ));
         rec.push("attn_y", &y);
-        let out = self.c_proj.forward(y);
+        let out = fused::linear(&self.c_proj, y);
         rec.push("mssa", &out);
         out
     }
@@ -316,14 +316,14 @@ impl<B: CrateBackend> OvercompleteIsta<B> {
     fn forward(&self, z: Tensor<B, 2>, rec: &mut Recorder<B>) -> Tensor<B, 2> {
         let w = self.weight.val();
         let shrink = ISTA_ETA * ISTA_LAMBDA;
-        let dtz = z.matmul(w.clone().transpose()); // Dᵀz
+        let dtz = matmul(z, w.clone().transpose()); // Dᵀz
         let a0 = relu(dtz.clone().mul_scalar(ISTA_ETA).sub_scalar(shrink));
-        let dtda0 = a0.clone().matmul(w.clone()).matmul(w.clone().transpose()); // DᵀD a₀
+        let dtda0 = matmul(matmul(a0.clone(), w.clone()), w.clone().transpose()); // DᵀD a₀
         let pre = a0 + (dtz - dtda0).mul_scalar(ISTA_ETA) - shrink;
         rec.push("prerelu", &pre);
         let a1 = relu(pre);
         rec.push("codes", &a1);
-        a1.matmul(w)
+        matmul(a1, w)
     }
 }
 
@@ -402,12 +402,12 @@ pub struct CausalSelfAttention<B: CrateBackend> {
 
 impl<B: CrateBackend> CausalSelfAttention<B> {
     fn forward(&self, x: Tensor<B, 2>, b: usize, n: usize) -> Tensor<B, 2> {
-        let qkv = self.c_attn.forward(x);
+        let qkv = fused::linear(&self.c_attn, x);
         let d = qkv.dims()[1] / 3;
         let heads = |i: usize| split_heads(qkv.clone().narrow(1, i * d, d), b, n, self.n_head);
         let scale = ((d / self.n_head) as f64).powf(-0.5);
         let y = causal_attention(heads(0), heads(1), heads(2), scale);
-        self.c_proj.forward(merge_heads(y))
+        fused::linear(&self.c_proj, merge_heads(y))
     }
 }
 
@@ -448,7 +448,7 @@ impl<B: CrateBackend> GptBlock<B> {
         let half = x.clone() + self.attn.forward(layer_norm(&self.ln_1, x, LN_EPS), b, n);
         rec.push("attn", &half);
         let h = layer_norm(&self.ln_2, half.clone(), LN_EPS);
-        let out = half + self.mlp.c_proj.forward(gelu(self.mlp.c_fc.forward(h)));
+        let out = half + fused::linear(&self.mlp.c_proj, gelu(fused::linear(&self.mlp.c_fc, h)));
         rec.push("mlp", &out);
         out
     }
@@ -532,7 +532,7 @@ impl<B: CrateBackend> CausalLm<B> {
 
     /// `logits = X wteᵀ` (tied head) for hidden rows.
     fn head(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        x.matmul(self.wte.weight.val().transpose())
+        matmul(x, self.wte.weight.val().transpose())
     }
 
     /// Logits at every position, `[b, n, vocab]`, recording the official activations into `acts`.

@@ -4,6 +4,7 @@ pub mod alpha;
 pub mod bert;
 pub mod blocks;
 pub mod fused;
+pub mod gemm;
 pub mod inspect;
 pub mod lm;
 pub mod mae;
