@@ -343,3 +343,201 @@ fn bert_train_and_fill_mask_from_the_command_line() {
     let e = fails(&["bert", "fill-mask", "--weights", &w, &long]);
     assert!(e.contains("reads at most 24"), "{e}");
 }
+
+/// Arguments of a tiny `bert train` run of 12 iterations (validation every 4).
+fn tiny_train_args(corpus: &str, data: &str, run: &str) -> Vec<String> {
+    [
+        "bert",
+        "train",
+        "--corpus",
+        corpus,
+        "--data",
+        data,
+        "--run-dir",
+        run,
+        "--max-iters",
+        "12",
+        "--eval-interval",
+        "4",
+        "--eval-iters",
+        "2",
+        "--hidden-size",
+        "16",
+        "--layers",
+        "2",
+        "--heads",
+        "2",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "4",
+        "--lr",
+        "3e-3",
+        "--warmup-iters",
+        "3",
+        "--seed",
+        "7",
+        "--json",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn run_json(args: &[String]) -> serde_json::Value {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ok(&args);
+    serde_json::from_str(out.trim().lines().last().unwrap()).unwrap()
+}
+
+fn metrics(run: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// 12 iterations straight equal 5 iterations, then `--resume` to 12: the same final weights
+/// (bit for bit), the same final validation loss and the same metrics at iterations 8 and 12.
+#[test]
+fn bert_resume_equals_straight_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(
+        &corpus,
+        "to be or not to be that is the question ".repeat(50),
+    )
+    .unwrap();
+    let s = |p: &std::path::Path| p.display().to_string();
+    let data = s(&dir.path().join("tokens"));
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    let straight = run_json(&tiny_train_args(&s(&corpus), &data, &s(&a)));
+    assert_eq!(straight["iters"], 12);
+
+    let mut first = tiny_train_args(&s(&corpus), &data, &s(&b));
+    first.extend(["--stop-after".to_string(), "5".to_string()]);
+    assert_eq!(run_json(&first)["iters"], 5);
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(b.join("checkpoint/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["step"], 5);
+    let w = |run: &std::path::Path| {
+        whitebox::weights::read_safetensors_all(&run.join("checkpoint/model.safetensors"))
+            .unwrap()
+            .0
+    };
+    let at5 = w(&b);
+    let resumed = run_json(
+        &[
+            "bert",
+            "train",
+            "--data",
+            &data,
+            "--run-dir",
+            &s(&b),
+            "--resume",
+            "--json",
+        ]
+        .map(String::from),
+    );
+    assert_eq!(resumed["iters"], 12);
+    let (va, vb) = (
+        straight["val_loss"].as_f64().unwrap(),
+        resumed["val_loss"].as_f64().unwrap(),
+    );
+    assert!(va.is_finite() && va > 0.5, "val loss {va}");
+    assert_eq!(va, vb, "final validation loss after resume");
+    let (wa, wb) = (w(&a), w(&b));
+    assert_eq!(wa.len(), wb.len());
+    let key = "crate.encoder.layer.0.output.weight";
+    assert_ne!(wa[key], at5[key], "the resumed run did not train");
+    for (k, v) in &wa {
+        assert_eq!(v, &wb[k], "{k} differs after resume");
+    }
+    // the logs agree where both evaluated (iteration 0, 4, 8, 12; b also at its stop, 5)
+    let (ma, mb) = (metrics(&a), metrics(&b));
+    let iters = |m: &[serde_json::Value]| m.iter().map(|e| e["iter"].clone()).collect::<Vec<_>>();
+    assert_eq!(iters(&ma), [0, 4, 8, 12].map(serde_json::Value::from));
+    assert_eq!(iters(&mb), [0, 4, 5, 8, 12].map(serde_json::Value::from));
+    for (ea, eb) in ma.iter().zip([&mb[0], &mb[1], &mb[3], &mb[4]]) {
+        for f in ["val_loss", "train_loss", "lr"] {
+            assert_eq!(ea[f], eb[f], "{f} at iteration {}", ea["iter"]);
+        }
+    }
+}
+
+#[test]
+fn bert_resume_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(&corpus, "to be or not to be ".repeat(40)).unwrap();
+    let s = |p: &std::path::Path| p.display().to_string();
+    let data = s(&dir.path().join("tokens"));
+    let run = dir.path().join("run");
+    // nothing to resume
+    let e = fails(&[
+        "bert",
+        "train",
+        "--corpus",
+        &s(&corpus),
+        "--data",
+        &data,
+        "--run-dir",
+        &s(&run),
+        "--resume",
+    ]);
+    assert!(
+        e.contains(&format!("no checkpoint in {}", run.display())),
+        "{e}"
+    );
+    // a run of 16-wide sequences resumed with other model and recipe flags
+    let mut args = tiny_train_args(&s(&corpus), &data, &s(&run));
+    args.extend(["--stop-after".to_string(), "1".to_string()]);
+    run_json(&args);
+    let e = fails(&[
+        "bert",
+        "train",
+        "--data",
+        &data,
+        "--run-dir",
+        &s(&run),
+        "--resume",
+        "--hidden-size",
+        "32",
+        "--seq-len",
+        "16",
+        "--lr",
+        "0.01",
+    ]);
+    assert!(e.contains(&run.display().to_string()), "{e}");
+    assert!(
+        e.contains("--hidden-size 32 (the run has 16)")
+            && e.contains("--lr 0.01 (the run has 0.003)"),
+        "{e}"
+    );
+    assert!(!e.contains("--seq-len"), "an equal flag was reported: {e}");
+    // a config.json that no longer fits the run's state
+    let cfg = run.join("checkpoint/config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace(
+            "\"max_position_embeddings\": 18",
+            "\"max_position_embeddings\": 40",
+        ),
+    )
+    .unwrap();
+    let e = fails(&[
+        "bert",
+        "train",
+        "--data",
+        &data,
+        "--run-dir",
+        &s(&run),
+        "--resume",
+    ]);
+    assert!(
+        e.contains("config.json") && e.contains("does not fit the run's state.json"),
+        "{e}"
+    );
+}

@@ -5,34 +5,22 @@
 //! padding offset of the positions), 2 `<mask>`.
 
 use anyhow::{bail, ensure, Context, Result};
-use burn::module::AutodiffModule;
-use burn::optim::GradientsParams;
 use burn::tensor::activation::softmax;
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use clap::{Args, Subcommand};
-use rand::{Rng, SeedableRng};
 use serde_json::json;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::WeightArgs;
-use crate::model::bert::{mask_tokens, untie_state_dict, BertConfig, CrateBert};
-use crate::model::CrateBackend;
+use crate::model::bert::{untie_state_dict, BertConfig, CrateBert};
+use crate::model::CrateAutodiff;
 use crate::text::{self, TokenFile, Tokenizer};
-use crate::train::checkpoint::write_checkpoint_dir;
-use crate::train::{schedule, OptimSettings, OptimizerKind, TrainOptimizer};
-use crate::weights::{
-    apply_state_dict, collect_state_dict, read_safetensors_all, read_state_dict, write_atomic,
-    write_safetensors,
-};
+use crate::train::bert::{fit_bert, ids, load_state, vocab_size, BertRecipe, BertRun, BertState};
+pub use crate::train::bert::{FIRST_CHAR, MASK, PAD};
+use crate::train::{Checkpoint, OptimSettings, OptimizerKind, TrainOptimizer};
+use crate::weights::{apply_state_dict, canonical_ids, read_safetensors_all, read_state_dict};
 use crate::{InferBackend, TrainBackend};
-
-/// Ids of RoBERTa's special tokens; characters start at [`FIRST_CHAR`].
-pub const PAD: i64 = 1;
-pub const MASK: i64 = 2;
-pub const FIRST_CHAR: i64 = 3;
-const SPECIAL: [i64; 3] = [0, PAD, MASK];
 
 #[derive(Args, Debug)]
 pub struct BertArgs {
@@ -41,6 +29,7 @@ pub struct BertArgs {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum BertCommand {
     /// Masked-LM pre-training (15 % of tokens; 80 % `<mask>`, 10 % random, 10 % kept).
     Train(BertTrainArgs),
@@ -57,37 +46,55 @@ pub struct BertTrainArgs {
     pub corpus: PathBuf,
     #[arg(long, default_value = "runs/bert")]
     pub run_dir: PathBuf,
-    #[arg(long, default_value_t = 128)]
-    pub hidden_size: usize,
-    #[arg(long, default_value_t = 4)]
-    pub layers: usize,
-    #[arg(long, default_value_t = 4)]
-    pub heads: usize,
-    /// Tokens per training sequence.
-    #[arg(long, default_value_t = 64)]
-    pub seq_len: usize,
-    #[arg(long, default_value_t = 2000)]
-    pub max_iters: usize,
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
-    #[arg(long, default_value_t = 1e-3)]
-    pub lr: f64,
-    #[arg(long, default_value_t = 100)]
-    pub warmup_iters: usize,
-    #[arg(long, default_value_t = 0.01)]
-    pub weight_decay: f64,
-    /// Fraction of tokens chosen for the loss.
-    #[arg(long, default_value_t = 0.15)]
-    pub mask_rate: f64,
-    #[arg(long, default_value_t = 250)]
-    pub eval_interval: usize,
-    #[arg(long, default_value_t = 10)]
-    pub eval_iters: usize,
+    /// Continue the run in --run-dir from its last checkpoint (model and recipe flags, when
+    /// given, must equal the run's).
+    #[arg(long)]
+    pub resume: bool,
+    /// [default: 128]
+    #[arg(long)]
+    pub hidden_size: Option<usize>,
+    /// [default: 4]
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// [default: 4]
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Tokens per training sequence [default: 64].
+    #[arg(long)]
+    pub seq_len: Option<usize>,
+    /// [default: 2000]
+    #[arg(long)]
+    pub max_iters: Option<usize>,
+    /// [default: 32]
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Peak learning rate (cosine to 10 % of it) [default: 0.001].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// [default: 100]
+    #[arg(long)]
+    pub warmup_iters: Option<usize>,
+    /// [default: 0.01]
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Fraction of tokens chosen for the loss [default: 0.15].
+    #[arg(long)]
+    pub mask_rate: Option<f64>,
+    /// [default: 250]
+    #[arg(long)]
+    pub eval_interval: Option<usize>,
+    /// [default: 10]
+    #[arg(long)]
+    pub eval_iters: Option<usize>,
+    /// [default: 0]
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop this invocation after N iterations (continue with --resume).
+    #[arg(long)]
+    pub stop_after: Option<usize>,
     /// Stop when the run has trained this many seconds (validation and checkpoint first).
     #[arg(long)]
     pub max_seconds: Option<f64>,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     #[arg(long)]
     pub json: bool,
 }
@@ -109,53 +116,187 @@ pub fn run(a: BertArgs) -> Result<()> {
     }
 }
 
-/// One random window of `t` tokens per row, characters shifted past the specials.
-fn sample_batch(tokens: &TokenFile, b: usize, t: usize, rng: &mut impl Rng) -> Vec<i64> {
-    (0..b)
-        .flat_map(|_| {
-            let start = rng.random_range(0..tokens.len() - t);
-            tokens.window(start, t).into_iter().map(|v| v + FIRST_CHAR)
-        })
-        .collect()
+/// The model of a fresh run, from the flags (defaults where not given).
+fn fresh_config(a: &BertTrainArgs, tokenizer: &Tokenizer) -> Result<BertConfig> {
+    let cfg = BertConfig {
+        vocab_size: vocab_size(tokenizer),
+        hidden_size: a.hidden_size.unwrap_or(128),
+        num_hidden_layers: a.layers.unwrap_or(4),
+        num_attention_heads: a.heads.unwrap_or(4),
+        max_position_embeddings: a.seq_len.unwrap_or(64) + PAD as usize + 1,
+        type_vocab_size: 1,
+        layer_norm_eps: 1e-12,
+        pad_token_id: PAD as usize,
+        initializer_range: 0.02,
+    };
+    cfg.validate()?;
+    Ok(cfg)
 }
 
-fn ids<B: burn::tensor::backend::Backend>(v: Vec<i64>, b: usize, t: usize) -> Tensor<B, 2, Int> {
-    Tensor::from_data(TensorData::new(v, [b, t]), &Default::default())
-}
-
-/// Mean masked-LM loss over `iters` fixed batches of the validation tokens.
-fn val_loss<B: CrateBackend>(
-    m: &CrateBert<B>,
-    val: &TokenFile,
-    a: &BertTrainArgs,
-    vocab: usize,
-) -> f64 {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0xbe27);
-    let mut sum = 0.0;
-    for i in 0..a.eval_iters {
-        let x = sample_batch(val, a.batch_size, a.seq_len, &mut rng);
-        let (x, y) = mask_tokens(&x, &SPECIAL, MASK, vocab, a.mask_rate, i as u64);
-        sum += m
-            .mlm_loss(ids(x, a.batch_size, a.seq_len), &y)
-            .into_scalar()
-            .elem::<f64>();
+/// The recipe of a fresh run, from the flags (defaults where not given).
+fn fresh_recipe(a: &BertTrainArgs) -> BertRecipe {
+    let lr = a.lr.unwrap_or(1e-3);
+    BertRecipe {
+        max_iters: a.max_iters.unwrap_or(2000),
+        batch_size: a.batch_size.unwrap_or(32),
+        seq_len: a.seq_len.unwrap_or(64),
+        lr,
+        min_lr: lr * 0.1,
+        warmup_iters: a.warmup_iters.unwrap_or(100),
+        optim: OptimSettings {
+            kind: OptimizerKind::Adamw,
+            weight_decay: a.weight_decay.unwrap_or(0.01),
+            beta1: 0.9,
+            beta2: 0.98,
+            no_decay_norm_bias: true,
+            clip_grad_norm: Some(1.0),
+        },
+        mask_rate: a.mask_rate.unwrap_or(0.15),
+        eval_interval: a.eval_interval.unwrap_or(250),
+        eval_iters: a.eval_iters.unwrap_or(10),
+        seed: a.seed.unwrap_or(0),
     }
-    sum / a.eval_iters.max(1) as f64
 }
 
-fn metadata(cfg: &BertConfig, tok: &Tokenizer) -> Result<HashMap<String, String>> {
-    Ok(HashMap::from([
-        ("arch".to_string(), "crate-bert".to_string()),
-        ("config".to_string(), serde_json::to_string(cfg)?),
-        ("tokenizer".to_string(), serde_json::to_string(tok)?),
-    ]))
+/// `--resume`: every model or recipe flag given must equal the run's value.
+fn check_resume_flags(
+    a: &BertTrainArgs,
+    cfg: &BertConfig,
+    r: &BertRecipe,
+    dir: &Path,
+) -> Result<()> {
+    let given: [(&str, Option<String>, String); 13] = [
+        (
+            "--hidden-size",
+            a.hidden_size.map(|v| v.to_string()),
+            cfg.hidden_size.to_string(),
+        ),
+        (
+            "--layers",
+            a.layers.map(|v| v.to_string()),
+            cfg.num_hidden_layers.to_string(),
+        ),
+        (
+            "--heads",
+            a.heads.map(|v| v.to_string()),
+            cfg.num_attention_heads.to_string(),
+        ),
+        (
+            "--seq-len",
+            a.seq_len.map(|v| v.to_string()),
+            r.seq_len.to_string(),
+        ),
+        (
+            "--max-iters",
+            a.max_iters.map(|v| v.to_string()),
+            r.max_iters.to_string(),
+        ),
+        (
+            "--batch-size",
+            a.batch_size.map(|v| v.to_string()),
+            r.batch_size.to_string(),
+        ),
+        ("--lr", a.lr.map(|v| v.to_string()), r.lr.to_string()),
+        (
+            "--warmup-iters",
+            a.warmup_iters.map(|v| v.to_string()),
+            r.warmup_iters.to_string(),
+        ),
+        (
+            "--weight-decay",
+            a.weight_decay.map(|v| v.to_string()),
+            r.optim.weight_decay.to_string(),
+        ),
+        (
+            "--mask-rate",
+            a.mask_rate.map(|v| v.to_string()),
+            r.mask_rate.to_string(),
+        ),
+        (
+            "--eval-interval",
+            a.eval_interval.map(|v| v.to_string()),
+            r.eval_interval.to_string(),
+        ),
+        (
+            "--eval-iters",
+            a.eval_iters.map(|v| v.to_string()),
+            r.eval_iters.to_string(),
+        ),
+        ("--seed", a.seed.map(|v| v.to_string()), r.seed.to_string()),
+    ];
+    let differ: Vec<String> = given
+        .into_iter()
+        .filter_map(|(flag, g, run)| {
+            g.filter(|g| *g != run)
+                .map(|g| format!("{flag} {g} (the run has {run})"))
+        })
+        .collect();
+    ensure!(
+        differ.is_empty(),
+        "--resume: the run in {} was started with another configuration: {}; drop these flags \
+         to continue it, or start a new run in another --run-dir",
+        dir.display(),
+        differ.join(", ")
+    );
+    Ok(())
+}
+
+/// Model, optimizer and state of the last checkpoint of `a.run_dir`, checked against the flags
+/// and the prepared data.
+#[allow(clippy::type_complexity)]
+fn resume<B: CrateAutodiff>(
+    a: &BertTrainArgs,
+    tokenizer: &Tokenizer,
+    device: &B::Device,
+) -> Result<(
+    BertConfig,
+    CrateBert<B>,
+    TrainOptimizer<CrateBert<B>, B>,
+    BertState,
+)> {
+    let dir = Checkpoint::find(&a.run_dir)
+        .with_context(|| format!("--resume: no checkpoint in {}", a.run_dir.display()))?;
+    let state = load_state(&dir)?;
+    let cfg_path = dir.join("config.json");
+    let cfg: BertConfig = serde_json::from_str(
+        &std::fs::read_to_string(&cfg_path)
+            .with_context(|| format!("cannot read {}", cfg_path.display()))?,
+    )
+    .with_context(|| format!("{}: not a CRATE-BERT config", cfg_path.display()))?;
+    cfg.validate()
+        .with_context(|| format!("{}", cfg_path.display()))?;
+    check_resume_flags(a, &cfg, &state.recipe, &a.run_dir)?;
+    ensure!(
+        state.tokenizer == *tokenizer,
+        "--resume: {} was prepared with another tokenizer than the run in {}",
+        a.data.display(),
+        a.run_dir.display()
+    );
+    ensure!(
+        cfg.vocab_size == vocab_size(&state.tokenizer)
+            && cfg.max_position_embeddings == state.recipe.seq_len + PAD as usize + 1,
+        "--resume: {} (vocabulary {}, {} positions) does not fit the run's state.json \
+         (vocabulary {}, sequences of {})",
+        cfg_path.display(),
+        cfg.vocab_size,
+        cfg.max_position_embeddings,
+        vocab_size(&state.tokenizer),
+        state.recipe.seq_len
+    );
+    let w = dir.join("model.safetensors");
+    let sd = untie_state_dict(read_state_dict(&w)?)?;
+    let (model, _) = apply_state_dict(cfg.init::<B>(device), &sd, true)
+        .with_context(|| format!("loading {}", w.display()))?;
+    let optim = TrainOptimizer::new(state.recipe.optim.clone(), &model).load(&dir, device)?;
+    tracing::info!(
+        "resuming {} at iteration {}",
+        a.run_dir.display(),
+        state.step
+    );
+    Ok((cfg, model, optim, state))
 }
 
 pub fn train(a: BertTrainArgs) -> Result<()> {
-    ensure!(
-        a.mask_rate > 0.0 && a.mask_rate < 1.0,
-        "--mask-rate must be in (0, 1)"
-    );
     let meta = match text::read_meta(&a.data) {
         Ok(m) => m,
         Err(_) => text::prepare(&a.corpus, &a.data, None, 0.1)?,
@@ -166,110 +307,58 @@ pub fn train(a: BertTrainArgs) -> Result<()> {
             a.data.display()
         );
     };
+    let device = Default::default();
+    std::fs::create_dir_all(&a.run_dir)
+        .with_context(|| format!("cannot create {}", a.run_dir.display()))?;
+    let (cfg, model, optim, state) = if a.resume {
+        resume::<TrainBackend>(&a, &meta.tokenizer, &device)?
+    } else {
+        let recipe = fresh_recipe(&a);
+        ensure!(
+            recipe.mask_rate > 0.0 && recipe.mask_rate < 1.0,
+            "--mask-rate must be in (0, 1)"
+        );
+        let cfg = fresh_config(&a, &meta.tokenizer)?;
+        <TrainBackend as burn::tensor::backend::Backend>::seed(&device, recipe.seed);
+        // parameter ids from the keys, so the saved optimizer state finds them again on resume
+        let model = canonical_ids(cfg.init::<TrainBackend>(&device));
+        let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
+        let state = BertState {
+            recipe,
+            tokenizer: meta.tokenizer.clone(),
+            step: 0,
+            seconds: 0.0,
+            data: a.data.display().to_string(),
+            best_val_loss: None,
+        };
+        (cfg, model, optim, state)
+    };
     let train_tok = TokenFile::open(&a.data.join("train.bin"))?;
     let val_tok = TokenFile::open(&a.data.join("val.bin"))?;
     for (f, what) in [(&train_tok, "train"), (&val_tok, "validation")] {
         ensure!(
-            f.len() > a.seq_len,
+            f.len() > state.recipe.seq_len,
             "{}: the {what} tokens ({}) are fewer than --seq-len {} + 1",
             f.path().display(),
             f.len(),
-            a.seq_len
+            state.recipe.seq_len
         );
     }
-    let vocab = meta.tokenizer.vocab_size() + FIRST_CHAR as usize;
-    let cfg = BertConfig {
-        vocab_size: vocab,
-        hidden_size: a.hidden_size,
-        num_hidden_layers: a.layers,
-        num_attention_heads: a.heads,
-        max_position_embeddings: a.seq_len + PAD as usize + 1,
-        type_vocab_size: 1,
-        layer_norm_eps: 1e-12,
-        pad_token_id: PAD as usize,
-        initializer_range: 0.02,
+    let run = BertRun {
+        run_dir: a.run_dir.clone(),
+        train: &train_tok,
+        val: &val_tok,
+        show_progress: std::io::IsTerminal::is_terminal(&std::io::stderr()) && !a.json,
+        stop_after: a.stop_after,
+        max_seconds: a.max_seconds,
     };
-    cfg.validate()?;
-    let device = Default::default();
-    <TrainBackend as burn::tensor::backend::Backend>::seed(&device, a.seed);
-    let mut model = cfg.init::<TrainBackend>(&device);
-    let settings = OptimSettings {
-        kind: OptimizerKind::Adamw,
-        weight_decay: a.weight_decay,
-        beta1: 0.9,
-        beta2: 0.98,
-        no_decay_norm_bias: true,
-        clip_grad_norm: Some(1.0),
-    };
-    let mut optim = TrainOptimizer::new(settings, &model);
-    std::fs::create_dir_all(&a.run_dir)
-        .with_context(|| format!("cannot create {}", a.run_dir.display()))?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
-    let metrics = a.run_dir.join("metrics.jsonl");
-    let _ = std::fs::remove_file(&metrics);
-    let mut log = Vec::new();
+    ctrlc::set_handler(|| {
+        crate::train::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst)
+    })
+    .ok();
     let t0 = Instant::now();
-    let mut last_val = val_loss(&model.valid(), &val_tok, &a, vocab);
-    log.push(json!({"iter": 0, "val_loss": last_val, "seconds": 0.0}));
-    tracing::info!("iter 0: val masked-LM loss {last_val:.4}");
-    let mut iter = 0;
-    while iter < a.max_iters {
-        let x = sample_batch(&train_tok, a.batch_size, a.seq_len, &mut rng);
-        let (x, y) = mask_tokens(
-            &x,
-            &SPECIAL,
-            MASK,
-            vocab,
-            a.mask_rate,
-            a.seed ^ (iter as u64 + 1),
-        );
-        let loss = model.mlm_loss(ids(x, a.batch_size, a.seq_len), &y);
-        let loss_val: f64 = loss.clone().into_scalar().elem();
-        ensure!(
-            loss_val.is_finite(),
-            "loss became {loss_val} at iteration {iter}; lower --lr"
-        );
-        let grads = optim.clip(GradientsParams::from_grads(loss.backward(), &model));
-        let lr = schedule::warmup_cosine(iter, a.warmup_iters, a.max_iters, a.lr, a.lr * 0.1);
-        model = optim.step(lr, model, grads);
-        iter += 1;
-        let out_of_time = a
-            .max_seconds
-            .is_some_and(|s| t0.elapsed().as_secs_f64() >= s);
-        if iter % a.eval_interval == 0 || iter == a.max_iters || out_of_time {
-            last_val = val_loss(&model.valid(), &val_tok, &a, vocab);
-            let secs = t0.elapsed().as_secs_f64();
-            tracing::info!(
-                "iter {iter}: train loss {loss_val:.4}  val masked-LM loss {last_val:.4}  {secs:.0}s"
-            );
-            let entry = json!({"iter": iter, "train_loss": loss_val, "val_loss": last_val, "lr": lr, "seconds": secs});
-            log.push(entry);
-            write_atomic(
-                &metrics,
-                log.iter()
-                    .map(|e| format!("{e}\n"))
-                    .collect::<String>()
-                    .as_bytes(),
-            )?;
-            let md = metadata(&cfg, &meta.tokenizer)?;
-            let valid = model.valid();
-            write_checkpoint_dir(&a.run_dir, |tmp| {
-                write_safetensors(
-                    &tmp.join("model.safetensors"),
-                    &collect_state_dict(&valid),
-                    Some(md),
-                )?;
-                write_atomic(
-                    &tmp.join("config.json"),
-                    serde_json::to_string_pretty(&cfg)?.as_bytes(),
-                )
-            })?;
-        }
-        if out_of_time {
-            break;
-        }
-    }
-    let weights = a.run_dir.join("checkpoint/model.safetensors");
+    let (last_val, iter) = fit_bert(&run, &cfg, model, optim, state)?;
+    let weights = Checkpoint::dir(&a.run_dir).join("model.safetensors");
     println!(
         "validation masked-LM loss {last_val:.4} after {iter} iterations ({:.0} s); weights in {}",
         t0.elapsed().as_secs_f64(),

@@ -6,6 +6,7 @@
 use anyhow::{Context, Result};
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -90,33 +91,52 @@ impl Checkpoint {
     where
         M::InnerModule: OfficialKeys,
     {
-        write_checkpoint_dir(run_dir, |tmp| {
+        write_checkpoint(run_dir, config, optim, state, |path| {
             save_model(
-                &tmp.join("model.safetensors"),
+                path,
                 config,
                 &model.valid(),
                 &state.normalization,
                 &state.class_names,
-            )?;
-            write_atomic(
-                &tmp.join("config.json"),
-                serde_json::to_string_pretty(config)?.as_bytes(),
-            )?;
-            optim.save(tmp)?;
-            write_atomic(
-                &tmp.join("state.json"),
-                serde_json::to_string_pretty(state)?.as_bytes(),
             )
         })
     }
 
     pub fn load_state(dir: &Path) -> Result<TrainState> {
-        let p = dir.join("state.json");
-        let text =
-            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a valid training state", p.display()))
+        read_state(dir, "training state")
     }
+}
+
+/// `<run>/checkpoint/` of any trainer: `model.safetensors` (written by `write_model`),
+/// `config.json`, the optimizer state and `state.json`, swapped in atomically.
+pub fn write_checkpoint<B: AutodiffBackend, M: AutodiffModule<B>>(
+    run_dir: &Path,
+    config: &impl Serialize,
+    optim: &TrainOptimizer<M, B>,
+    state: &impl Serialize,
+    write_model: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    write_checkpoint_dir(run_dir, |tmp| {
+        write_model(&tmp.join("model.safetensors"))?;
+        write_atomic(
+            &tmp.join("config.json"),
+            serde_json::to_string_pretty(config)?.as_bytes(),
+        )?;
+        optim.save(tmp)?;
+        write_atomic(
+            &tmp.join("state.json"),
+            serde_json::to_string_pretty(state)?.as_bytes(),
+        )
+    })
+}
+
+/// `state.json` of a checkpoint folder; `what` names the expected kind in the error
+/// (e.g. "language-model training state").
+pub fn read_state<S: DeserializeOwned>(dir: &Path, what: &str) -> Result<S> {
+    let p = dir.join("state.json");
+    let text =
+        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not a valid {what}", p.display()))
 }
 
 /// Fill `<run>/checkpoint.tmp/` with `write`, then swap it in for `<run>/checkpoint/` by renames,

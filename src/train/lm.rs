@@ -3,7 +3,7 @@
 //! accumulation, periodic validation loss, atomic checkpoints and exact resume (batches are a pure
 //! function of seed and iteration, like the learning rate).
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
@@ -14,12 +14,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::checkpoint::write_checkpoint_dir;
+use super::checkpoint::{read_state, write_checkpoint};
 use super::{append_jsonl, schedule, OptimSettings, TrainOptimizer, INTERRUPTED};
 use crate::model::lm::{cross_entropy, official_state_dict, CausalLm, LmConfig};
 use crate::model::{CrateAutodiff, CrateBackend};
 use crate::text::{TokenFile, Tokenizer};
-use crate::weights::{write_atomic, write_safetensors};
+use crate::weights::write_safetensors;
 
 /// Everything that decides the trajectory of a run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,10 +40,11 @@ pub struct LmRecipe {
     pub seed: u64,
 }
 
-/// Where a run stands, saved as `state.json` next to the weights.
+/// Where a run on a token stream stands (language models, CRATE-BERT), saved as `state.json`
+/// next to the weights; `R` is the trainer's recipe.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LmState {
-    pub recipe: LmRecipe,
+pub struct TokenRunState<R> {
+    pub recipe: R,
     pub tokenizer: Tokenizer,
     /// Optimizer steps taken.
     pub step: usize,
@@ -52,6 +53,8 @@ pub struct LmState {
     pub data: String,
     pub best_val_loss: Option<f64>,
 }
+
+pub type LmState = TokenRunState<LmRecipe>;
 
 /// One validation point, as written to `metrics.jsonl`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,8 +98,9 @@ pub fn get_batch<B: CrateBackend>(
     (to(x), to(y))
 }
 
-/// The batch RNG of micro-batch `micro` of iteration `step`.
-fn step_rng(seed: u64, step: usize, micro: usize) -> StdRng {
+/// The batch RNG of micro-batch `micro` of iteration `step`: batches are a pure function of
+/// (seed, step), so a resumed run draws the same ones as a straight run.
+pub fn step_rng(seed: u64, step: usize, micro: usize) -> StdRng {
     StdRng::seed_from_u64(
         seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
             .wrapping_add((step as u64) << 16)
@@ -200,31 +204,13 @@ pub fn save_checkpoint<B: CrateAutodiff>(
     optim: &TrainOptimizer<CausalLm<B>, B>,
     state: &LmState,
 ) -> Result<()> {
-    write_checkpoint_dir(run_dir, |tmp| {
-        save_lm(
-            &tmp.join("model.safetensors"),
-            config,
-            &model.valid(),
-            &state.tokenizer,
-        )?;
-        write_atomic(
-            &tmp.join("config.json"),
-            serde_json::to_string_pretty(config)?.as_bytes(),
-        )?;
-        optim.save(tmp)?;
-        write_atomic(
-            &tmp.join("state.json"),
-            serde_json::to_string_pretty(state)?.as_bytes(),
-        )
+    write_checkpoint(run_dir, config, optim, state, |path| {
+        save_lm(path, config, &model.valid(), &state.tokenizer)
     })
 }
 
 pub fn load_state(dir: &Path) -> Result<LmState> {
-    let p = dir.join("state.json");
-    let text =
-        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a valid language-model training state", p.display()))
+    read_state(dir, "language-model training state")
 }
 
 /// Train from `state` (fresh or resumed) until `recipe.max_iters`; returns the last validation point.
@@ -340,7 +326,7 @@ pub fn fit_lm<B: CrateAutodiff>(
     Ok(last)
 }
 
-fn progress_bar(show: bool, len: u64) -> indicatif::ProgressBar {
+pub(crate) fn progress_bar(show: bool, len: u64) -> indicatif::ProgressBar {
     if !show {
         return indicatif::ProgressBar::hidden();
     }

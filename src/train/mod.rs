@@ -2,6 +2,7 @@
 //! metrics, atomic checkpoints and exact resume, for any [`Task`] (the CRATE/CRATE-α classifier
 //! with label smoothing, or CRATE-MAE's masked reconstruction).
 
+pub mod bert;
 pub mod checkpoint;
 pub mod lion;
 pub mod lm;
