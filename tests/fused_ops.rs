@@ -123,3 +123,41 @@ fn fused_matmul_matches_burn_matmul_and_its_gradients_on_transposed_views() {
         }
     }
 }
+
+#[test]
+fn fused_gemm_epilogues_match_op_by_op_with_gradients() {
+    // linear `x·W + b` and the ISTA form `relu(x·M − ηλ)`, at a size split over the threads
+    let device = Default::default();
+    let (m, k, n) = (260, 48, 96);
+    let x = Tensor::<B, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device).require_grad();
+    let w = Tensor::<B, 2>::random([k, n], Distribution::Normal(0.0, 0.3), &device).require_grad();
+    let bias = Tensor::<B, 1>::random([n], Distribution::Normal(0.0, 1.0), &device).require_grad();
+    let weight = Tensor::<B, 2>::random([m, n], Distribution::Normal(0.0, 1.0), &device);
+
+    let mut lin = burn::nn::LinearConfig::new(k, n).init::<B>(&device);
+    lin.weight = Param::from_tensor(w.clone());
+    lin.bias = Some(Param::from_tensor(bias.clone()));
+    let y_ref = x.clone().matmul(lin.weight.val()) + lin.bias.as_ref().unwrap().val().unsqueeze();
+    let g_ref = (y_ref.clone() * weight.clone()).sum().backward();
+    let y = fused::linear(&lin, x.clone());
+    let g = (y.clone() * weight.clone()).sum().backward();
+    assert!(max_diff(y.inner(), y_ref.inner()) < 1e-4);
+    assert!(max_diff(x.grad(&g).unwrap(), x.grad(&g_ref).unwrap()) < 1e-4);
+    let (wv, bv) = (lin.weight.val(), lin.bias.as_ref().unwrap().val());
+    assert!(max_diff(wv.grad(&g).unwrap(), wv.grad(&g_ref).unwrap()) < 1e-3);
+    assert!(max_diff(bv.grad(&g).unwrap(), bv.grad(&g_ref).unwrap()) < 1e-3);
+
+    let ep = fused::Epilogue {
+        shift: -0.05,
+        relu: true,
+    };
+    let z_ref = burn::tensor::activation::relu(x.clone().matmul(w.clone()).add_scalar(-0.05));
+    let g_ref = (z_ref.clone() * weight.clone()).sum().backward();
+    let z = fused::matmul_epilogue(x.clone(), w.clone(), ep);
+    let g = (z.clone() * weight).sum().backward();
+    let zeros = z.clone().inner().equal_elem(0.0).int().sum().into_scalar();
+    assert!(zeros > 1000, "the ReLU must cut some entries ({zeros})");
+    assert!(max_diff(z.inner(), z_ref.inner()) < 1e-4);
+    assert!(max_diff(x.grad(&g).unwrap(), x.grad(&g_ref).unwrap()) < 1e-4);
+    assert!(max_diff(w.grad(&g).unwrap(), w.grad(&g_ref).unwrap()) < 1e-3);
+}

@@ -4,7 +4,6 @@
 use super::fused::{self, CrateBackend};
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
-use burn::tensor::activation::relu;
 use burn::tensor::Tensor;
 
 /// Multi-head subspace self-attention with one shared projection `U = [U_1 … U_K]` for q, k and v.
@@ -110,7 +109,11 @@ impl<B: CrateBackend> Ista<B> {
     /// d×d matrix `M` once per forward costs one d³ product and leaves one token GEMM. It is
     /// algebraically identical and autodiff still trains `W` through `M` (checked by the golden tests).
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        relu(self.prerelu(x))
+        let ep = fused::Epilogue {
+            shift: -(self.step_size * self.lambd) as f32,
+            relu: true,
+        };
+        fused::matmul_epilogue(x, self.step_matrix(), ep)
     }
 
     /// The argument of the ReLU, `x·M − ηλ` (recorded as `prerelu` by the language models).

@@ -14,7 +14,6 @@ use burn::backend::Autodiff;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{Tensor, TensorPrimitive};
 
 use super::gemm::{self, MatRef};
@@ -63,10 +62,53 @@ fn ssa_backward_ops<B: Backend>(
     unwrap(dw)
 }
 
+/// [`CrateBackend::crate_gemm`] op by op (any backend).
+fn gemm_ops<B: Backend>(
+    a: FloatTensor<B>,
+    b: FloatTensor<B>,
+    bias: Option<FloatTensor<B>>,
+    ep: Epilogue,
+) -> FloatTensor<B> {
+    let mut y: Tensor<B, 2> = wrap(B::float_matmul(a, b));
+    if let Some(bias) = bias {
+        y = y + wrap::<B, 1>(bias).unsqueeze();
+    }
+    if ep.shift != 0.0 {
+        y = y.add_scalar(ep.shift);
+    }
+    if ep.relu {
+        y = burn::tensor::activation::relu(y);
+    }
+    unwrap(y)
+}
+
+/// What [`CrateBackend::crate_gemm`] applies to `a·b + bias` before returning it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Epilogue {
+    /// A scalar added to every entry.
+    pub shift: f32,
+    /// Whether a ReLU follows.
+    pub relu: bool,
+}
+
+impl Epilogue {
+    /// The plain product.
+    pub const NONE: Self = Self {
+        shift: 0.0,
+        relu: false,
+    };
+}
+
 pub trait CrateBackend: Backend {
-    /// Matrix product `a · b` of two matrices `[m, k]`, `[k, n]` (either may be a transposed view).
-    fn crate_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
-        Self::float_matmul(a, b)
+    /// `act(a·b + bias + shift)` for matrices `a` `[m, k]`, `b` `[k, n]` (either may be a
+    /// transposed view), an optional row vector `bias` `[n]` and the epilogue `ep`.
+    fn crate_gemm(
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        ep: Epilogue,
+    ) -> FloatTensor<Self> {
+        gemm_ops::<Self>(a, b, bias, ep)
     }
 
     /// LayerNorm of rows `x` `[r, d]` with affine `gamma`, `beta` `[d]`.
@@ -220,13 +262,41 @@ fn heads_f32(t: &burn_flex::FlexTensor) -> Option<(&[f32], [usize; 4])> {
 }
 
 impl CrateBackend for burn::backend::Flex {
-    fn crate_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
-        if let (Some(x), Some(y)) = (mat_view(&a), mat_view(&b)) {
-            if x.cols == y.rows {
-                return flex_f32(gemm::matmul(x, y), [x.rows, y.cols]);
+    fn crate_gemm(
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        ep: Epilogue,
+    ) -> FloatTensor<Self> {
+        use rayon::prelude::*;
+        let bias_c = bias.as_ref().map(|t| t.to_contiguous());
+        let bias_v = match &bias_c {
+            Some(t) => t.as_slice::<f32>().map(Some),
+            None => Some(None),
+        };
+        if let (Some(x), Some(y), Some(bias_v)) = (mat_view(&a), mat_view(&b), bias_v) {
+            if x.cols == y.rows && bias_v.is_none_or(|v| v.len() == y.cols) {
+                let n = y.cols;
+                let mut c = if bias_v.is_none() && ep.shift == 0.0 {
+                    gemm::matmul(x, y)
+                } else {
+                    // C starts as the bias rows (+ shift), and the product accumulates onto it
+                    let mut c = vec![ep.shift; x.rows * n];
+                    if let Some(v) = bias_v {
+                        c.par_chunks_mut(n.max(1)).for_each(|row| {
+                            row.iter_mut().zip(v).for_each(|(c, b)| *c += b);
+                        });
+                    }
+                    gemm::matmul_onto(x, y, c, true)
+                };
+                if ep.relu {
+                    c.par_chunks_mut(1 << 14)
+                        .for_each(|ch| ch.iter_mut().for_each(|v| *v = v.max(0.0)));
+                }
+                return flex_f32(c, [x.rows, n]);
             }
         }
-        Self::float_matmul(a, b)
+        gemm_ops::<Self>(a, b, bias, ep)
     }
 
     fn crate_ssa_parts(w: FloatTensor<Self>, scale: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
@@ -360,23 +430,65 @@ impl<B: CrateBackend> Backward<B, 1> for SsaBackward {
     }
 }
 
-#[derive(Debug)]
-struct MatmulBackward;
+/// Gradients of `C = act(A·B + bias + shift)`: `(dA, dB, dbias)` for the parents that need them.
+/// `dP = dC ⊙ [C > 0]` (ReLU) or `dC`;  `dA = dP·Bᵀ`,  `dB = Aᵀ·dP`,  `dbias = Σ_rows dP`.
+fn gemm_grads<B: CrateBackend>(
+    g: FloatTensor<B>,
+    (a, b, out): GemmState<B>,
+    need: [bool; 3],
+) -> [Option<FloatTensor<B>>; 3] {
+    let dp = match out {
+        Some(out) => B::relu_backward(out, g),
+        None => g,
+    };
+    let da =
+        need[0].then(|| B::crate_gemm(dp.clone(), B::float_transpose(b), None, Epilogue::NONE));
+    let dbias = need[2].then(|| {
+        let d: Tensor<B, 2> = wrap(dp.clone());
+        let n = d.dims()[1];
+        unwrap(d.sum_dim(0).reshape([n]))
+    });
+    let db = need[1].then(|| B::crate_gemm(B::float_transpose(a), dp, None, Epilogue::NONE));
+    [da, db, dbias]
+}
 
-impl<B: CrateBackend> Backward<B, 2> for MatmulBackward {
-    /// (a, b)
-    type State = (FloatTensor<B>, FloatTensor<B>);
+/// `(A, B, C if a ReLU follows)`.
+type GemmState<B> = (FloatTensor<B>, FloatTensor<B>, Option<FloatTensor<B>>);
+
+#[derive(Debug)]
+struct GemmBackward;
+
+impl<B: CrateBackend> Backward<B, 2> for GemmBackward {
+    type State = GemmState<B>;
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_a, node_b] = ops.parents;
         let g = grads.consume::<B>(&ops.node);
-        let (a, b) = ops.state;
-        // C = A·B:  dA = dC·Bᵀ,  dB = Aᵀ·dC (transposes are views)
-        if let Some(node) = node_a {
-            grads.register::<B>(node.id, B::crate_matmul(g.clone(), B::float_transpose(b)));
+        let need = [node_a.is_some(), node_b.is_some(), false];
+        let [da, db, _] = gemm_grads::<B>(g, ops.state, need);
+        for (node, grad) in [(node_a, da), (node_b, db)] {
+            if let (Some(node), Some(grad)) = (node, grad) {
+                grads.register::<B>(node.id, grad);
+            }
         }
-        if let Some(node) = node_b {
-            grads.register::<B>(node.id, B::crate_matmul(B::float_transpose(a), g));
+    }
+}
+
+#[derive(Debug)]
+struct GemmBiasBackward;
+
+impl<B: CrateBackend> Backward<B, 3> for GemmBiasBackward {
+    type State = GemmState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_a, node_b, node_bias] = ops.parents;
+        let g = grads.consume::<B>(&ops.node);
+        let need = [node_a.is_some(), node_b.is_some(), node_bias.is_some()];
+        let [da, db, dbias] = gemm_grads::<B>(g, ops.state, need);
+        for (node, grad) in [(node_a, da), (node_b, db), (node_bias, dbias)] {
+            if let (Some(node), Some(grad)) = (node, grad) {
+                grads.register::<B>(node.id, grad);
+            }
         }
     }
 }
@@ -410,17 +522,42 @@ impl<B: CrateBackend> Backward<B, 1> for MergeHeadsBackward {
 }
 
 impl<B: CrateBackend, C: CheckpointStrategy> CrateBackend for Autodiff<B, C> {
-    fn crate_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
-        match MatmulBackward
-            .prepare::<C>([a.node.clone(), b.node.clone()])
+    fn crate_gemm(
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        bias: Option<FloatTensor<Self>>,
+        ep: Epilogue,
+    ) -> FloatTensor<Self> {
+        let run = |bias: Option<FloatTensor<B>>| {
+            B::crate_gemm(a.primitive.clone(), b.primitive.clone(), bias, ep)
+        };
+        let state = |out: &FloatTensor<B>| -> GemmState<B> {
+            let relu_out = ep.relu.then(|| out.clone());
+            (a.primitive.clone(), b.primitive.clone(), relu_out)
+        };
+        let Some(bias) = bias else {
+            return match GemmBackward
+                .prepare::<C>([a.node.clone(), b.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let out = run(None);
+                    prep.finish(state(&out), out)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(run(None)),
+            };
+        };
+        match GemmBiasBackward
+            .prepare::<C>([a.node.clone(), b.node.clone(), bias.node.clone()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let out = B::crate_matmul(a.primitive.clone(), b.primitive.clone());
-                prep.finish((a.primitive, b.primitive), out)
+                let out = run(Some(bias.primitive));
+                prep.finish(state(&out), out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::crate_matmul(a.primitive, b.primitive)),
+            OpsKind::UnTracked(prep) => prep.finish(run(Some(bias.primitive))),
         }
     }
 
@@ -491,18 +628,29 @@ impl<B: CrateBackend, C: CheckpointStrategy> CrateBackend for Autodiff<B, C> {
     }
 }
 
-/// `a · b` of two matrices through the fused op (BLAS on flex, no output copy).
+/// `a · b` of two matrices through the fused GEMM (no output copy on flex).
 pub fn matmul<B: CrateBackend>(a: Tensor<B, 2>, b: Tensor<B, 2>) -> Tensor<B, 2> {
-    wrap(B::crate_matmul(unwrap(a), unwrap(b)))
+    wrap(B::crate_gemm(unwrap(a), unwrap(b), None, Epilogue::NONE))
 }
 
-/// `x·W + b` of a burn `Linear` (weight `[in, out]`) through [`matmul`].
+/// `act(a · b + shift)` through the fused GEMM (the ISTA step's `relu(x·M − ηλ)`).
+pub fn matmul_epilogue<B: CrateBackend>(
+    a: Tensor<B, 2>,
+    b: Tensor<B, 2>,
+    ep: Epilogue,
+) -> Tensor<B, 2> {
+    wrap(B::crate_gemm(unwrap(a), unwrap(b), None, ep))
+}
+
+/// `x·W + b` of a burn `Linear` (weight `[in, out]`), the bias added inside the fused GEMM.
 pub fn linear<B: CrateBackend>(l: &burn::nn::Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
-    let y = matmul(x, l.weight.val());
-    match &l.bias {
-        Some(bias) => y + bias.val().unsqueeze::<2>(),
-        None => y,
-    }
+    let bias = l.bias.as_ref().map(|b| unwrap(b.val()));
+    wrap(B::crate_gemm(
+        unwrap(x),
+        unwrap(l.weight.val()),
+        bias,
+        Epilogue::NONE,
+    ))
 }
 
 /// LayerNorm of token rows through the fused op (same parameters as `burn::nn::LayerNorm`).

@@ -155,20 +155,42 @@ unsafe fn gemm_split(a: MatRef, b: MatRef, c: SendPtr, ldc: usize, accumulate: b
 
 /// `A·B` as a new row-major `[m, n]` buffer, using every rayon thread for large products.
 pub fn matmul(a: MatRef, b: MatRef) -> Vec<f32> {
+    let len = a.rows * b.cols;
+    let mut c = Vec::<f32>::with_capacity(len);
+    // SAFETY: the product writes all `len` entries (gemm with `read_dst = false` never reads C),
+    // and only then is the length set.
+    unsafe {
+        let ptr = SendPtr(c.as_mut_ptr());
+        run_split(a, b, ptr, false);
+        c.set_len(len);
+    }
+    c
+}
+
+/// `C = A·B` or, with `accumulate`, `C + A·B`, into the row-major `[m, n]` buffer `c`,
+/// using every rayon thread for large products.
+pub fn matmul_onto(a: MatRef, b: MatRef, mut c: Vec<f32>, accumulate: bool) -> Vec<f32> {
+    assert_eq!(c.len(), a.rows * b.cols, "matmul: output size");
+    // SAFETY: `c` holds exactly the m × n output, row stride n, disjoint from `a` and `b`.
+    unsafe { run_split(a, b, SendPtr(c.as_mut_ptr()), accumulate) };
+    c
+}
+
+/// `C (+)= A·B` over the rayon threads, for a row-major `[m, n]` output at `c`.
+///
+/// # Safety
+/// `c` must be valid for writes of `m·n` floats (and reads if `accumulate`), disjoint from `a`, `b`.
+unsafe fn run_split(a: MatRef, b: MatRef, c: SendPtr, accumulate: bool) {
     assert_eq!(a.cols, b.rows, "matmul: inner dimensions differ");
     check_bounds(&a);
     check_bounds(&b);
     let (m, n) = (a.rows, b.cols);
-    let mut c = vec![0f32; m * n];
-    let flops = m * n * a.cols;
-    let parts = if flops < PARALLEL_MIN_FLOPS {
+    let parts = if m * n * a.cols < PARALLEL_MIN_FLOPS {
         1
     } else {
         rayon::current_num_threads().min(m.max(n) / 16).max(1)
     };
-    // SAFETY: `c` holds exactly the m × n output, row stride n, disjoint from `a` and `b`.
-    unsafe { gemm_split(a, b, SendPtr(c.as_mut_ptr()), n, false, parts) };
-    c
+    gemm_split(a, b, c, n, accumulate, parts)
 }
 
 /// `C = A·B` or `C += A·B` into a row-major `c` `[m, n]`, on the calling thread (for per-head
