@@ -70,7 +70,25 @@ fn check_case(file: &str) {
     let want = g.f32("loss")[0];
     assert!((l - want).abs() <= 1e-6, "loss {l} vs {want}");
     let grads = loss.backward();
-    let got = collect_gradients(&model, &grads);
+    check_grads(&g, &model, &grads);
+
+    // One AdamW step (torch defaults, lr 1e-3, wd 0.05) from our own gradients.
+    let gp = GradientsParams::from_grads(grads, &model);
+    let mut opt = torch_adamw();
+    let stepped = opt.step(1e-3, model, gp);
+    let after = collect_state_dict(&stepped.valid());
+    for (k, w) in &g.with_prefix("adamw1.") {
+        assert_close(&format!("adamw1.{k}"), &after[k], w, 1e-5);
+    }
+}
+
+/// Every parameter's gradient against the golden `grad.*` (relative tolerance 1e-4).
+fn check_grads(
+    g: &Golden,
+    model: &whitebox::model::Crate<B>,
+    grads: &<B as burn::tensor::backend::AutodiffBackend>::Gradients,
+) {
+    let got = collect_gradients(model, grads);
     let want_grads = g.with_prefix("grad.");
     assert_eq!(
         got.len(),
@@ -84,15 +102,29 @@ fn check_case(file: &str) {
         let d = max_abs_diff(&gv, &wv);
         assert!(d <= tol, "grad {k}: max |Δ| {d:e} > {tol:e}");
     }
+}
 
-    // One AdamW step (torch defaults, lr 1e-3, wd 0.05) from our own gradients.
-    let gp = GradientsParams::from_grads(grads, &model);
-    let mut opt = torch_adamw();
-    let stepped = opt.step(1e-3, model, gp);
-    let after = collect_state_dict(&stepped.valid());
-    for (k, w) in &g.with_prefix("adamw1.") {
-        assert_close(&format!("adamw1.{k}"), &after[k], w, 1e-5);
-    }
+/// The plain forward (what training and inference run: the last layer computes the cls row
+/// only) gives the official logits, loss and gradients too.
+fn check_cls_only_forward(file: &str) {
+    let g = Golden::load(file);
+    let device = Default::default();
+    let model = golden_model(&g);
+    let logits = model.forward(Tensor::<B, 4>::from_data(g.get("input").clone(), &device));
+    assert_close("logits", &logits.clone().into_data(), g.get("logits"), 1e-5);
+    let labels = Tensor::<B, 1, Int>::from_data(g.get("labels").clone(), &device);
+    let loss = burn::nn::loss::CrossEntropyLossConfig::new()
+        .init(&device)
+        .forward(logits, labels);
+    let (l, want) = (loss.clone().into_scalar(), g.f32("loss")[0]);
+    assert!((l - want).abs() <= 1e-6, "loss {l} vs {want}");
+    check_grads(&g, &model, &loss.backward());
+}
+
+#[test]
+fn cls_only_forward_matches_official() {
+    check_cls_only_forward("crate_A.safetensors");
+    check_cls_only_forward("crate_B.safetensors");
 }
 
 /// torch AdamW (lr 1e-3, β 0.9/0.999, eps 1e-8, wd 0.05) fed the saved PyTorch gradients.

@@ -4,6 +4,7 @@
 use super::fused::{self, CrateBackend};
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::tensor::activation::softmax;
 use burn::tensor::Tensor;
 
 /// Multi-head subspace self-attention with one shared projection `U = [U_1 … U_K]` for q, k and v.
@@ -66,6 +67,22 @@ impl<B: CrateBackend> Mssa<B> {
             fused::ssa(w, self.scale())
         };
         let out = fused::merge_heads(heads_out);
+        self.dropout.forward(fused::linear(&self.to_out, out))
+    }
+}
+
+impl<B: CrateBackend> Mssa<B> {
+    /// The MSSA output of the first token (cls) of each sequence only, `[b, d]`, from the
+    /// projections `w` `[b, h, n, dh]` of all tokens: the cls query against every key.
+    pub fn forward_first(&self, w: Tensor<B, 4>) -> Tensor<B, 2> {
+        let [b, h, _, dh] = w.dims();
+        let q = w.clone().narrow(2, 0, 1);
+        // softmax(s·w₀ wᵀ) w, [b, h, 1, dh]
+        let attn = softmax(
+            q.matmul(w.clone().swap_dims(2, 3)).mul_scalar(self.scale()),
+            3,
+        );
+        let out = self.dropout.forward(attn).matmul(w).reshape([b, h * dh]);
         self.dropout.forward(fused::linear(&self.to_out, out))
     }
 }

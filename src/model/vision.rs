@@ -4,7 +4,7 @@
 //! `Z½ = Z + MSSA(LN₁ Z)` and `Z' = ISTA(LN₂ Z½)` (no residual around ISTA), cls or mean pooling,
 //! head `LN + Linear`.
 
-use super::fused::{layer_norm, CrateBackend};
+use super::fused::{self, layer_norm, CrateBackend};
 use anyhow::{ensure, Context, Result};
 use burn::module::{Module, Param};
 use burn::nn::{
@@ -335,13 +335,31 @@ impl<B: CrateBackend> CrateLayer<B> {
     /// Returns `(Z½, Z')` for token rows `z` `[b·n, d]`.
     pub fn forward(&self, z: Tensor<B, 2>, b: usize, n: usize) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let half = z.clone() + self.mssa(z, b, n);
+        let next = self.sparsify(half.clone());
+        (half, next)
+    }
+
+    /// `Z'` of the first token (cls) of each sequence only, `[b, d]`: all that a cls-pooled
+    /// head reads from the last layer. The keys are every token, but the output projection,
+    /// LN₂ and the sparse-coding step run on `b` rows instead of `b·n`.
+    pub fn forward_first(&self, z: Tensor<B, 2>, b: usize, n: usize) -> Tensor<B, 2> {
+        let [_, d] = z.dims();
+        let z_first = z.clone().reshape([b, n, d]).narrow(1, 0, 1).reshape([b, d]);
+        let w = self
+            .mssa
+            .project(layer_norm(&self.norm1, z, self.ln_eps), b, n);
+        let half = z_first + self.mssa.forward_first(w);
+        self.sparsify(half)
+    }
+
+    /// `ISTA(LN₂ Z½)` (CRATE-α: `Z½ + D₁·ISTA₂(LN₂ Z½)`).
+    fn sparsify(&self, half: Tensor<B, 2>) -> Tensor<B, 2> {
         let y = layer_norm(&self.norm2, half.clone(), self.ln_eps);
-        let next = match &self.ista {
+        match &self.ista {
             Sparsify::Ista(ista) => ista.forward(y),
             // CRATE-α adds the residual around the sparse-coding block.
-            Sparsify::Overcomplete(odl) => half.clone() + odl.forward(y),
-        };
-        (half, next)
+            Sparsify::Overcomplete(odl) => half + odl.forward(y),
+        }
     }
 }
 
@@ -416,7 +434,14 @@ impl<B: CrateBackend> Crate<B> {
         let z = self.embed(x, acts);
         let [b, n, d] = z.dims();
         let mut z = z.reshape([b * n, d]);
+        let depth = self.layers.len();
         for (i, layer) in self.layers.iter().enumerate() {
+            if i + 1 == depth && !acts.enabled() && !self.mean_pool {
+                // only the cls row of the last layer reaches the head
+                let first = layer.forward_first(z, b, n);
+                let normed = layer_norm(&self.head_norm, first, LN_EPS);
+                return fused::linear(&self.head, normed);
+            }
             if acts.enabled() {
                 acts.push(
                     &format!("act.layer{i}.mssa"),
@@ -437,7 +462,7 @@ impl<B: CrateBackend> Crate<B> {
         let pooled = self.pool(z.reshape([b, n, d]));
         let normed = layer_norm(&self.head_norm, pooled, LN_EPS);
         acts.push("act.final_norm", &normed);
-        self.head.forward(normed)
+        fused::linear(&self.head, normed)
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
