@@ -16,7 +16,7 @@ use super::WeightArgs;
 use crate::model::bert::{untie_state_dict, BertConfig, CrateBert};
 use crate::model::CrateAutodiff;
 use crate::text::{self, TokenFile, Tokenizer};
-use crate::train::bert::{fit_bert, ids, load_state, vocab_size, BertRecipe, BertRun, BertState};
+use crate::train::bert::{fit_bert, ids, load_state, vocab_size, BertRecipe, BertState};
 pub use crate::train::bert::{FIRST_CHAR, MASK, PAD};
 use crate::train::{Checkpoint, OptimSettings, OptimizerKind, TrainOptimizer};
 use crate::weights::{apply_state_dict, canonical_ids, read_safetensors_all, read_state_dict};
@@ -344,7 +344,7 @@ pub fn train(a: BertTrainArgs) -> Result<()> {
             state.recipe.seq_len
         );
     }
-    let run = BertRun {
+    let run = crate::train::lm::TokenRun {
         run_dir: a.run_dir.clone(),
         train: &train_tok,
         val: &val_tok,
@@ -352,10 +352,7 @@ pub fn train(a: BertTrainArgs) -> Result<()> {
         stop_after: a.stop_after,
         max_seconds: a.max_seconds,
     };
-    ctrlc::set_handler(|| {
-        crate::train::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst)
-    })
-    .ok();
+    crate::train::save_on_interrupt();
     let t0 = Instant::now();
     let (last_val, iter) = fit_bert(&run, &cfg, model, optim, state)?;
     let weights = Checkpoint::dir(&a.run_dir).join("model.safetensors");

@@ -11,7 +11,7 @@ use super::{ForwardArgs, WeightArgs};
 use crate::model::lm::{self, CausalLm, LmConfig, Sampling};
 use crate::model::{Activations, CrateBackend};
 use crate::text::{self, StreamDecoder, TokenFile, Tokenizer};
-use crate::train::lm::{fit_lm, load_state, sequential_loss, LmRecipe, LmRun, LmState};
+use crate::train::lm::{fit_lm, load_state, sequential_loss, LmRecipe, LmState, TokenRun};
 use crate::train::{Checkpoint, OptimSettings, OptimizerKind, TrainOptimizer};
 use crate::weights::{canonical_ids, read_safetensors_all, read_state_dict, StateDict};
 use crate::{InferBackend, TrainBackend};
@@ -296,7 +296,7 @@ pub fn train(a: LmTrainArgs) -> Result<()> {
         config.param_count(),
         train_tokens.len()
     );
-    let run = LmRun {
+    let run = TokenRun {
         run_dir: a.run_dir.clone(),
         train: &train_tokens,
         val: &val_tokens,
@@ -304,10 +304,7 @@ pub fn train(a: LmTrainArgs) -> Result<()> {
         stop_after: a.stop_after,
         max_seconds: a.max_seconds,
     };
-    ctrlc::set_handler(|| {
-        crate::train::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst)
-    })
-    .ok();
+    crate::train::save_on_interrupt();
     let last = fit_lm(&run, &config, model, optim, state, &device)?;
     let final_path = a.run_dir.join("model.safetensors");
     if let Some(dir) = Checkpoint::find(&a.run_dir) {

@@ -310,7 +310,7 @@ pub fn train(m: MaeTrainArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&a.run_dir)
         .with_context(|| format!("cannot create {}", a.run_dir.display()))?;
-    ctrlc::set_handler(|| train::INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst)).ok();
+    train::save_on_interrupt();
     tracing::info!(
         "MAE pre-training {} params on {} images ({} test) from {}, mask ratio {}, {} epochs",
         config.param_count(),

@@ -14,12 +14,12 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::checkpoint::{read_state, write_checkpoint};
-use super::lm::{progress_bar, step_rng, TokenRunState};
+use super::lm::{progress_bar, step_rng, TokenRun, TokenRunState};
 use super::{append_jsonl, schedule, OptimSettings, TrainOptimizer, INTERRUPTED};
 use crate::model::bert::{mask_tokens, BertConfig, CrateBert};
 use crate::model::{CrateAutodiff, CrateBackend};
@@ -54,17 +54,6 @@ pub struct BertRecipe {
 
 /// Where a CRATE-BERT run stands, saved as `state.json` next to the weights.
 pub type BertState = TokenRunState<BertRecipe>;
-
-pub struct BertRun<'a> {
-    pub run_dir: PathBuf,
-    pub train: &'a TokenFile,
-    pub val: &'a TokenFile,
-    pub show_progress: bool,
-    /// Return after this many iterations of this invocation (the schedule still spans max_iters).
-    pub stop_after: Option<usize>,
-    /// Stop once the run's seconds (evaluations included) reach this many.
-    pub max_seconds: Option<f64>,
-}
 
 /// Vocabulary of the model: the characters plus the three specials.
 pub fn vocab_size(tokenizer: &Tokenizer) -> usize {
@@ -159,7 +148,7 @@ pub fn load_state(dir: &Path) -> Result<BertState> {
 /// Train from `state` (fresh or resumed) until `recipe.max_iters`; returns the last validation
 /// loss and the iterations done. A fresh run (step 0) logs the initial validation loss as iteration 0.
 pub fn fit_bert<B: CrateAutodiff>(
-    run: &BertRun,
+    run: &TokenRun,
     config: &BertConfig,
     mut model: CrateBert<B>,
     mut optim: TrainOptimizer<CrateBert<B>, B>,

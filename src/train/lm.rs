@@ -67,14 +67,15 @@ pub struct LmMetrics {
     pub seconds: f64,
 }
 
-pub struct LmRun<'a> {
+pub struct TokenRun<'a> {
     pub run_dir: PathBuf,
     pub train: &'a TokenFile,
     pub val: &'a TokenFile,
     pub show_progress: bool,
     /// Return after this many iterations of this invocation (the schedule still spans max_iters).
     pub stop_after: Option<usize>,
-    /// Stop once the run's training time reaches this many seconds.
+    /// Stop once the run reaches this many seconds (the LM loop counts training time, the
+    /// BERT loop the whole run, evaluations included).
     pub max_seconds: Option<f64>,
 }
 
@@ -215,7 +216,7 @@ pub fn load_state(dir: &Path) -> Result<LmState> {
 
 /// Train from `state` (fresh or resumed) until `recipe.max_iters`; returns the last validation point.
 pub fn fit_lm<B: CrateAutodiff>(
-    run: &LmRun,
+    run: &TokenRun,
     config: &LmConfig,
     mut model: CausalLm<B>,
     mut optim: TrainOptimizer<CausalLm<B>, B>,

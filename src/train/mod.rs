@@ -33,6 +33,11 @@ pub use optim::{OptimSettings, OptimizerKind, TrainOptimizer};
 /// Set by the Ctrl-C handler; the loop saves a checkpoint at the next batch and stops.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// Make Ctrl-C set [`INTERRUPTED`]: the training loops save a checkpoint at the next batch and stop.
+pub fn save_on_interrupt() {
+    ctrlc::set_handler(|| INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst)).ok();
+}
+
 /// The recipe: everything that decides the trajectory of a run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Recipe {
