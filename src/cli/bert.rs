@@ -323,14 +323,7 @@ pub fn train(a: BertTrainArgs) -> Result<()> {
         // parameter ids from the keys, so the saved optimizer state finds them again on resume
         let model = canonical_ids(cfg.init::<TrainBackend>(&device));
         let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
-        let state = BertState {
-            recipe,
-            tokenizer: meta.tokenizer.clone(),
-            step: 0,
-            seconds: 0.0,
-            data: a.data.display().to_string(),
-            best_val_loss: None,
-        };
+        let state = BertState::fresh(recipe, meta.tokenizer.clone(), &a.data);
         (cfg, model, optim, state)
     };
     let train_tok = TokenFile::open(&a.data.join("train.bin"))?;

@@ -274,14 +274,7 @@ pub fn train(a: LmTrainArgs) -> Result<()> {
         <TrainBackend as burn::tensor::backend::Backend>::seed(&device, a.seed);
         let model = canonical_ids(config.init::<TrainBackend>(&device));
         let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
-        let state = LmState {
-            recipe,
-            tokenizer: meta.tokenizer.clone(),
-            step: 0,
-            seconds: 0.0,
-            data: a.data.display().to_string(),
-            best_val_loss: None,
-        };
+        let state = LmState::fresh(recipe, meta.tokenizer.clone(), &a.data);
         let _ = std::fs::remove_file(a.run_dir.join("metrics.jsonl"));
         (config, model, optim, state)
     };

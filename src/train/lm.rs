@@ -54,6 +54,20 @@ pub struct TokenRunState<R> {
     pub best_val_loss: Option<f64>,
 }
 
+impl<R> TokenRunState<R> {
+    /// A run that has not started, on the prepared tokens in `data`.
+    pub fn fresh(recipe: R, tokenizer: Tokenizer, data: &Path) -> Self {
+        Self {
+            recipe,
+            tokenizer,
+            step: 0,
+            seconds: 0.0,
+            data: data.display().to_string(),
+            best_val_loss: None,
+        }
+    }
+}
+
 pub type LmState = TokenRunState<LmRecipe>;
 
 /// One validation point, as written to `metrics.jsonl`.
