@@ -196,29 +196,52 @@ pub(super) fn fresh_state(recipe: Recipe, data: &super::DataArgs) -> TrainState 
     }
 }
 
+/// A run restored for `--resume`: config, state, weights and optimizer.
+pub type Resumed<C, M> = (C, TrainState, M, TrainOptimizer<M, TrainBackend>);
+
+/// Refuse to start over a run folder that holds a checkpoint unless `--resume`; with `--resume`,
+/// restore the run from it (`read_config` reads its `config.json`, `init` builds the model).
+pub fn resume_run<
+    C,
+    M: burn::module::AutodiffModule<TrainBackend> + crate::weights::OfficialKeys,
+>(
+    a: &TrainArgs,
+    read_config: impl Fn(&Path) -> Result<C>,
+    init: impl Fn(&C) -> M,
+) -> Result<Option<Resumed<C, M>>> {
+    let ckpt = Checkpoint::find(&a.run_dir);
+    if !a.resume {
+        if ckpt.is_some() {
+            bail!("{} already holds a checkpoint: pass --resume to continue it, or choose another --run-dir", a.run_dir.display());
+        }
+        return Ok(None);
+    }
+    let device = Default::default();
+    let dir =
+        ckpt.with_context(|| format!("--resume: no checkpoint in {}", a.run_dir.display()))?;
+    let state = Checkpoint::load_state(&dir)?;
+    let config = read_config(&dir.join("config.json"))?;
+    let sd = read_state_dict(&dir.join("model.safetensors"))?;
+    let (model, _) = apply_state_dict(init(&config), &sd, true)?;
+    let optim = TrainOptimizer::new(state.recipe.optim.clone(), &model).load(&dir, &device)?;
+    tracing::info!(
+        "resuming {} at epoch {} batch {} (step {})",
+        a.run_dir.display(),
+        state.epoch + 1,
+        state.batch,
+        state.step
+    );
+    Ok(Some((config, state, model, optim)))
+}
+
 pub fn train(a: TrainArgs) -> Result<()> {
     let device = Default::default();
     let t_start = Instant::now();
-    let ckpt = Checkpoint::find(&a.run_dir);
-    if !a.resume && ckpt.is_some() {
-        bail!("{} already holds a checkpoint: pass --resume to continue it, or choose another --run-dir", a.run_dir.display());
-    }
-    let (config, state, model, optim) = if a.resume {
-        let dir =
-            ckpt.with_context(|| format!("--resume: no checkpoint in {}", a.run_dir.display()))?;
-        let state = Checkpoint::load_state(&dir)?;
-        let config = CrateConfig::from_json_file(&dir.join("config.json"))?;
-        let sd = read_state_dict(&dir.join("model.safetensors"))?;
-        let (model, _) = apply_state_dict(config.init::<TrainBackend>(&device), &sd, true)?;
-        let optim = TrainOptimizer::new(state.recipe.optim.clone(), &model).load(&dir, &device)?;
-        tracing::info!(
-            "resuming {} at epoch {} batch {} (step {})",
-            a.run_dir.display(),
-            state.epoch + 1,
-            state.batch,
-            state.step
-        );
-        (config, state, model, optim)
+    let resumed = resume_run(&a, CrateConfig::from_json_file, |c| {
+        c.init::<TrainBackend>(&device)
+    })?;
+    let (config, state, model, optim) = if let Some(r) = resumed {
+        r
     } else {
         let mut config = CrateConfig::resolve(&a.config)?;
         if let Some(arch) = &a.arch {

@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
-use super::commands::{fresh_state, is_safetensors, load_split, meta_json, recipe_from};
+use super::commands::{
+    fresh_state, is_safetensors, load_split, meta_json, recipe_from, resume_run,
+};
 use super::{ForwardArgs, MaeTrainArgs, ProbeArgs, ReconstructArgs, WeightArgs};
 use crate::data::{self, batch_rng, Augment, Batcher, ImageSet, Normalization, Split};
 use crate::model::mae::{unpatchify, CrateMae, MaeConfig, ARCH_MAE};
@@ -255,26 +257,11 @@ pub fn train(m: MaeTrainArgs) -> Result<()> {
         a.measure_every == 0,
         "--measure-every measures classifier layers; it is not available for `mae train`"
     );
-    let ckpt = Checkpoint::find(&a.run_dir);
-    if !a.resume && ckpt.is_some() {
-        bail!("{} already holds a checkpoint: pass --resume to continue it, or choose another --run-dir", a.run_dir.display());
-    }
-    let (config, state, model, optim) = if a.resume {
-        let dir =
-            ckpt.with_context(|| format!("--resume: no checkpoint in {}", a.run_dir.display()))?;
-        let state = train::Checkpoint::load_state(&dir)?;
-        let config = MaeConfig::from_json_file(&dir.join("config.json"))?;
-        let sd = read_state_dict(&dir.join("model.safetensors"))?;
-        let (model, _) = apply_state_dict(config.init::<TrainBackend>(&device), &sd, true)?;
-        let optim = TrainOptimizer::new(state.recipe.optim.clone(), &model).load(&dir, &device)?;
-        tracing::info!(
-            "resuming {} at epoch {} batch {} (step {})",
-            a.run_dir.display(),
-            state.epoch + 1,
-            state.batch,
-            state.step
-        );
-        (config, state, model, optim)
+    let resumed = resume_run(a, MaeConfig::from_json_file, |c| {
+        c.init::<TrainBackend>(&device)
+    })?;
+    let (config, state, model, optim) = if let Some(r) = resumed {
+        r
     } else {
         let spec = if a.config == "fmnist" {
             "mae-fmnist"
