@@ -69,9 +69,7 @@ impl<B: CrateBackend> Mssa<B> {
         let out = fused::merge_heads(heads_out);
         self.dropout.forward(fused::linear(&self.to_out, out))
     }
-}
 
-impl<B: CrateBackend> Mssa<B> {
     /// The MSSA output of the first token (cls) of each sequence only, `[b, d]`, from the
     /// projections `w` `[b, h, n, dh]` of all tokens: the cls query against every key.
     pub fn forward_first(&self, w: Tensor<B, 4>) -> Tensor<B, 2> {
