@@ -454,3 +454,31 @@ fn tokenizer_metadata_and_token_files_are_checked() {
     assert!(err(f.check_vocab(5)).contains("token id 9"));
     f.check_vocab(10).unwrap();
 }
+
+#[test]
+fn zero_size_batch_forward_does_not_crash() {
+    let device = Default::default();
+    let model = tiny().init::<CpuBackend>(&device);
+    let x = Tensor::<CpuBackend, 4>::from_data(
+        TensorData::new(Vec::<f32>::new(), [0, 1, 8, 8]),
+        &device,
+    );
+    let logits = model.forward(x);
+    assert_eq!(logits.dims(), [0, 3]);
+}
+
+#[test]
+fn zero_size_language_model_batch_does_not_crash() {
+    use burn::tensor::Int;
+    let device = Default::default();
+    let c = whitebox::model::lm::LmConfig::from_json(
+        r#"{"arch": "gpt", "vocab_size": 11, "block_size": 8, "n_layer": 1, "n_head": 2, "n_embd": 8}"#,
+    )
+    .unwrap();
+    let m = c.init::<CpuBackend>(&device);
+    let idx = Tensor::<CpuBackend, 2, Int>::from_data(
+        TensorData::new(Vec::<i64>::new(), [0, 4]),
+        &device,
+    );
+    assert_eq!(m.forward(idx).dims(), [0, 4, 11]);
+}

@@ -537,6 +537,10 @@ impl<B: CrateBackend> CausalLm<B> {
     /// Logits at every position, `[b, n, vocab]`, recording the official activations into `acts`.
     pub fn forward_with(&self, idx: Tensor<B, 2, Int>, acts: &mut Activations<B>) -> Tensor<B, 3> {
         let [b, n] = idx.dims();
+        if b * n == 0 {
+            // an empty batch has empty logits (flex's matmul faults on zero rows)
+            return Tensor::zeros([b, n, self.wte.weight.dims()[0]], &idx.device());
+        }
         let logits = self.head(self.hidden(idx, acts));
         let v = logits.dims()[1];
         logits.reshape([b, n, v])

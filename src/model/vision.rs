@@ -438,6 +438,10 @@ impl<B: CrateBackend> Crate<B> {
     /// Logits for an NCHW batch, recording the official activations into `acts` when it is on.
     /// Tokens are kept as a `[b·n, d]` matrix between layers so every linear map is one GEMM.
     pub fn forward_with(&self, x: Tensor<B, 4>, acts: &mut Activations<B>) -> Tensor<B, 2> {
+        if x.dims()[0] == 0 {
+            // an empty batch has empty logits (flex's matmul faults on zero rows)
+            return Tensor::zeros([0, self.head.weight.dims()[1]], &x.device());
+        }
         let z = self.embed(x, acts);
         let [b, n, d] = z.dims();
         let mut z = z.reshape([b * n, d]);
