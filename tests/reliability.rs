@@ -482,3 +482,18 @@ fn zero_size_language_model_batch_does_not_crash() {
     );
     assert_eq!(m.forward(idx).dims(), [0, 4, 11]);
 }
+
+#[test]
+fn an_integer_parameter_is_named_not_reported_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("w.safetensors");
+    let mut sd = StateDict::new();
+    sd.insert("head.weight".into(), TensorData::new(vec![1i64, 2], [2]));
+    sd.insert("x.bias".into(), TensorData::new(vec![0.5f32], [1]));
+    write_safetensors(&p, &sd, None).unwrap();
+    let e = err(read_state_dict(&p));
+    assert!(
+        e.contains("head.weight") && e.contains("floating point"),
+        "{e}"
+    );
+}

@@ -188,7 +188,7 @@ fn interrupted_and_resumed_run_equals_the_straight_run() {
     fit(&start(&split), &task, m2, o2, st, &device).unwrap();
 
     // the weights, byte for byte (sorted metadata included), and the optimizer state
-    for f in ["model.safetensors", "config.json"] {
+    for f in ["model.safetensors", "config.json", "optimizer.mpk"] {
         let a = std::fs::read(straight.join("checkpoint").join(f)).unwrap();
         let b = std::fs::read(split.join("checkpoint").join(f)).unwrap();
         assert!(

@@ -164,10 +164,26 @@ fn half_to_f32(h: u16) -> f32 {
 
 fn read_safetensors(path: &Path) -> Result<HashMap<String, TensorData>> {
     let (all, _) = read_safetensors_all(path)?;
+    for (k, t) in &all {
+        check_float_param(path, k, t.dtype)?;
+    }
     Ok(all
         .into_iter()
         .filter(|(_, t)| t.dtype == DType::F32)
         .collect())
+}
+
+/// Integer tensors are skipped as buffers (position ids, counters), but one named like a
+/// parameter (`….weight`, `….bias`) is an error that says so, not a "missing key" later.
+fn check_float_param(path: &Path, key: &str, dtype: DType) -> Result<()> {
+    let float = matches!(dtype, DType::F32 | DType::F64 | DType::F16 | DType::BF16);
+    if !float && (key.ends_with(".weight") || key.ends_with(".bias")) {
+        bail!(
+            "{}: tensor {key} holds integers; parameters must be floating point",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Check a torch file before burn-store reads it: its pickle nests within bounds and, in the zip
@@ -229,6 +245,7 @@ fn read_torch(path: &Path) -> Result<HashMap<String, TensorData>> {
             snap.dtype,
             DType::F32 | DType::F64 | DType::F16 | DType::BF16
         ) {
+            check_float_param(path, &name, snap.dtype)?;
             continue;
         }
         let data = snap
