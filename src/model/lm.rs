@@ -9,11 +9,14 @@
 //!   and a final `ln_f`;
 //! - `gpt` (nanoGPT `model.py`): `X½ = X + c_proj(CausalAttention(LN₁ X))`, `X' = X½ + MLP(LN₂ X½)`,
 //!   final `ln_f`;
+//! - `tost-lm` (ToST `model_TSSA.py`, see `tost_lm.rs`): causal TSSA and an MLP with layer scale,
+//!   final `ln_f`;
 //!
 //! and `logits = X_L wteᵀ` (`lm_head` tied to `wte`).
 
 use super::blocks::Ista;
 use super::fused::{self, layer_norm, matmul, merge_heads, split_heads, CrateBackend};
+use super::tost_lm::{self, TostLmBlock, ARCH_TOST_LM};
 use super::Activations;
 use anyhow::{bail, ensure, Context, Result};
 use burn::module::{Module, Param};
@@ -34,7 +37,7 @@ pub const LN_EPS: f64 = 1e-5;
 const INIT_STD: f64 = 0.02;
 
 /// The three architectures on one code path.
-pub const ARCHS: [&str; 3] = ["crate-lm", "crate-lm-overcomplete", "gpt"];
+pub const ARCHS: [&str; 4] = ["crate-lm", "crate-lm-overcomplete", "gpt", ARCH_TOST_LM];
 
 /// Names accepted by `--config` besides a JSON file (crate-lm's `from_pretrained` table, plus a
 /// small character-level default whose vocabulary comes from the corpus).
@@ -124,8 +127,12 @@ impl LmConfig {
         super::read_json_config(path, Self::from_json)
     }
 
+    /// A config JSON; nanoGPT's `"TSSA": true` (ToST's `GPTConfig`) reads as `"arch": "tost-lm"`.
     pub fn from_json(text: &str) -> Result<Self> {
-        let cfg: Self = serde_json::from_str(text).context("not a valid language-model config")?;
+        let mut v: serde_json::Value =
+            serde_json::from_str(text).context("not a valid language-model config")?;
+        tost_lm::take_tssa_flag(&mut v)?;
+        let cfg: Self = serde_json::from_value(v).context("not a valid language-model config")?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -158,8 +165,9 @@ impl LmConfig {
             self.dropout
         );
         ensure!(
-            self.bias || self.arch != "gpt",
-            "gpt with bias=false is not supported"
+            self.bias || !(self.is_gpt() || self.is_tost()),
+            "{} with bias=false is not supported",
+            self.arch
         );
         Ok(())
     }
@@ -170,12 +178,17 @@ impl LmConfig {
     pub fn is_gpt(&self) -> bool {
         self.arch == "gpt"
     }
+    pub fn is_tost(&self) -> bool {
+        self.arch == ARCH_TOST_LM
+    }
 
     /// Parameter count (tied `lm_head` counted once).
     pub fn param_count(&self) -> usize {
         let (d, v, t) = (self.n_embd, self.vocab_size, self.block_size);
         let ln = 2 * d;
-        let layer = if self.is_gpt() {
+        let layer = if self.is_tost() {
+            tost_lm::layer_params(d, self.n_head, t)
+        } else if self.is_gpt() {
             2 * ln + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d)
         } else {
             let ista = if self.overcomplete() {
@@ -200,7 +213,15 @@ impl LmConfig {
         let proj_std = INIT_STD / ((2 * self.n_layer) as f64).sqrt();
         let h = (0..self.n_layer)
             .map(|_| {
-                if self.is_gpt() {
+                if self.is_tost() {
+                    LmBlock::Tost(TostLmBlock::new(
+                        d,
+                        self.n_head,
+                        self.block_size,
+                        proj_std,
+                        device,
+                    ))
+                } else if self.is_gpt() {
                     LmBlock::Gpt(GptBlock::new(d, self.n_head, proj_std, device))
                 } else {
                     LmBlock::Crate(CrateLmBlock::new(
@@ -232,7 +253,7 @@ fn ln<B: CrateBackend>(d: usize, device: &B::Device) -> LayerNorm<B> {
 }
 
 /// nanoGPT `_init_weights`: weight N(0, std), bias zero.
-fn linear<B: CrateBackend>(
+pub(crate) fn linear<B: CrateBackend>(
     d_in: usize,
     d_out: usize,
     bias: bool,
@@ -411,11 +432,18 @@ impl<B: CrateBackend> CausalSelfAttention<B> {
     }
 }
 
-/// nanoGPT `MLP`: `c_proj(GELU(c_fc x))`, hidden width 4d.
+/// nanoGPT `MLP`: `c_proj(GELU(c_fc x))`, hidden width 4d (timm's `Mlp` with `fc1`, `fc2`).
 #[derive(Module, Debug)]
 pub struct Mlp<B: CrateBackend> {
     pub c_fc: Linear<B>,
     pub c_proj: Linear<B>,
+}
+
+impl<B: CrateBackend> Mlp<B> {
+    /// `c_proj(GELU(c_fc x))` on token rows.
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        fused::linear(&self.c_proj, gelu(fused::linear(&self.c_fc, x)))
+    }
 }
 
 /// nanoGPT `Block`: `X½ = X + attn(LN₁ X)`, `X' = X½ + MLP(LN₂ X½)`.
@@ -448,7 +476,7 @@ impl<B: CrateBackend> GptBlock<B> {
         let half = x.clone() + self.attn.forward(layer_norm(&self.ln_1, x, LN_EPS), b, n);
         rec.push("attn", &half);
         let h = layer_norm(&self.ln_2, half.clone(), LN_EPS);
-        let out = half + fused::linear(&self.mlp.c_proj, gelu(fused::linear(&self.mlp.c_fc, h)));
+        let out = half + self.mlp.forward(h);
         rec.push("mlp", &out);
         out
     }
@@ -460,6 +488,7 @@ impl<B: CrateBackend> GptBlock<B> {
 pub enum LmBlock<B: CrateBackend> {
     Crate(CrateLmBlock<B>),
     Gpt(GptBlock<B>),
+    Tost(TostLmBlock<B>),
 }
 
 /// A causal language model (`transformer.*` of the official files; `lm_head` is `wte`).
@@ -521,6 +550,12 @@ impl<B: CrateBackend> CausalLm<B> {
             x = match block {
                 LmBlock::Crate(blk) => blk.forward(x, b, n, &mut rec),
                 LmBlock::Gpt(blk) => blk.forward(x, b, n, &mut rec),
+                LmBlock::Tost(blk) => {
+                    let (half, out) = blk.forward(x, b, n);
+                    rec.push("attn", &half);
+                    rec.push("mlp", &out);
+                    out
+                }
             };
         }
         if let Some(ln_f) = &self.ln_f {
@@ -673,7 +708,7 @@ impl<B: CrateBackend> crate::weights::OfficialKeys for CausalLm<B> {
         let parts: Vec<&str> = path
             .iter()
             .map(|s| s.as_str())
-            .filter(|s| !matches!(*s, "Crate" | "Gpt" | "Complete" | "Overcomplete"))
+            .filter(|s| !matches!(*s, "Crate" | "Gpt" | "Tost" | "Complete" | "Overcomplete"))
             .map(crate::weights::torch_leaf)
             .collect();
         format!("transformer.{}", parts.join("."))
