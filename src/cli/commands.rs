@@ -31,6 +31,17 @@ pub fn info(a: InfoArgs) -> Result<()> {
         println!("parameters: {}", mae.param_count());
         return Ok(());
     }
+    if let Some(cfg) = super::tost::config_spec(&a.config)? {
+        println!("{}", serde_json::to_string_pretty(&cfg)?);
+        println!(
+            "tokens: {} ({}×{} grid after the conv stem) + cls in the class-attention blocks",
+            cfg.num_patches(),
+            cfg.grid(),
+            cfg.grid()
+        );
+        println!("parameters: {}", cfg.param_count());
+        return Ok(());
+    }
     let cfg = CrateConfig::resolve(&a.config)?;
     println!("{}", serde_json::to_string_pretty(&cfg)?);
     println!(
@@ -130,17 +141,23 @@ pub(super) fn load_split(
     Ok(set)
 }
 
-fn check_shape(cfg: &CrateConfig, set: &data::ImageSet, what: &Path) -> Result<()> {
+/// `[channels, height, width]` of a CRATE classifier's input.
+fn input_shape(cfg: &CrateConfig) -> [usize; 3] {
+    [cfg.channels, cfg.image_size, cfg.image_size]
+}
+
+/// The images of `set` must have the model's input shape `want` `[channels, height, width]`.
+pub(super) fn check_shape(want: [usize; 3], set: &data::ImageSet, what: &Path) -> Result<()> {
     ensure!(
-        set.channels == cfg.channels && set.height == cfg.image_size && set.width == cfg.image_size,
+        [set.channels, set.height, set.width] == want,
         "{}: images are {}×{}×{} but the model expects {}×{}×{} (channels × height × width)",
         what.display(),
         set.channels,
         set.height,
         set.width,
-        cfg.channels,
-        cfg.image_size,
-        cfg.image_size
+        want[0],
+        want[1],
+        want[2]
     );
     Ok(())
 }
@@ -235,8 +252,10 @@ pub fn resume_run<
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
+    if super::tost::wants_tost(&a)? {
+        return super::tost::train(a);
+    }
     let device = Default::default();
-    let t_start = Instant::now();
     let resumed = resume_run(&a, CrateConfig::from_json_file, |c| {
         c.init::<TrainBackend>(&device)
     })?;
@@ -277,16 +296,45 @@ pub fn train(a: TrainArgs) -> Result<()> {
         let state = fresh_state(recipe, &a.data);
         (config, state, model, optim)
     };
-    let mut state = state;
+    let shape = Classifier {
+        input: input_shape(&config),
+        num_classes: config.num_classes,
+        params: config.param_count(),
+    };
+    let task = train::Classify::new(config, state.recipe.label_smoothing, &device);
+    run_classifier(&a, &task, model, optim, state, shape)
+}
+
+/// What the training command checks the data against and logs.
+pub(super) struct Classifier {
+    /// `[channels, height, width]`.
+    pub input: [usize; 3],
+    pub num_classes: usize,
+    pub params: usize,
+}
+
+/// Load the data, train `task` from `state` with [`train::fit`] and print the result
+/// (a resumed run that had already finished is evaluated as saved).
+pub(super) fn run_classifier<T: train::Task<TrainBackend>>(
+    a: &TrainArgs,
+    task: &T,
+    model: T::Model,
+    optim: TrainOptimizer<T::Model, TrainBackend>,
+    mut state: TrainState,
+    shape: Classifier,
+) -> Result<()> {
+    use burn::module::AutodiffModule;
+    let device = Default::default();
+    let t_start = Instant::now();
     let train_set = load_split(&a.data, Split::Train, a.train_limit)?;
     let test_set = load_split(&a.data, Split::Test, a.test_limit)?;
-    check_shape(&config, &train_set, &a.data.data)?;
+    check_shape(shape.input, &train_set, &a.data.data)?;
     ensure!(
-        train_set.num_classes() <= config.num_classes,
+        train_set.num_classes() <= shape.num_classes,
         "{}: {} classes but the model has num_classes = {}",
         a.data.data.display(),
         train_set.num_classes(),
-        config.num_classes
+        shape.num_classes
     );
     if state.normalization.mean.is_empty() {
         state.normalization = Normalization::from_set(&train_set);
@@ -297,7 +345,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     train::save_on_interrupt();
     tracing::info!(
         "training {} params on {} images ({} test) from {}, {} epochs",
-        config.param_count(),
+        shape.params,
         train_set.len(),
         test_set.len(),
         a.data.data.display(),
@@ -312,29 +360,19 @@ pub fn train(a: TrainArgs) -> Result<()> {
         measure_every: a.measure_every,
         measure_images: a.measure_images,
     };
-    let task = train::Classify::new(config, state.recipe.label_smoothing, &device);
-    let last = train::fit(&run, &task, model, optim, state.clone(), &device)?;
+    // a resumed run that has already finished trains no further: evaluate the weights as saved
+    let no_epoch = a.stop_after == Some(0) || state.epoch >= state.recipe.epochs;
+    let finished = no_epoch.then(|| model.valid());
+    let last = train::fit(&run, task, model, optim, state.clone(), &device)?;
     let dir = Checkpoint::dir(&a.run_dir);
     let final_state = Checkpoint::load_state(&dir)?;
-    let (acc, loss) = match &last {
-        Some(m) => (m.test_acc, m.test_loss),
-        None => {
-            // Resumed a finished run: evaluate the saved weights.
-            let w = WeightArgs {
-                weights: dir.join("model.safetensors"),
-                config: None,
-                strict: true,
-            };
-            let l = load_weights::<InferBackend>(&w, &device)?;
-            let r = train::evaluate(
-                &l.model,
-                &test_set,
-                &final_state.normalization,
-                500,
-                &device,
-            )?;
+    let (acc, loss) = match (&last, finished) {
+        (Some(m), _) => (m.test_acc, m.test_loss),
+        (None, Some(saved)) => {
+            let r = task.evaluate(&saved, &test_set, &final_state.normalization, &device)?;
             (r.top1, r.loss)
         }
+        (None, None) => bail!("training stopped before an epoch finished"),
     };
     println!(
         "test accuracy {:.2}%  (test loss {:.4}, {} epochs, weights in {})",
@@ -355,12 +393,25 @@ pub fn train(a: TrainArgs) -> Result<()> {
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
+    if let Some(l) = super::tost::load_if_tost::<InferBackend>(&a.weights)? {
+        return eval_classifier(&a, l.config.input_shape(), &l.meta, |x| l.model.forward(x));
+    }
+    let l = load_weights::<InferBackend>(&a.weights, &Default::default())?;
+    eval_classifier(&a, input_shape(&l.config), &l.meta, |x| l.model.forward(x))
+}
+
+/// Top-1/top-5/loss of a classifier's inference `forward` on the test split, printed.
+fn eval_classifier(
+    a: &EvalArgs,
+    shape: [usize; 3],
+    meta: &HashMap<String, String>,
+    forward: impl Fn(Tensor<InferBackend, 4>) -> Tensor<InferBackend, 2>,
+) -> Result<()> {
     let device = Default::default();
     let t0 = Instant::now();
-    let l = load_weights::<InferBackend>(&a.weights, &device)?;
     let test = load_split(&a.data, Split::Test, a.test_limit)?;
-    check_shape(&l.config, &test, &a.data.data)?;
-    let norm = match meta_json::<Normalization>(&l.meta, "normalization") {
+    check_shape(shape, &test, &a.data.data)?;
+    let norm = match meta_json::<Normalization>(meta, "normalization") {
         Some(n) => n,
         None => {
             tracing::warn!(
@@ -369,7 +420,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             Normalization::from_set(&load_split(&a.data, Split::Train, None)?)
         }
     };
-    let r = train::evaluate(&l.model, &test, &norm, a.batch_size, &device)?;
+    let r = train::evaluate_with(forward, &test, &norm, a.batch_size, &device)?;
     println!(
         "top-1 {:.2}%  top-5 {:.2}%  loss {:.4}  ({} images)",
         100.0 * r.top1,
@@ -457,17 +508,17 @@ pub fn predict(a: PredictArgs) -> Result<()> {
     Ok(())
 }
 
-/// The `input` tensor (NCHW f32) of a safetensors file, checked against the model's input shape.
-fn read_input<B: CrateBackend>(
+/// The `input` tensor (NCHW f32) of a safetensors file, checked against the model's input shape
+/// `want` `[channels, height, width]`.
+pub(super) fn read_input<B: CrateBackend>(
     path: &Path,
-    cfg: &CrateConfig,
+    want: [usize; 3],
     device: &B::Device,
 ) -> Result<Tensor<B, 4>> {
     let (tensors, _) = read_safetensors_all(path)?;
     let input = tensors
         .get("input")
         .with_context(|| format!("{}: no tensor named `input`", path.display()))?;
-    let want = [cfg.channels, cfg.image_size, cfg.image_size];
     ensure!(
         input.shape.len() == 4 && input.shape[1..] == want,
         "{}: `input` has shape {:?}, expected [N, {}, {}, {}]",
@@ -488,8 +539,17 @@ pub fn forward(a: ForwardArgs) -> Result<()> {
         return super::mae::forward(a);
     }
     let device = Default::default();
+    if let Some(l) = super::tost::load_if_tost::<InferBackend>(&a.weights)? {
+        let x = read_input::<InferBackend>(&a.input, l.config.input_shape(), &device)?;
+        ensure!(
+            !a.activations,
+            "--activations is not available for ToST (logits only)"
+        );
+        let logits = l.model.forward(x).into_data();
+        return write_forward(&a.output, logits, Activations::<InferBackend>::off());
+    }
     let l = load_weights::<InferBackend>(&a.weights, &device)?;
-    let x = read_input::<InferBackend>(&a.input, &l.config, &device)?;
+    let x = read_input::<InferBackend>(&a.input, input_shape(&l.config), &device)?;
     let mut acts = Activations::recording(a.activations);
     let logits = l.model.forward_with(x, &mut acts);
     write_forward(&a.output, logits.into_data(), acts)
@@ -516,11 +576,11 @@ pub fn measure(a: MeasureArgs) -> Result<()> {
     let l = load_weights::<InferBackend>(&a.weights, &device)?;
     let cfg = &l.config;
     let x = match (&a.input, &a.data) {
-        (Some(p), _) => read_input::<InferBackend>(p, cfg, &device)?,
+        (Some(p), _) => read_input::<InferBackend>(p, input_shape(cfg), &device)?,
         (None, Some(dir)) => {
             let mut set = data::load(dir, a.format, Split::Test)?;
             set.truncate(a.limit.max(1));
-            check_shape(cfg, &set, dir)?;
+            check_shape(input_shape(cfg), &set, dir)?;
             let norm = meta_json::<Normalization>(&l.meta, "normalization")
                 .unwrap_or_else(|| Normalization::from_set(&set));
             let batcher = data::Batcher {

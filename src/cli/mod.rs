@@ -6,6 +6,7 @@ mod commands;
 pub mod lm;
 mod mae;
 mod pictures;
+mod tost;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -181,10 +182,12 @@ pub struct DataArgs {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Preset name (fmnist, crate-tiny, crate-small, crate-base, crate-large, crate-alpha-B/16, …) or a JSON config.
+    /// Preset name (fmnist, crate-tiny, crate-small, crate-base, crate-large, crate-alpha-B/16, …,
+    /// ToST: tost-fmnist, tost-cab-tiny-12-p16, …) or a JSON config (`"arch": "tost"` for ToST).
     #[arg(long, default_value = "fmnist")]
     pub config: String,
-    /// Override the config's architecture: `crate` or `crate-alpha` (same shape, CRATE-α layers).
+    /// Override the config's architecture: `crate` or `crate-alpha` (same shape, CRATE-α layers);
+    /// `tost` only confirms a ToST config.
     #[arg(long)]
     pub arch: Option<String>,
     #[command(flatten)]

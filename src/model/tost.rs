@@ -238,6 +238,11 @@ impl TostConfig {
         (1..self.stem_channels().len()).fold(self.img_size, |s, _| s.div_ceil(2))
     }
 
+    /// `[in_chans, img_size, img_size]`, the input the CLI checks data against.
+    pub fn input_shape(&self) -> [usize; 3] {
+        [self.in_chans, self.img_size, self.img_size]
+    }
+
     pub fn num_patches(&self) -> usize {
         self.grid() * self.grid()
     }
@@ -345,7 +350,7 @@ pub struct BatchNorm2d<B: CrateBackend> {
 }
 
 impl<B: CrateBackend> BatchNorm2d<B> {
-    fn new(c: usize, device: &B::Device) -> Self {
+    pub fn new(c: usize, device: &B::Device) -> Self {
         Self {
             gamma: Initializer::Ones.init([c], device),
             beta: Initializer::Zeros.init([c], device),
