@@ -216,3 +216,56 @@ fn train_eval_and_errors_with_arch_tost() {
         assert!(e.contains(needle), "{needle}: {e}");
     }
 }
+
+/// `whitebox lm train --arch tost-lm` trains (validation loss falls), and `lm eval`/`generate`
+/// run on the written weights, whose stored config reads back as tost-lm.
+#[test]
+fn lm_train_eval_generate_with_arch_tost_lm() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(
+        &corpus,
+        "To be, or not to be, that is the question:\n".repeat(60),
+    )
+    .unwrap();
+    let (corpus, data) = (corpus.display().to_string(), dir.path().join("tok"));
+    let run = dir.path().join("run");
+    let (data, run_s) = (data.display().to_string(), run.display().to_string());
+    #[rustfmt::skip]
+    ok(&["lm", "train", "--corpus", &corpus, "--data", &data, "--run-dir", &run_s, "--arch", "tost-lm",
+         "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "8",
+         "--max-iters", "40", "--warmup-iters", "4", "--lr", "1e-2", "--eval-interval", "20",
+         "--eval-iters", "4", "--seed", "3"]);
+    let m: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (first, last) = (
+        m[0]["val_loss"].as_f64().unwrap(),
+        m[1]["val_loss"].as_f64().unwrap(),
+    );
+    assert!(last < first, "val loss {first} → {last} did not fall");
+    let w = run.join("model.safetensors");
+    let (t, meta) = read_safetensors_all(&w).unwrap();
+    assert!(meta["config"].contains("tost-lm"), "{}", meta["config"]);
+    assert_eq!(
+        t["transformer.h.0.attn.denom_bias"].shape.to_vec(),
+        [2, 16, 1]
+    );
+    let out = ok(&[
+        "lm",
+        "eval",
+        "--weights",
+        w.to_str().unwrap(),
+        "--text",
+        &corpus,
+    ]);
+    assert!(out.contains("perplexity"), "{out}");
+    #[rustfmt::skip]
+    let text = ok(&["lm", "generate", "--weights", w.to_str().unwrap(), "--prompt", "To be", "--max-new-tokens", "20"]);
+    assert!(
+        text.starts_with("To be") && text.trim_end().chars().count() >= 20,
+        "{text:?}"
+    );
+}
