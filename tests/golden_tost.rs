@@ -219,3 +219,30 @@ fn tssa_flag_and_arch_must_agree() {
     let e = parse(r#", "TSSA": false, "arch": "tost-lm""#).unwrap_err();
     assert!(format!("{e:#}").contains("contradicts"), "{e:#}");
 }
+
+/// The stem's GEMM convolution equals burn's `conv2d` (3×3, stride 2, padding 1), odd sides included.
+#[test]
+fn conv3x3_s2_equals_conv2d() {
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    use burn::tensor::Distribution;
+    let device = Default::default();
+    for (h, w) in [(7, 5), (8, 8), (1, 2)] {
+        let x = Tensor::<B, 4>::random([2, 3, h, w], Distribution::Normal(0.0, 1.0), &device);
+        let k = Tensor::<B, 4>::random([4, 3, 3, 3], Distribution::Normal(0.0, 1.0), &device);
+        let want = conv2d(
+            x.clone(),
+            k.clone(),
+            None,
+            ConvOptions::new([2, 2], [1, 1], [1, 1], 1),
+        );
+        let (rows, [b, ho, wo]) = tost::conv3x3_s2(x.permute([0, 2, 3, 1]), k);
+        let got = rows.reshape([b, ho, wo, 4]).permute([0, 3, 1, 2]);
+        assert_close(
+            &format!("{h}×{w}"),
+            &got.into_data(),
+            &want.into_data(),
+            1e-5,
+        );
+    }
+}

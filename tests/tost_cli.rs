@@ -14,12 +14,9 @@ use whitebox::CpuAutodiff as B;
 fn batchnorm_training_uses_batch_stats_and_updates_running_stats_like_torch() {
     let device = Default::default();
     let bn = BatchNorm2d::<B>::new(2, &device);
-    // [b=2, c=2, 1×2]: channel 0 holds 1, 2, 3, 6; channel 1 holds 0, 0, 4, 4
-    let x = Tensor::<B, 4>::from_data(
-        TensorData::new(
-            vec![1.0f32, 2.0, 0.0, 0.0, 3.0, 6.0, 4.0, 4.0],
-            [2, 2, 1, 2],
-        ),
+    // rows [m = 4, c = 2]: channel 0 holds 1, 2, 3, 6; channel 1 holds 0, 0, 4, 4
+    let x = Tensor::<B, 2>::from_data(
+        TensorData::new(vec![1.0f32, 0.0, 2.0, 0.0, 3.0, 4.0, 6.0, 4.0], [4, 2]),
         &device,
     );
     let y = bn
@@ -32,12 +29,12 @@ fn batchnorm_training_uses_batch_stats_and_updates_running_stats_like_torch() {
     let n1 = |v: f32| (v - 2.0) / (4.0f32 + BN_EPS as f32).sqrt();
     let want = [
         n0(1.0),
+        n1(0.0),
         n0(2.0),
         n1(0.0),
-        n1(0.0),
         n0(3.0),
-        n0(6.0),
         n1(4.0),
+        n0(6.0),
         n1(4.0),
     ];
     for (g, w) in y.iter().zip(want) {

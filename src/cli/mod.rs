@@ -168,6 +168,24 @@ pub struct BenchArgs {
     pub warmup: usize,
     #[arg(long)]
     pub json: bool,
+    /// Time CRATE (MSSA) against ToST (TSSA) at equal width/depth/heads over --sizes
+    /// (RGB images, patch 8: size²/64 tokens); --config is not used.
+    #[arg(long)]
+    pub scaling: bool,
+    /// Image sides of --scaling (64 → 64 tokens, 512 → 4,096 tokens).
+    #[arg(long, value_delimiter = ',', default_value = "64,128,192,256,384,512")]
+    pub sizes: Vec<usize>,
+    /// Width d of both models in --scaling.
+    #[arg(long, default_value_t = 192)]
+    pub dim: usize,
+    /// Depth of both models in --scaling (ToST adds its 2 class-attention blocks).
+    #[arg(long, default_value_t = 4)]
+    pub depth: usize,
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    /// Write the --scaling plot (PNG) here.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -1,7 +1,8 @@
 //! ToST image classifier (Token Statistics Transformer, `tost_vision/tost.py` of `RobinWu218/ToST`,
 //! its `VisionTransformer` with `attn_layer=AttentionTSSA`).
 //!
-//! Conv stem (3×3 stride-2 convs with BatchNorm, GELU between) → tokens + Fourier position
+//! Conv stem (3×3 stride-2 convs with BatchNorm, GELU between; computed channels-last as GEMMs)
+//! → tokens + Fourier position
 //! encoding → per block `Z½ = Z + γ₁ ⊙ TSSA(LN₁ Z)`, `Z' = Z½ + γ₂ ⊙ MLP(LN₂ Z½)` → prepend cls →
 //! class-attention blocks (CaiT/XCiT) → `LN` of the cls token → head.
 //!
@@ -15,8 +16,6 @@ use anyhow::{ensure, Context, Result};
 use burn::module::{Module, Param, RunningState};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::{gelu, softmax};
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -112,7 +111,7 @@ fn default_cls_attn_layers() -> usize {
 
 impl TostConfig {
     /// An official `tost_cab_*_p16` factory: 224 px, patch 16, mlp 4, qkv bias, tokens_norm.
-    fn factory(embed_dim: usize, depth: usize, num_heads: usize, eta: f64) -> Self {
+    pub(crate) fn factory(embed_dim: usize, depth: usize, num_heads: usize, eta: f64) -> Self {
         Self {
             arch: ARCH_TOST.into(),
             img_size: 224,
@@ -359,25 +358,21 @@ impl<B: CrateBackend> BatchNorm2d<B> {
         }
     }
 
-    /// `y = (x − μ)/√(σ² + ε)·γ + β` with `(μ, σ²)` the running (eval) or batch (training) statistics.
-    pub fn forward(&self, x: Tensor<B, 4>, training: bool) -> Tensor<B, 4> {
-        let [b, c, h, w] = x.dims();
-        let shape = [1, c, 1, 1];
-        let (gamma, beta) = (
-            self.gamma.val().reshape(shape),
-            self.beta.val().reshape(shape),
-        );
+    /// `y = (x − μ)/√(σ² + ε)·γ + β` per channel of channels-last rows `x` `[m, c]`, with `(μ, σ²)`
+    /// the running (eval) or batch (training) statistics.
+    pub fn forward(&self, x: Tensor<B, 2>, training: bool) -> Tensor<B, 2> {
+        let [m, c] = x.dims();
+        let row = |t: Tensor<B, 1>| t.reshape([1, c]);
+        let (gamma, beta) = (row(self.gamma.val()), row(self.beta.val()));
         if !training {
-            let mean = self.running_mean.value().reshape(shape);
-            let var = self.running_var.value().reshape(shape);
+            let mean = row(self.running_mean.value());
+            let var = row(self.running_var.value());
             return (x - mean) / var.add_scalar(BN_EPS).sqrt() * gamma + beta;
         }
-        let stat = |t: Tensor<B, 4>| t.mean_dim(0).mean_dim(2).mean_dim(3);
-        let mean = stat(x.clone());
+        let mean = x.clone().mean_dim(0);
         let centred = x - mean.clone();
-        let var = stat(centred.clone() * centred.clone());
-        let m = (b * h * w) as f64;
-        let update = |state: &RunningState<Tensor<B, 1>>, batch: Tensor<B, 4>| {
+        let var = (centred.clone() * centred.clone()).mean_dim(0);
+        let update = |state: &RunningState<Tensor<B, 1>>, batch: Tensor<B, 2>| {
             let old = state.value_sync();
             let new = old.mul_scalar(1.0 - BN_MOMENTUM)
                 + batch.detach().reshape([c]).mul_scalar(BN_MOMENTUM);
@@ -385,6 +380,7 @@ impl<B: CrateBackend> BatchNorm2d<B> {
             state.value_sync();
         };
         update(&self.running_mean, mean);
+        let m = m as f64;
         update(
             &self.running_var,
             var.clone().mul_scalar(m / (m - 1.0).max(1.0)),
@@ -414,11 +410,53 @@ impl<B: CrateBackend> ConvBn<B> {
         }
     }
 
+    /// `BN(conv(x))` of channels-last maps `x` `[b, h, w, c]` → `[b, ⌈h/2⌉, ⌈w/2⌉, out]`.
     pub fn forward(&self, x: Tensor<B, 4>, training: bool) -> Tensor<B, 4> {
-        let opts = ConvOptions::new([2, 2], [1, 1], [1, 1], 1);
-        self.bn
-            .forward(conv2d(x, self.weight.val(), None, opts), training)
+        let (rows, [b, h, w]) = conv3x3_s2(x, self.weight.val());
+        let c = rows.dims()[1];
+        self.bn.forward(rows, training).reshape([b, h, w, c])
     }
+}
+
+/// A 3×3 convolution with stride 2 and zero padding 1 of channels-last maps `x` `[b, h, w, c]`
+/// as one GEMM: the nine shifted stride-2 views side by side, `[b·h'·w', 9c]` in `(i, j, c)`
+/// order, times the kernel `[out, c, 3, 3]` laid out as `[9c, out]`. Returns the output rows
+/// (channels last) and `[b, h', w']`, `h' = ⌈h/2⌉`.
+pub fn conv3x3_s2<B: CrateBackend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+) -> (Tensor<B, 2>, [usize; 3]) {
+    let [b, h, w, c] = x.dims();
+    let (ho, wo) = (h.div_ceil(2), w.div_ceil(2));
+    // zero padding: 1 before, and after up to an even side 2·(h'+1), so that a reshape splits
+    // every padded coordinate into (index / 2, index % 2)
+    let (hp, wp) = (2 * (ho + 1), 2 * (wo + 1));
+    let device = x.device();
+    let zeros = |dims: [usize; 4]| Tensor::<B, 4>::zeros(dims, &device);
+    let x = Tensor::cat(
+        vec![zeros([b, 1, w, c]), x, zeros([b, hp - h - 1, w, c])],
+        1,
+    );
+    let x = Tensor::cat(
+        vec![zeros([b, hp, 1, c]), x, zeros([b, hp, wp - w - 1, c])],
+        2,
+    );
+    let x = x.reshape([b, hp / 2, 2, wp / 2, 2, c]);
+    // kernel offset k ∈ {0, 1, 2} reads padded index 2i + k = 2(i + k/2) + k % 2
+    let cols: Vec<Tensor<B, 2>> = (0..9)
+        .map(|k| {
+            let (ki, kj) = (k / 3, k % 3);
+            x.clone()
+                .narrow(1, ki / 2, ho)
+                .narrow(2, ki % 2, 1)
+                .narrow(3, kj / 2, wo)
+                .narrow(4, kj % 2, 1)
+                .reshape([b * ho * wo, c])
+        })
+        .collect();
+    let [out, ..] = weight.dims();
+    let kernel = weight.permute([2, 3, 1, 0]).reshape([9 * c, out]);
+    (fused::matmul(Tensor::cat(cols, 1), kernel), [b, ho, wo])
 }
 
 /// A 1×1 convolution (`token_projection`), kernel `[out, in, 1, 1]`.
@@ -579,15 +617,15 @@ pub struct Tost<B: CrateBackend> {
 impl<B: CrateBackend> Tost<B> {
     /// Patch tokens `[b, n, d]` (+ positions) of an NCHW batch and the grid `(h, w)`.
     fn embed(&self, x: Tensor<B, 4>, training: bool) -> (Tensor<B, 3>, usize, usize) {
-        let mut x = x;
+        let mut x = x.permute([0, 2, 3, 1]); // channels last: conv outputs are token rows
         for (i, stage) in self.patch_embed.iter().enumerate() {
             if i > 0 {
                 x = gelu(x);
             }
             x = stage.forward(x, training);
         }
-        let [b, d, h, w] = x.dims();
-        let tokens = x.reshape([b, d, h * w]).swap_dims(1, 2);
+        let [b, h, w, d] = x.dims();
+        let tokens = x.reshape([b, h * w, d]);
         if !self.use_pos {
             return (tokens, h, w);
         }
