@@ -13,8 +13,8 @@ use crate::data::{self, Augment, Normalization, Split};
 use crate::model::{Activations, Crate, CrateBackend, CrateConfig};
 use crate::train::{self, Checkpoint, OptimSettings, Recipe, TrainOptimizer, TrainRun, TrainState};
 use crate::weights::{
-    apply_state_dict, canonical_ids, read_safetensors_all, read_state_dict, safetensors_bytes,
-    write_atomic, StateDict,
+    apply_state_dict, canonical_ids, read_input_tensor, read_safetensors_all, read_state_dict,
+    safetensors_bytes, write_atomic, StateDict,
 };
 use crate::{InferBackend, TrainBackend};
 
@@ -96,16 +96,20 @@ pub struct Loaded<B: CrateBackend> {
     pub config: CrateConfig,
     pub model: Crate<B>,
     pub meta: HashMap<String, String>,
+    /// The weights file.
+    pub path: std::path::PathBuf,
 }
 
 pub fn load_weights<B: CrateBackend>(w: &WeightArgs, device: &B::Device) -> Result<Loaded<B>> {
+    // the weights first: a missing, empty or unreadable file is reported as such, not as a
+    // missing config
+    let sd = read_state_dict(&w.weights)?;
     let meta = if is_safetensors(&w.weights) {
         read_safetensors_all(&w.weights)?.1
     } else {
         HashMap::new()
     };
     let config = resolve_config(w, &meta)?;
-    let sd = read_state_dict(&w.weights)?;
     let (model, report) = apply_state_dict(config.init::<B>(device), &sd, w.strict)
         .with_context(|| format!("loading {}", w.weights.display()))?;
     if !report.is_clean() {
@@ -119,14 +123,33 @@ pub fn load_weights<B: CrateBackend>(w: &WeightArgs, device: &B::Device) -> Resu
         config,
         model,
         meta,
+        path: w.weights.clone(),
     })
 }
 
+/// Metadata entry `key` parsed as JSON (`None` when absent; an error when malformed).
 pub(super) fn meta_json<T: serde::de::DeserializeOwned>(
     meta: &HashMap<String, String>,
     key: &str,
-) -> Option<T> {
-    meta.get(key).and_then(|s| serde_json::from_str(s).ok())
+) -> Result<Option<T>> {
+    meta.get(key)
+        .map(|s| serde_json::from_str(s).with_context(|| format!("metadata `{key}` is malformed")))
+        .transpose()
+}
+
+/// The normalisation stored with weights, checked against the model's `channels`.
+pub(super) fn stored_normalization(
+    meta: &HashMap<String, String>,
+    channels: usize,
+    weights: &Path,
+) -> Result<Option<Normalization>> {
+    let n: Option<Normalization> =
+        meta_json(meta, "normalization").with_context(|| weights.display().to_string())?;
+    if let Some(n) = &n {
+        n.validate(channels)
+            .with_context(|| format!("{}: metadata `normalization`", weights.display()))?;
+    }
+    Ok(n)
 }
 
 pub(super) fn load_split(
@@ -162,13 +185,18 @@ pub(super) fn check_shape(want: [usize; 3], set: &data::ImageSet, what: &Path) -
     Ok(())
 }
 
-/// The recipe given by the training flags.
-pub(super) fn recipe_from(a: &TrainArgs) -> Result<Recipe> {
+/// The recipe given by the training flags, checked for images of `image_size` pixels.
+pub(super) fn recipe_from(a: &TrainArgs, image_size: usize) -> Result<Recipe> {
     let recipe = Recipe {
         epochs: a.epochs,
         batch_size: a.batch_size,
         lr: a.lr,
-        min_lr: a.min_lr,
+        // the default final rate never exceeds a small --lr; a given --min-lr above it is an error
+        min_lr: if a.given.iter().any(|g| g == "min_lr") {
+            a.min_lr
+        } else {
+            a.min_lr.min(a.lr)
+        },
         warmup_epochs: a.warmup_epochs,
         label_smoothing: a.label_smoothing,
         seed: a.seed,
@@ -178,26 +206,19 @@ pub(super) fn recipe_from(a: &TrainArgs) -> Result<Recipe> {
             beta1: a.beta1,
             beta2: a.beta2,
             no_decay_norm_bias: a.no_decay_norm_bias,
-            clip_grad_norm: (a.clip_grad_norm > 0.0).then_some(a.clip_grad_norm),
+            clip_grad_norm: crate::train::optim::clip_setting(a.clip_grad_norm)?,
         },
         augment: Augment {
             crop_padding: a.crop_padding,
             hflip: a.hflip,
         },
     };
-    ensure!(
-        recipe.epochs > 0 && recipe.batch_size > 0,
-        "--epochs and --batch-size must be positive"
-    );
-    ensure!(
-        recipe.lr > 0.0 && recipe.lr.is_finite(),
-        "--lr must be positive"
-    );
+    recipe.validate(image_size)?;
     Ok(recipe)
 }
 
 /// A run that has not started (normalisation is filled in from the training split).
-pub(super) fn fresh_state(recipe: Recipe, data: &super::DataArgs) -> TrainState {
+pub(super) fn fresh_state(recipe: Recipe, a: &TrainArgs) -> TrainState {
     TrainState {
         recipe,
         normalization: Normalization {
@@ -209,35 +230,165 @@ pub(super) fn fresh_state(recipe: Recipe, data: &super::DataArgs) -> TrainState 
         batch: 0,
         step: 0,
         seconds: 0.0,
-        data: data.data.display().to_string(),
+        data: a.data.data.display().to_string(),
+        epoch_loss_sum: 0.0,
+        epoch_seen: 0,
+        train_limit: a.train_limit,
+        test_limit: a.test_limit,
     }
 }
 
 /// A run restored for `--resume`: config, state, weights and optimizer.
 pub type Resumed<C, M> = (C, TrainState, M, TrainOptimizer<M, TrainBackend>);
 
-/// Refuse to start over a run folder that holds a checkpoint unless `--resume`; with `--resume`,
-/// restore the run from it (`read_config` reads its `config.json`, `init` builds the model).
+/// A flag as given on the command line (`None` when it was left at its default).
+pub(super) fn given<T: ToString>(a: &[String], id: &str, v: T) -> Option<String> {
+    a.iter().any(|g| g == id).then(|| v.to_string())
+}
+
+/// `--resume`: every run-defining flag given on the command line must equal the run's value
+/// (`(flag, given value, the run's value)`); a run continues only as it was started.
+pub fn check_resume_flags(
+    run_dir: &Path,
+    items: Vec<(&str, Option<String>, String)>,
+) -> Result<()> {
+    let differ: Vec<String> = items
+        .into_iter()
+        .filter_map(|(flag, g, run)| {
+            g.filter(|g| *g != run)
+                .map(|g| format!("{flag} {g} (the run has {run})"))
+        })
+        .collect();
+    ensure!(
+        differ.is_empty(),
+        "--resume: the run in {} was started with other settings: {}; drop these flags \
+         to continue it, or start a new run in another --run-dir",
+        run_dir.display(),
+        differ.join(", ")
+    );
+    Ok(())
+}
+
+/// The training flags of `a` against a resumed run's state.
+fn recipe_flags(a: &TrainArgs, s: &TrainState) -> Vec<(&'static str, Option<String>, String)> {
+    let (g, r) = (&a.given, &s.recipe);
+    let limit = |v: Option<usize>| v.map_or("all".to_string(), |n| n.to_string());
+    vec![
+        (
+            "--data",
+            given(g, "data", a.data.data.display()),
+            s.data.clone(),
+        ),
+        (
+            "--init-from",
+            a.init_from.as_ref().map(|p| p.display().to_string()),
+            "no --init-from on resume".into(),
+        ),
+        (
+            "--epochs",
+            given(g, "epochs", a.epochs),
+            r.epochs.to_string(),
+        ),
+        (
+            "--batch-size",
+            given(g, "batch_size", a.batch_size),
+            r.batch_size.to_string(),
+        ),
+        ("--lr", given(g, "lr", a.lr), r.lr.to_string()),
+        (
+            "--min-lr",
+            given(g, "min_lr", a.min_lr),
+            r.min_lr.to_string(),
+        ),
+        (
+            "--warmup-epochs",
+            given(g, "warmup_epochs", a.warmup_epochs),
+            r.warmup_epochs.to_string(),
+        ),
+        (
+            "--optimizer",
+            given(g, "optimizer", format!("{:?}", a.optimizer)),
+            format!("{:?}", r.optim.kind),
+        ),
+        (
+            "--weight-decay",
+            given(g, "weight_decay", a.weight_decay),
+            r.optim.weight_decay.to_string(),
+        ),
+        (
+            "--beta1",
+            given(g, "beta1", a.beta1),
+            r.optim.beta1.to_string(),
+        ),
+        (
+            "--beta2",
+            given(g, "beta2", a.beta2),
+            r.optim.beta2.to_string(),
+        ),
+        (
+            "--no-decay-norm-bias",
+            given(g, "no_decay_norm_bias", a.no_decay_norm_bias),
+            r.optim.no_decay_norm_bias.to_string(),
+        ),
+        (
+            "--label-smoothing",
+            given(g, "label_smoothing", a.label_smoothing),
+            r.label_smoothing.to_string(),
+        ),
+        (
+            "--clip-grad-norm",
+            given(g, "clip_grad_norm", a.clip_grad_norm),
+            r.optim.clip_grad_norm.unwrap_or(0.0).to_string(),
+        ),
+        (
+            "--crop-padding",
+            given(g, "crop_padding", a.crop_padding),
+            r.augment.crop_padding.to_string(),
+        ),
+        (
+            "--hflip",
+            given(g, "hflip", a.hflip),
+            r.augment.hflip.to_string(),
+        ),
+        ("--seed", given(g, "seed", a.seed), r.seed.to_string()),
+        (
+            "--train-limit",
+            given(g, "train_limit", limit(a.train_limit)),
+            limit(s.train_limit),
+        ),
+        (
+            "--test-limit",
+            given(g, "test_limit", limit(a.test_limit)),
+            limit(s.test_limit),
+        ),
+    ]
+}
+
+/// Without `--resume`: refuse a run folder that holds a checkpoint (unless `--overwrite`). With
+/// it: bring the run folder back to its last complete checkpoint and restore the run from it,
+/// after checking every flag given against the run (`config_flags` adds the model's flags;
+/// `read_config` reads its `config.json`, `init` builds the model). Hold the run's lock.
 pub fn resume_run<
     C,
     M: burn::module::AutodiffModule<TrainBackend> + crate::weights::OfficialKeys,
 >(
     a: &TrainArgs,
     read_config: impl Fn(&Path) -> Result<C>,
+    config_flags: impl Fn(&C) -> Result<Vec<(&'static str, Option<String>, String)>>,
     init: impl Fn(&C) -> M,
 ) -> Result<Option<Resumed<C, M>>> {
-    let ckpt = Checkpoint::find(&a.run_dir);
     if !a.resume {
-        if ckpt.is_some() {
-            bail!("{} already holds a checkpoint: pass --resume to continue it, or choose another --run-dir", a.run_dir.display());
-        }
+        train::checkpoint::start_fresh(&a.run_dir, a.overwrite)?;
         return Ok(None);
     }
     let device = Default::default();
-    let dir =
-        ckpt.with_context(|| format!("--resume: no checkpoint in {}", a.run_dir.display()))?;
+    let dir = train::checkpoint::recover(&a.run_dir)?
+        .with_context(|| format!("--resume: no checkpoint in {}", a.run_dir.display()))?;
     let state = Checkpoint::load_state(&dir)?;
     let config = read_config(&dir.join("config.json"))?;
+    let mut flags = recipe_flags(a, &state);
+    flags.extend(config_flags(&config)?);
+    check_resume_flags(&a.run_dir, flags)?;
     let sd = read_state_dict(&dir.join("model.safetensors"))?;
     let (model, _) = apply_state_dict(init(&config), &sd, true)?;
     let optim = TrainOptimizer::new(state.recipe.optim.clone(), &model).load(&dir, &device)?;
@@ -251,21 +402,43 @@ pub fn resume_run<
     Ok(Some((config, state, model, optim)))
 }
 
+/// The classifier config the flags `--config` and `--arch` describe.
+fn config_from_flags(a: &TrainArgs) -> Result<CrateConfig> {
+    let mut config = CrateConfig::resolve(&a.config)?;
+    if let Some(arch) = &a.arch {
+        config = config.with_arch(arch)?;
+    }
+    Ok(config)
+}
+
 pub fn train(a: TrainArgs) -> Result<()> {
     if super::tost::wants_tost(&a)? {
         return super::tost::train(a);
     }
     let device = Default::default();
-    let resumed = resume_run(&a, CrateConfig::from_json_file, |c| {
+    let _lock = train::checkpoint::RunLock::acquire(&a.run_dir)?;
+    if super::tost::wants_tost(&a)? {
+        return super::tost::train(a);
+    }
+    let config_flags = |run: &CrateConfig| -> Result<Vec<(&'static str, Option<String>, String)>> {
+        let same = |c: &CrateConfig| serde_json::to_value(c).ok() == serde_json::to_value(run).ok();
+        let mut v = vec![("--arch", a.arch.clone(), run.arch.clone())];
+        if a.given.iter().any(|g| g == "config") && !same(&config_from_flags(&a)?) {
+            v.push((
+                "--config",
+                Some(a.config.clone()),
+                "another model (its checkpoint/config.json)".into(),
+            ));
+        }
+        Ok(v)
+    };
+    let resumed = resume_run(&a, CrateConfig::from_json_file, config_flags, |c| {
         c.init::<TrainBackend>(&device)
     })?;
     let (config, state, model, optim) = if let Some(r) = resumed {
         r
     } else {
-        let mut config = CrateConfig::resolve(&a.config)?;
-        if let Some(arch) = &a.arch {
-            config = config.with_arch(arch)?;
-        }
+        let mut config = config_from_flags(&a)?;
         let mut init = match &a.init_from {
             Some(p) => Some((p, read_state_dict(p)?)),
             None => None,
@@ -291,9 +464,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
             }
             model = m;
         }
-        let recipe = recipe_from(&a)?;
+        let recipe = recipe_from(&a, config.image_size)?;
         let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
-        let state = fresh_state(recipe, &a.data);
+        let state = fresh_state(recipe, &a);
         (config, state, model, optim)
     };
     let shape = Classifier {
@@ -326,9 +499,11 @@ pub(super) fn run_classifier<T: train::Task<TrainBackend>>(
     use burn::module::AutodiffModule;
     let device = Default::default();
     let t_start = Instant::now();
-    let train_set = load_split(&a.data, Split::Train, a.train_limit)?;
-    let test_set = load_split(&a.data, Split::Test, a.test_limit)?;
+    let train_set = load_split(&a.data, Split::Train, state.train_limit)?;
+    let test_set = load_split(&a.data, Split::Test, state.test_limit)?;
     check_shape(shape.input, &train_set, &a.data.data)?;
+    check_shape(shape.input, &test_set, &a.data.data)
+        .context("the test split differs from the model")?;
     ensure!(
         train_set.num_classes() <= shape.num_classes,
         "{}: {} classes but the model has num_classes = {}",
@@ -336,12 +511,18 @@ pub(super) fn run_classifier<T: train::Task<TrainBackend>>(
         train_set.num_classes(),
         shape.num_classes
     );
+    for (set, split) in [(&train_set, "train"), (&test_set, "test")] {
+        set.check_labels(shape.num_classes)
+            .with_context(|| format!("{}: {split} split", a.data.data.display()))?;
+    }
     if state.normalization.mean.is_empty() {
         state.normalization = Normalization::from_set(&train_set);
         state.class_names = train_set.class_names.clone();
     }
-    std::fs::create_dir_all(&a.run_dir)
-        .with_context(|| format!("cannot create {}", a.run_dir.display()))?;
+    state
+        .normalization
+        .validate(shape.input[0])
+        .context("the run's normalisation")?;
     train::save_on_interrupt();
     tracing::info!(
         "training {} params on {} images ({} test) from {}, {} epochs",
@@ -394,24 +575,30 @@ pub(super) fn run_classifier<T: train::Task<TrainBackend>>(
 
 pub fn eval(a: EvalArgs) -> Result<()> {
     if let Some(l) = super::tost::load_if_tost::<InferBackend>(&a.weights)? {
-        return eval_classifier(&a, l.config.input_shape(), &l.meta, |x| l.model.forward(x));
+        let (shape, classes) = (l.config.input_shape(), l.config.num_classes);
+        return eval_classifier(&a, shape, classes, &l.meta, |x| l.model.forward(x));
     }
     let l = load_weights::<InferBackend>(&a.weights, &Default::default())?;
-    eval_classifier(&a, input_shape(&l.config), &l.meta, |x| l.model.forward(x))
+    let (shape, classes) = (input_shape(&l.config), l.config.num_classes);
+    eval_classifier(&a, shape, classes, &l.meta, |x| l.model.forward(x))
 }
 
 /// Top-1/top-5/loss of a classifier's inference `forward` on the test split, printed.
 fn eval_classifier(
     a: &EvalArgs,
     shape: [usize; 3],
+    num_classes: usize,
     meta: &HashMap<String, String>,
     forward: impl Fn(Tensor<InferBackend, 4>) -> Tensor<InferBackend, 2>,
 ) -> Result<()> {
     let device = Default::default();
     let t0 = Instant::now();
+    ensure!(a.batch_size > 0, "--batch-size must be at least 1");
     let test = load_split(&a.data, Split::Test, a.test_limit)?;
     check_shape(shape, &test, &a.data.data)?;
-    let norm = match meta_json::<Normalization>(meta, "normalization") {
+    test.check_labels(num_classes)
+        .with_context(|| format!("{}: test split", a.data.data.display()))?;
+    let norm = match stored_normalization(meta, shape[0], &a.weights.weights)? {
         Some(n) => n,
         None => {
             tracing::warn!(
@@ -475,7 +662,7 @@ pub fn predict(a: PredictArgs) -> Result<()> {
     let device = Default::default();
     let l = load_weights::<InferBackend>(&a.weights, &device)?;
     let c = l.config.channels;
-    let norm = meta_json::<Normalization>(&l.meta, "normalization").unwrap_or_else(|| {
+    let norm = stored_normalization(&l.meta, c, &a.weights.weights)?.unwrap_or_else(|| {
         tracing::warn!("no normalisation stored with the weights; using mean 0.5, std 0.5");
         Normalization {
             mean: vec![0.5; c],
@@ -483,6 +670,7 @@ pub fn predict(a: PredictArgs) -> Result<()> {
         }
     });
     let classes: Vec<String> = meta_json(&l.meta, "class_names")
+        .with_context(|| a.weights.weights.display().to_string())?
         .unwrap_or_else(|| (0..l.config.num_classes).map(|i| i.to_string()).collect());
     let s = l.config.image_size;
     for path in &a.images {
@@ -515,20 +703,8 @@ pub(super) fn read_input<B: CrateBackend>(
     want: [usize; 3],
     device: &B::Device,
 ) -> Result<Tensor<B, 4>> {
-    let (tensors, _) = read_safetensors_all(path)?;
-    let input = tensors
-        .get("input")
-        .with_context(|| format!("{}: no tensor named `input`", path.display()))?;
-    ensure!(
-        input.shape.len() == 4 && input.shape[1..] == want,
-        "{}: `input` has shape {:?}, expected [N, {}, {}, {}]",
-        path.display(),
-        input.shape.to_vec(),
-        want[0],
-        want[1],
-        want[2]
-    );
-    Ok(Tensor::from_data(input.clone().convert::<f32>(), device))
+    let input = read_input_tensor(path, "input", &want)?;
+    Ok(Tensor::from_data(input.convert::<f32>(), device))
 }
 
 pub fn forward(a: ForwardArgs) -> Result<()> {
@@ -581,7 +757,7 @@ pub fn measure(a: MeasureArgs) -> Result<()> {
             let mut set = data::load(dir, a.format, Split::Test)?;
             set.truncate(a.limit.max(1));
             check_shape(input_shape(cfg), &set, dir)?;
-            let norm = meta_json::<Normalization>(&l.meta, "normalization")
+            let norm = stored_normalization(&l.meta, cfg.channels, &a.weights.weights)?
                 .unwrap_or_else(|| Normalization::from_set(&set));
             let batcher = data::Batcher {
                 norm,

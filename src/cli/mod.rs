@@ -213,9 +213,16 @@ pub struct TrainArgs {
     /// Run folder: checkpoint/, metrics.jsonl.
     #[arg(long, default_value = "runs/fmnist")]
     pub run_dir: PathBuf,
-    /// Continue the run in --run-dir from its last checkpoint (same schedule, optimizer state and data order).
+    /// Continue the run in --run-dir from its last checkpoint (same schedule, optimizer state and
+    /// data order; flags that define the run, when given, must equal the run's).
     #[arg(long)]
     pub resume: bool,
+    /// Start over in a --run-dir that holds a run: its checkpoint and metrics are removed first.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
+    /// Flags given on the command line (filled in after parsing; `--resume` checks them).
+    #[arg(skip)]
+    pub given: Vec<String>,
     /// Start from these weights (safetensors or .pth); keys that don't fit (e.g. a new head) are reported and skipped.
     #[arg(long)]
     pub init_from: Option<PathBuf>,
@@ -341,10 +348,26 @@ pub struct InfoArgs {
 
 /// Parse the command line and run it; errors come back to `main` for a clean exit code.
 pub fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli =
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let given = given_flags(&matches);
     match cli.command {
         None => commands::train(TrainArgs::default_args()),
-        Some(Command::Train(a)) => commands::train(a),
+        Some(Command::Train(mut a)) => {
+            a.given = given;
+            commands::train(a)
+        }
+        Some(Command::Mae(MaeCommand::Train(mut a))) => {
+            a.train.given = given;
+            mae::train(a)
+        }
+        Some(Command::Lm(lm::LmArgs {
+            command: lm::LmCommand::Train(mut a),
+        })) => {
+            a.given = given;
+            lm::train(a)
+        }
         Some(Command::Eval(a)) => commands::eval(a),
         Some(Command::Predict(a)) => commands::predict(a),
         Some(Command::Forward(a)) => commands::forward(a),
@@ -354,12 +377,23 @@ pub fn run() -> anyhow::Result<()> {
         Some(Command::Attention(a)) => pictures::attention(a),
         Some(Command::Pca(a)) => pictures::pca(a),
         Some(Command::Report(a)) => pictures::report(a),
-        Some(Command::Mae(MaeCommand::Train(a))) => mae::train(a),
         Some(Command::Mae(MaeCommand::Reconstruct(a))) => mae::reconstruct(a),
         Some(Command::Probe(a)) => mae::probe(a),
         Some(Command::Lm(a)) => lm::run(a),
         Some(Command::Bert(a)) => bert::run(a),
     }
+}
+
+/// Ids of the arguments of the (innermost) subcommand that were given on the command line.
+fn given_flags(m: &clap::ArgMatches) -> Vec<String> {
+    let mut m = m;
+    while let Some((_, sub)) = m.subcommand() {
+        m = sub;
+    }
+    m.ids()
+        .filter(|id| m.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine))
+        .map(|id| id.to_string())
+        .collect()
 }
 
 impl TrainArgs {

@@ -96,7 +96,11 @@ pub fn load_if_tost<B: CrateBackend>(w: &WeightArgs) -> Result<Option<LoadedTost
 /// `whitebox train` of a ToST classifier (fresh, `--init-from` weights, or `--resume`).
 pub fn train(a: TrainArgs) -> Result<()> {
     let device = Default::default();
-    let resumed = resume_run(&a, TostConfig::from_json_file, |c| {
+    // the run lock is held by the caller (`commands::train`)
+    let arch_flag = |_: &TostConfig| -> Result<Vec<(&'static str, Option<String>, String)>> {
+        Ok(vec![("--arch", a.arch.clone(), ARCH_TOST.to_string())])
+    };
+    let resumed = resume_run(&a, TostConfig::from_json_file, arch_flag, |c| {
         c.init::<TrainBackend>(&device)
     })?;
     let (config, state, model, optim) = if let Some(r) = resumed {
@@ -125,9 +129,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
             }
             model = m;
         }
-        let recipe = recipe_from(&a)?;
+        let recipe = recipe_from(&a, config.img_size)?;
         let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
-        (config, fresh_state(recipe, &a.data), model, optim)
+        (config, fresh_state(recipe, &a), model, optim)
     };
     let shape = Classifier {
         input: config.input_shape(),

@@ -59,6 +59,23 @@ impl Default for BertConfig {
 
 impl BertConfig {
     pub fn validate(&self) -> Result<()> {
+        use super::{MAX_COUNT, MAX_DEPTH, MAX_WIDTH};
+        super::check_sizes(&[
+            ("vocab_size", self.vocab_size, MAX_COUNT),
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_DEPTH),
+            ("num_attention_heads", self.num_attention_heads, MAX_DEPTH),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 20,
+            ),
+            ("type_vocab_size", self.type_vocab_size, MAX_COUNT),
+        ])?;
+        let (v, d, l) = (self.vocab_size, self.hidden_size, self.num_hidden_layers);
+        let positions = self.max_position_embeddings + self.type_vocab_size;
+        // embeddings + per layer (attention + ISTA dictionary + norms) + LM head, an upper bound
+        super::check_param_count(v * d + positions * d + l * (6 * d * d + 8 * d) + d * d + v)?;
         ensure!(
             self.hidden_size > 0
                 && self.num_attention_heads > 0

@@ -290,8 +290,14 @@ impl CrateBackend for burn::backend::Flex {
                     gemm::matmul_onto(x, y, c, true)
                 };
                 if ep.relu {
-                    c.par_chunks_mut(1 << 14)
-                        .for_each(|ch| ch.iter_mut().for_each(|v| *v = v.max(0.0)));
+                    // `if v < 0` rather than `v.max(0)`: NaN stays NaN, as in torch's relu
+                    c.par_chunks_mut(1 << 14).for_each(|ch| {
+                        ch.iter_mut().for_each(|v| {
+                            if *v < 0.0 {
+                                *v = 0.0
+                            }
+                        })
+                    });
                 }
                 return flex_f32(c, [x.rows, n]);
             }

@@ -144,15 +144,14 @@ impl LmConfig {
             self.arch,
             ARCHS.join(", ")
         );
-        for (name, v) in [
-            ("vocab_size", self.vocab_size),
-            ("block_size", self.block_size),
-            ("n_layer", self.n_layer),
-            ("n_head", self.n_head),
-            ("n_embd", self.n_embd),
-        ] {
-            ensure!(v > 0, "{name} must be positive");
-        }
+        use super::{MAX_COUNT, MAX_DEPTH, MAX_WIDTH};
+        super::check_sizes(&[
+            ("vocab_size", self.vocab_size, MAX_COUNT),
+            ("block_size", self.block_size, 1 << 20),
+            ("n_layer", self.n_layer, MAX_DEPTH),
+            ("n_head", self.n_head, MAX_DEPTH),
+            ("n_embd", self.n_embd, MAX_WIDTH),
+        ])?;
         ensure!(
             self.n_embd.is_multiple_of(self.n_head),
             "n_embd {} is not divisible by n_head {}",
@@ -169,7 +168,7 @@ impl LmConfig {
             "{} with bias=false is not supported",
             self.arch
         );
-        Ok(())
+        super::check_param_count(self.param_count())
     }
 
     pub fn overcomplete(&self) -> bool {
@@ -573,6 +572,10 @@ impl<B: CrateBackend> CausalLm<B> {
     /// Logits at every position, `[b, n, vocab]`, recording the official activations into `acts`.
     pub fn forward_with(&self, idx: Tensor<B, 2, Int>, acts: &mut Activations<B>) -> Tensor<B, 3> {
         let [b, n] = idx.dims();
+        if b * n == 0 {
+            // an empty batch has empty logits (flex's matmul faults on zero rows)
+            return Tensor::zeros([b, n, self.wte.weight.dims()[0]], &idx.device());
+        }
         let logits = self.head(self.hidden(idx, acts));
         let v = logits.dims()[1];
         logits.reshape([b, n, v])
@@ -651,6 +654,16 @@ pub struct Sampling {
 }
 
 impl Sampling {
+    /// A temperature that is finite and ≥ 0 (0 = greedy); NaN or a negative value would sample
+    /// garbage without a word.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.temperature.is_finite() && self.temperature >= 0.0,
+            "--temperature must be a finite number ≥ 0 (0 = greedy), got {}",
+            self.temperature
+        );
+        Ok(())
+    }
     /// Draw a token from last-position logits (`torch.multinomial` of the softmax after top-k).
     pub fn sample(&self, logits: &[f32], rng: &mut impl rand::Rng) -> usize {
         let argmax = || {

@@ -34,7 +34,8 @@ pub use optim::{OptimSettings, OptimizerKind, TrainOptimizer};
 /// Set by the Ctrl-C handler; the loop saves a checkpoint at the next batch and stops.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// Make Ctrl-C set [`INTERRUPTED`]: the training loops save a checkpoint at the next batch and stop.
+/// Make Ctrl-C, SIGTERM and SIGHUP set [`INTERRUPTED`]: the training loops save a checkpoint at
+/// the next batch and stop (`kill PID` behaves like Ctrl-C; only `kill -9` loses the current epoch).
 pub fn save_on_interrupt() {
     ctrlc::set_handler(|| INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst)).ok();
 }
@@ -54,6 +55,28 @@ pub struct Recipe {
 }
 
 impl Recipe {
+    /// Values training can run with, for images of `image_size` pixels; each error names the flag.
+    pub fn validate(&self, image_size: usize) -> Result<()> {
+        ensure!(self.epochs > 0, "--epochs must be at least 1");
+        ensure!(self.batch_size > 0, "--batch-size must be at least 1");
+        optim::check_lr(self.lr, self.min_lr)?;
+        ensure!(
+            self.warmup_epochs.is_finite() && self.warmup_epochs >= 0.0,
+            "--warmup-epochs must be a finite number ≥ 0, got {}",
+            self.warmup_epochs
+        );
+        ensure!(
+            (0.0..1.0).contains(&self.label_smoothing),
+            "--label-smoothing must be in [0, 1), got {}",
+            self.label_smoothing
+        );
+        ensure!(
+            self.augment.crop_padding < image_size,
+            "--crop-padding {} must be smaller than the image size {image_size}",
+            self.augment.crop_padding
+        );
+        self.optim.validate()
+    }
     pub fn steps_per_epoch(&self, n: usize) -> usize {
         n.div_ceil(self.batch_size)
     }
@@ -272,6 +295,28 @@ pub struct TrainRun<'a> {
     pub measure_images: usize,
 }
 
+/// No metrics line with this checkpoint (an interrupt).
+pub(crate) const NO_METRICS: Option<&()> = None;
+
+/// The error of a run that diverged at `at`: the value, and the checkpoint it can go back to.
+pub(crate) fn diverged(run_dir: &Path, at: &str, what: &str, value: f64) -> anyhow::Error {
+    let back = match Checkpoint::find(run_dir) {
+        Some(dir) => match checkpoint::read_state::<serde_json::Value>(&dir, "state") {
+            Ok(s) => format!(
+                "the last checkpoint, {} (step {}), is intact",
+                dir.display(),
+                s.get("step").and_then(|v| v.as_u64()).unwrap_or(0)
+            ),
+            Err(_) => format!("the last checkpoint is {}", dir.display()),
+        },
+        None => "no checkpoint was saved yet".to_string(),
+    };
+    anyhow::anyhow!(
+        "training diverged: {what} became {value} at {at}; nothing was saved after it and {back}. \
+         --resume would repeat the same steps: start a new run with a lower --lr"
+    )
+}
+
 pub(crate) fn append_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -300,7 +345,6 @@ pub fn fit<B: CrateAutodiff, T: Task<B>>(
         norm: state.normalization.clone(),
         augment: recipe.augment,
     };
-    let metrics_path = run.run_dir.join("metrics.jsonl");
     let mut last = None;
     let stop_at = run
         .stop_after
@@ -311,12 +355,15 @@ pub fn fit<B: CrateAutodiff, T: Task<B>>(
         let bar = progress_bar(run.show_progress, spe as u64, epoch, recipe.epochs);
         bar.set_position(state.batch as u64);
         let t0 = Instant::now();
-        let (mut loss_sum, mut seen) = (0.0f64, 0usize);
+        // an epoch resumed after an interrupt carries the loss of its first batches
+        let (mut loss_sum, mut seen) = (state.epoch_loss_sum, state.epoch_seen);
+        let seen_before = seen;
         let mut lr = 0.0;
         while state.batch < spe {
             if INTERRUPTED.load(Ordering::SeqCst) {
                 bar.abandon_with_message("interrupted: checkpoint saved");
-                Checkpoint::save(&run.run_dir, config, &model, &optim, &state)?;
+                (state.epoch_loss_sum, state.epoch_seen) = (loss_sum, seen);
+                Checkpoint::save(&run.run_dir, config, &model, &optim, &state, NO_METRICS)?;
                 anyhow::bail!(
                     "interrupted at epoch {} batch {}; resume with --resume",
                     epoch + 1,
@@ -329,11 +376,20 @@ pub fn fit<B: CrateAutodiff, T: Task<B>>(
             let (x, y) = batcher.batch::<B>(run.train, idx, &mut rng, device);
             let loss = task.loss(&model, x, y, &mut rng);
             let loss_val: f64 = loss.clone().into_scalar().elem();
-            ensure!(
-                loss_val.is_finite(),
-                "loss became {loss_val} at step {}; lower --lr",
-                state.step
-            );
+            if !loss_val.is_finite() {
+                bar.abandon();
+                return Err(diverged(
+                    &run.run_dir,
+                    &format!(
+                        "step {} (epoch {}, batch {})",
+                        state.step,
+                        epoch + 1,
+                        state.batch
+                    ),
+                    "loss",
+                    loss_val,
+                ));
+            }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             lr = schedule::warmup_cosine(state.step, warmup, total, recipe.lr, recipe.min_lr);
             model = optim.step(lr, model, grads);
@@ -346,7 +402,7 @@ pub fn fit<B: CrateAutodiff, T: Task<B>>(
                 "loss {:.4}  lr {:.2e}  {:.0} img/s",
                 loss_sum / seen as f64,
                 lr,
-                seen as f64 / secs
+                (seen - seen_before) as f64 / secs
             ));
             bar.inc(1);
         }
@@ -354,7 +410,16 @@ pub fn fit<B: CrateAutodiff, T: Task<B>>(
         bar.finish_and_clear();
         state.epoch += 1;
         state.batch = 0;
+        (state.epoch_loss_sum, state.epoch_seen) = (0.0, 0);
         let eval = task.evaluate(&model.valid(), run.test, &state.normalization, device)?;
+        if !eval.loss.is_finite() {
+            return Err(diverged(
+                &run.run_dir,
+                &format!("the end of epoch {} (step {})", state.epoch, state.step),
+                "test loss",
+                eval.loss,
+            ));
+        }
         let measures = if run.measure_every > 0 && state.epoch.is_multiple_of(run.measure_every) {
             task.measure(
                 &model.valid(),
@@ -379,7 +444,7 @@ pub fn fit<B: CrateAutodiff, T: Task<B>>(
             test_loss: eval.loss,
             test_acc: eval.top1,
             test_top5: eval.top5,
-            train_img_s: seen as f64 / train_secs,
+            train_img_s: (seen - seen_before) as f64 / train_secs,
             seconds: state.seconds,
             measures,
         };
@@ -399,8 +464,7 @@ pub fn fit<B: CrateAutodiff, T: Task<B>>(
                 c.sparsity_mean
             );
         }
-        append_jsonl(&metrics_path, &m)?;
-        Checkpoint::save(&run.run_dir, config, &model, &optim, &state)?;
+        Checkpoint::save(&run.run_dir, config, &model, &optim, &state, Some(&m))?;
         last = Some(m);
     }
     Ok(last)

@@ -33,6 +33,49 @@ pub struct OptimSettings {
     pub clip_grad_norm: Option<f64>,
 }
 
+impl OptimSettings {
+    /// Values the optimizers can run with; each error names the flag.
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(
+            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
+            "--weight-decay must be a finite number ≥ 0, got {}",
+            self.weight_decay
+        );
+        for (flag, b) in [("--beta1", self.beta1), ("--beta2", self.beta2)] {
+            anyhow::ensure!((0.0..1.0).contains(&b), "{flag} must be in [0, 1), got {b}");
+        }
+        if let Some(c) = self.clip_grad_norm {
+            anyhow::ensure!(
+                c.is_finite() && c > 0.0,
+                "--clip-grad-norm must be a finite number > 0 (0 = off), got {c}"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `--clip-grad-norm` as a setting: 0 = off; negative or NaN is an error.
+pub fn clip_setting(v: f64) -> Result<Option<f64>> {
+    anyhow::ensure!(
+        v.is_finite() && v >= 0.0,
+        "--clip-grad-norm must be a finite number ≥ 0 (0 = off), got {v}"
+    );
+    Ok((v > 0.0).then_some(v))
+}
+
+/// A peak learning rate and its final value: finite, peak > 0, 0 ≤ final ≤ peak.
+pub fn check_lr(lr: f64, min_lr: f64) -> Result<()> {
+    anyhow::ensure!(
+        lr.is_finite() && lr > 0.0,
+        "--lr must be a finite number > 0, got {lr}"
+    );
+    anyhow::ensure!(
+        min_lr.is_finite() && (0.0..=lr).contains(&min_lr),
+        "--min-lr must lie in [0, --lr = {lr}], got {min_lr}"
+    );
+    Ok(())
+}
+
 enum Inner<M: AutodiffModule<B>, B: AutodiffBackend> {
     AdamW(OptimizerAdaptor<AdamW, M, B>),
     Lion(OptimizerAdaptor<Lion, M, B>),
