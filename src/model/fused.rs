@@ -17,6 +17,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 
 use super::gemm::{self, MatRef};
+use super::profile::{self, Class};
 
 fn wrap<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
@@ -32,14 +33,66 @@ fn normalize<B: Backend>(x: Tensor<B, 2>, eps: f64) -> (Tensor<B, 2>, Tensor<B, 
     ((x - mean) * rstd.clone(), rstd)
 }
 
-/// Attention weights `softmax(s·w wᵀ)` of every head, for `w` `[b, h, n, dh]`.
-pub fn attention_weights<B: Backend>(w: Tensor<B, 4>, scale: f64) -> Tensor<B, 4> {
-    softmax(w.clone().matmul(w.swap_dims(2, 3)).mul_scalar(scale), 3)
+/// Score of a padding key, added to `s·w_i·w_j` (the additive mask of the CRATE-BERT port).
+pub const PAD_SCORE: f32 = -1e9;
+
+/// Which keys each query of an attention sees.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttnMask {
+    /// Every key (bidirectional).
+    None,
+    /// Keys at or before the query's position (causal language models).
+    Causal,
+    /// Every key, padding keys with score [`PAD_SCORE`]: `pad[i·n + j]` marks key `j` of
+    /// sequence `i` of `b` sequences of `n` tokens.
+    Padding(std::sync::Arc<[bool]>),
 }
 
-/// `softmax(s·w wᵀ)` and `softmax(s·w wᵀ) w` for `w` `[b, h, n, dh]`.
-fn ssa_forward<B: Backend>(w: Tensor<B, 4>, scale: f64) -> (Tensor<B, 4>, Tensor<B, 4>) {
-    let attn = attention_weights(w.clone(), scale);
+impl AttnMask {
+    /// The padding mask of `pad` (`[b·n]`, true = padding); [`AttnMask::None`] when nothing is padding.
+    pub fn padding(pad: Vec<bool>) -> Self {
+        if pad.iter().any(|&p| p) {
+            AttnMask::Padding(pad.into())
+        } else {
+            AttnMask::None
+        }
+    }
+}
+
+/// Attention weights `softmax(s·w wᵀ + mask)` of every head, for `w` `[b, h, n, dh]`.
+pub fn attention_weights<B: Backend>(w: Tensor<B, 4>, scale: f64, mask: &AttnMask) -> Tensor<B, 4> {
+    let [b, h, n, _] = w.dims();
+    let scores = w.clone().matmul(w.swap_dims(2, 3)).mul_scalar(scale);
+    let scores = match mask {
+        AttnMask::None => scores,
+        AttnMask::Causal => {
+            let future = Tensor::<B, 2, burn::tensor::Bool>::tril_mask([n, n], 0, &scores.device())
+                .reshape([1, 1, n, n])
+                .expand([b, h, n, n]);
+            scores.mask_fill(future, f32::NEG_INFINITY)
+        }
+        AttnMask::Padding(pad) => {
+            let add: Vec<f32> = pad
+                .iter()
+                .map(|&p| if p { PAD_SCORE } else { 0.0 })
+                .collect();
+            let add = Tensor::<B, 4>::from_data(
+                burn::tensor::TensorData::new(add, [b, 1, 1, n]),
+                &scores.device(),
+            );
+            scores + add
+        }
+    };
+    softmax(scores, 3)
+}
+
+/// `softmax(s·w wᵀ + mask)` and `softmax(s·w wᵀ + mask) w` for `w` `[b, h, n, dh]`.
+fn ssa_forward<B: Backend>(
+    w: Tensor<B, 4>,
+    scale: f64,
+    mask: &AttnMask,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let attn = attention_weights(w.clone(), scale, mask);
     (attn.clone(), attn.matmul(w))
 }
 
@@ -121,19 +174,24 @@ pub trait CrateBackend: Backend {
         Self::layer_norm(x, gamma, Some(beta), eps)
     }
 
-    /// Self-attention with q = k = v = `w` `[b, h, n, dh]`: `softmax(s·w wᵀ) w`.
-    fn crate_ssa(w: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
-        Self::crate_ssa_parts(w, scale).1
+    /// Self-attention with q = k = v = `w` `[b, h, n, dh]`: `softmax(s·w wᵀ + mask) w`.
+    fn crate_ssa(w: FloatTensor<Self>, scale: f64, mask: &AttnMask) -> FloatTensor<Self> {
+        Self::crate_ssa_parts(w, scale, mask).1
     }
 
-    /// `(softmax(s·w wᵀ), softmax(s·w wᵀ) w)`: the weights are what the backward needs.
-    fn crate_ssa_parts(w: FloatTensor<Self>, scale: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (a, o) = ssa_forward::<Self>(wrap(w), scale);
+    /// `(softmax(s·w wᵀ + mask), softmax(s·w wᵀ + mask) w)`: the weights are what the backward needs.
+    fn crate_ssa_parts(
+        w: FloatTensor<Self>,
+        scale: f64,
+        mask: &AttnMask,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (a, o) = ssa_forward::<Self>(wrap(w), scale, mask);
         (unwrap(a), unwrap(o))
     }
 
-    /// `dw` of `O = softmax(s·w wᵀ) w`, from `w`, the weights `A` and `dO`:
-    /// `dA = dO wᵀ`, `dS = s·A ⊙ (dA − rowsum(dA ⊙ A))`, `dw = Aᵀ dO + (dS + dSᵀ) w`.
+    /// `dw` of `O = softmax(s·w wᵀ + mask) w`, from `w`, the weights `A` and `dO`:
+    /// `dA = dO wᵀ`, `dS = s·A ⊙ (dA − rowsum(dA ⊙ A))`, `dw = Aᵀ dO + (dS + dSᵀ) w`
+    /// (a masked key has `A = 0`, hence `dS = 0`: the mask needs no term of its own).
     fn crate_ssa_backward(
         w: FloatTensor<Self>,
         attn: FloatTensor<Self>,
@@ -178,13 +236,40 @@ fn swap_heads_f32(src: &[f32], b: usize, outer: usize, inner: usize, dh: usize) 
     dst
 }
 
-/// `A ← softmax(s·A)` row by row, in place, for `A` `[n, n]`.
-fn softmax_rows(a: &mut [f32], n: usize, scale: f32) {
-    for row in a.chunks_exact_mut(n) {
+/// The mask of one head: what [`softmax_rows`] applies.
+#[derive(Clone, Copy)]
+enum HeadMask<'a> {
+    None,
+    Causal,
+    /// `true` = padding key of this sequence.
+    Padding(&'a [bool]),
+}
+
+/// `A ← softmax(s·A + mask)` row by row, in place, for `A` `[n, n]`.
+fn softmax_rows(a: &mut [f32], n: usize, scale: f32, mask: HeadMask) {
+    for (i, row) in a.chunks_exact_mut(n).enumerate() {
+        let seen = match mask {
+            HeadMask::None => n,
+            HeadMask::Causal => i + 1, // keys after the query get weight 0
+            HeadMask::Padding(pad) => {
+                for (v, &p) in row.iter_mut().zip(pad) {
+                    *v = *v * scale + if p { PAD_SCORE } else { 0.0 };
+                }
+                n
+            }
+        };
+        // scores still to be multiplied by `s` (s > 0, so the max is the same entry)
+        let s = if matches!(mask, HeadMask::Padding(_)) {
+            1.0
+        } else {
+            scale
+        };
+        let (row, future) = row.split_at_mut(seen);
+        future.fill(0.0);
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0;
         for v in row.iter_mut() {
-            *v = ((*v - max) * scale).exp();
+            *v = ((*v - max) * s).exp();
             sum += *v;
         }
         let inv = 1.0 / sum;
@@ -192,11 +277,18 @@ fn softmax_rows(a: &mut [f32], n: usize, scale: f32) {
     }
 }
 
-/// One head `w` `[n, dh]`: `A = softmax(s·w wᵀ)` into `a`, `O = A w` into `o`.
-fn ssa_head(w: &[f32], n: usize, dh: usize, scale: f32, a: &mut [f32], o: &mut [f32]) {
+/// One head `w` `[n, dh]`: `A = softmax(s·w wᵀ + mask)` into `a`, `O = A w` into `o`.
+fn ssa_head(
+    w: &[f32],
+    (n, dh): (usize, usize),
+    scale: f32,
+    mask: HeadMask,
+    a: &mut [f32],
+    o: &mut [f32],
+) {
     let w = MatRef::rows(w, n, dh);
     gemm::matmul_into(w, w.t(), a, false); // S = w wᵀ
-    softmax_rows(a, n, scale);
+    softmax_rows(a, n, scale, mask);
     gemm::matmul_into(MatRef::rows(a, n, n), w, o, false); // O = A w
 }
 
@@ -268,6 +360,7 @@ impl CrateBackend for burn::backend::Flex {
         bias: Option<FloatTensor<Self>>,
         ep: Epilogue,
     ) -> FloatTensor<Self> {
+        let _span = profile::span(Class::Gemm);
         use rayon::prelude::*;
         let bias_c = bias.as_ref().map(|t| t.to_contiguous());
         let bias_v = match &bias_c {
@@ -299,19 +392,43 @@ impl CrateBackend for burn::backend::Flex {
         gemm_ops::<Self>(a, b, bias, ep)
     }
 
-    fn crate_ssa_parts(w: FloatTensor<Self>, scale: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
+    fn crate_ssa_parts(
+        w: FloatTensor<Self>,
+        scale: f64,
+        mask: &AttnMask,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let _span = profile::span(Class::Attention);
         use rayon::prelude::*;
         let w = w.to_contiguous();
         let Some((src, [b, h, n, dh])) = heads_f32(&w) else {
-            let (a, o) = ssa_forward::<Self>(wrap(w), scale);
+            let (a, o) = ssa_forward::<Self>(wrap(w), scale, mask);
             return (unwrap(a), unwrap(o));
         };
+        if let AttnMask::Padding(pad) = mask {
+            assert_eq!(
+                pad.len(),
+                b * n,
+                "padding mask of {} keys for {b}×{n}",
+                pad.len()
+            );
+        }
         let mut a = vec![0f32; b * h * n * n];
         let mut o = vec![0f32; b * h * n * dh];
         a.par_chunks_mut(n * n)
             .zip(o.par_chunks_mut(n * dh))
             .zip(src.par_chunks(n * dh))
-            .for_each(|((a, o), w)| ssa_head(w, n, dh, scale as f32, a, o));
+            .enumerate()
+            .for_each(|(head, ((a, o), w))| {
+                let m = match mask {
+                    AttnMask::None => HeadMask::None,
+                    AttnMask::Causal => HeadMask::Causal,
+                    AttnMask::Padding(pad) => {
+                        let i = head / h; // the sequence of this head
+                        HeadMask::Padding(&pad[i * n..(i + 1) * n])
+                    }
+                };
+                ssa_head(w, (n, dh), scale as f32, m, a, o)
+            });
         (flex_f32(a, [b, h, n, n]), flex_f32(o, [b, h, n, dh]))
     }
 
@@ -321,6 +438,7 @@ impl CrateBackend for burn::backend::Flex {
         d_out: FloatTensor<Self>,
         scale: f64,
     ) -> FloatTensor<Self> {
+        let _span = profile::span(Class::Attention);
         use rayon::prelude::*;
         let (w, attn, d_out) = (
             w.to_contiguous(),
@@ -344,6 +462,7 @@ impl CrateBackend for burn::backend::Flex {
     }
 
     fn crate_split_heads(x: FloatTensor<Self>, b: usize, n: usize, h: usize) -> FloatTensor<Self> {
+        let _span = profile::span(Class::Copies);
         let x = x.to_contiguous();
         let dh = x.layout().shape()[1] / h;
         match x.as_slice::<f32>() {
@@ -356,6 +475,7 @@ impl CrateBackend for burn::backend::Flex {
     }
 
     fn crate_merge_heads(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let _span = profile::span(Class::Copies);
         let x = x.to_contiguous();
         let s = x.layout().shape();
         let (b, h, n, dh) = (s[0], s[1], s[2], s[3]);
@@ -389,6 +509,7 @@ impl<B: Backend> Backward<B, 3> for LayerNormBackward {
     type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let _span = profile::span(Class::LayerNorm);
         let [node_x, node_gamma, node_beta] = ops.parents;
         let g: Tensor<B, 2> = wrap(grads.consume::<B>(&ops.node));
         let (xhat, rstd, gamma) = ops.state;
@@ -422,6 +543,7 @@ impl<B: CrateBackend> Backward<B, 1> for SsaBackward {
     type State = (FloatTensor<B>, FloatTensor<B>, f64);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let _span = profile::span(Class::Attention);
         let [node_w] = ops.parents;
         let d_out = grads.consume::<B>(&ops.node);
         let Some(node) = node_w else { return };
@@ -462,6 +584,7 @@ impl<B: CrateBackend> Backward<B, 2> for GemmBackward {
     type State = GemmState<B>;
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let _span = profile::span(Class::Gemm);
         let [node_a, node_b] = ops.parents;
         let g = grads.consume::<B>(&ops.node);
         let need = [node_a.is_some(), node_b.is_some(), false];
@@ -481,6 +604,7 @@ impl<B: CrateBackend> Backward<B, 3> for GemmBiasBackward {
     type State = GemmState<B>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let _span = profile::span(Class::Gemm);
         let [node_a, node_b, node_bias] = ops.parents;
         let g = grads.consume::<B>(&ops.node);
         let need = [node_a.is_some(), node_b.is_some(), node_bias.is_some()];
@@ -499,6 +623,7 @@ struct SplitHeadsBackward;
 impl<B: CrateBackend> Backward<B, 1> for SplitHeadsBackward {
     type State = ();
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let _span = profile::span(Class::Copies);
         let g = grads.consume::<B>(&ops.node);
         if let [Some(node)] = ops.parents {
             grads.register::<B>(node.id, B::crate_merge_heads(g));
@@ -513,6 +638,7 @@ impl<B: CrateBackend> Backward<B, 1> for MergeHeadsBackward {
     /// (b, n, h)
     type State = (usize, usize, usize);
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let _span = profile::span(Class::Copies);
         let g = grads.consume::<B>(&ops.node);
         let (b, n, h) = ops.state;
         if let [Some(node)] = ops.parents {
@@ -528,6 +654,7 @@ impl<B: CrateBackend, C: CheckpointStrategy> CrateBackend for Autodiff<B, C> {
         bias: Option<FloatTensor<Self>>,
         ep: Epilogue,
     ) -> FloatTensor<Self> {
+        let _span = profile::span(Class::Gemm);
         let run = |bias: Option<FloatTensor<B>>| {
             B::crate_gemm(a.primitive.clone(), b.primitive.clone(), bias, ep)
         };
@@ -562,6 +689,7 @@ impl<B: CrateBackend, C: CheckpointStrategy> CrateBackend for Autodiff<B, C> {
     }
 
     fn crate_split_heads(x: FloatTensor<Self>, b: usize, n: usize, h: usize) -> FloatTensor<Self> {
+        let _span = profile::span(Class::Copies);
         match SplitHeadsBackward
             .prepare::<C>([x.node.clone()])
             .compute_bound()
@@ -573,6 +701,7 @@ impl<B: CrateBackend, C: CheckpointStrategy> CrateBackend for Autodiff<B, C> {
     }
 
     fn crate_merge_heads(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let _span = profile::span(Class::Copies);
         let s = wrap::<B, 4>(x.primitive.clone()).dims();
         match MergeHeadsBackward
             .prepare::<C>([x.node.clone()])
@@ -592,6 +721,7 @@ impl<B: CrateBackend, C: CheckpointStrategy> CrateBackend for Autodiff<B, C> {
         beta: FloatTensor<Self>,
         eps: f64,
     ) -> FloatTensor<Self> {
+        let _span = profile::span(Class::LayerNorm);
         match LayerNormBackward
             .prepare::<C>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
             .compute_bound()
@@ -613,17 +743,18 @@ impl<B: CrateBackend, C: CheckpointStrategy> CrateBackend for Autodiff<B, C> {
         }
     }
 
-    fn crate_ssa(w: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+    fn crate_ssa(w: FloatTensor<Self>, scale: f64, mask: &AttnMask) -> FloatTensor<Self> {
+        let _span = profile::span(Class::Attention);
         match SsaBackward
             .prepare::<C>([w.node.clone()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (attn, out) = B::crate_ssa_parts(w.primitive.clone(), scale);
+                let (attn, out) = B::crate_ssa_parts(w.primitive.clone(), scale, mask);
                 prep.finish((w.primitive, attn, scale), out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::crate_ssa(w.primitive, scale)),
+            OpsKind::UnTracked(prep) => prep.finish(B::crate_ssa(w.primitive, scale, mask)),
         }
     }
 }
@@ -668,9 +799,9 @@ pub fn layer_norm<B: CrateBackend>(
     ))
 }
 
-/// `softmax(s·w wᵀ) w` through the fused op.
-pub fn ssa<B: CrateBackend>(w: Tensor<B, 4>, scale: f64) -> Tensor<B, 4> {
-    wrap(B::crate_ssa(unwrap(w), scale))
+/// `softmax(s·w wᵀ + mask) w` through the fused op.
+pub fn ssa<B: CrateBackend>(w: Tensor<B, 4>, scale: f64, mask: &AttnMask) -> Tensor<B, 4> {
+    wrap(B::crate_ssa(unwrap(w), scale, mask))
 }
 
 /// Token rows `[b·n, h·dh]` → contiguous heads `[b, h, n, dh]`.
