@@ -17,6 +17,8 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 
 use super::gemm::{self, MatRef};
+pub use super::kernels::PAD_SCORE;
+use super::kernels::{self, softmax_rows, HeadMask};
 use super::profile::{self, Class};
 
 fn wrap<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
@@ -32,9 +34,6 @@ fn normalize<B: Backend>(x: Tensor<B, 2>, eps: f64) -> (Tensor<B, 2>, Tensor<B, 
     let rstd = var.add_scalar(eps).sqrt().recip();
     ((x - mean) * rstd.clone(), rstd)
 }
-
-/// Score of a padding key, added to `s·w_i·w_j` (the additive mask of the CRATE-BERT port).
-pub const PAD_SCORE: f32 = -1e9;
 
 /// Which keys each query of an attention sees.
 #[derive(Clone, Debug, PartialEq)]
@@ -115,6 +114,25 @@ fn ssa_backward_ops<B: Backend>(
     unwrap(dw)
 }
 
+/// [`CrateBackend::crate_layer_norm_backward`] op by op (any backend).
+fn layer_norm_backward_ops<B: Backend>(
+    g: FloatTensor<B>,
+    xhat: FloatTensor<B>,
+    rstd: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+) -> [FloatTensor<B>; 3] {
+    let g: Tensor<B, 2> = wrap(g);
+    let (xhat, rstd): (Tensor<B, 2>, Tensor<B, 2>) = (wrap(xhat), wrap(rstd));
+    let d = xhat.dims()[1];
+    let dbeta = g.clone().sum_dim(0).reshape([d]);
+    let dgamma = (g.clone() * xhat.clone()).sum_dim(0).reshape([d]);
+    let gh = g * wrap::<B, 1>(gamma).reshape([1, d]);
+    let mean_g = gh.clone().mean_dim(1);
+    let mean_gx = (gh.clone() * xhat.clone()).mean_dim(1);
+    let dx = (gh - mean_g - xhat * mean_gx) * rstd;
+    [unwrap(dx), unwrap(dgamma), unwrap(dbeta)]
+}
+
 /// [`CrateBackend::crate_gemm`] op by op (any backend).
 fn gemm_ops<B: Backend>(
     a: FloatTensor<B>,
@@ -172,6 +190,31 @@ pub trait CrateBackend: Backend {
         eps: f64,
     ) -> FloatTensor<Self> {
         Self::layer_norm(x, gamma, Some(beta), eps)
+    }
+
+    /// `(out, x̂, 1/σ)` of LayerNorm of rows `x` `[r, d]` (`1/σ` as `[r, 1]`): what the backward needs.
+    fn crate_layer_norm_parts(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> [FloatTensor<Self>; 3] {
+        let (xhat, rstd) = normalize::<Self>(wrap(x), eps);
+        let d = xhat.dims()[1];
+        let out = xhat.clone() * wrap::<Self, 1>(gamma).reshape([1, d])
+            + wrap::<Self, 1>(beta).reshape([1, d]);
+        [unwrap(out), unwrap(xhat), unwrap(rstd)]
+    }
+
+    /// `(dx, dγ, dβ)` of LayerNorm from the output gradient `g` `[r, d]`, `x̂`, `1/σ` `[r, 1]` and `γ`:
+    /// `dx = (1/σ)(ĝ − mean(ĝ) − x̂·mean(ĝ x̂))` with `ĝ = g γ`, `dγ = Σ g x̂`, `dβ = Σ g`.
+    fn crate_layer_norm_backward(
+        g: FloatTensor<Self>,
+        xhat: FloatTensor<Self>,
+        rstd: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 3] {
+        layer_norm_backward_ops::<Self>(g, xhat, rstd, gamma)
     }
 
     /// Self-attention with q = k = v = `w` `[b, h, n, dh]`: `softmax(s·w wᵀ + mask) w`.
@@ -234,47 +277,6 @@ fn swap_heads_f32(src: &[f32], b: usize, outer: usize, inner: usize, dh: usize) 
     });
     debug_assert_eq!(dst.len(), b * per);
     dst
-}
-
-/// The mask of one head: what [`softmax_rows`] applies.
-#[derive(Clone, Copy)]
-enum HeadMask<'a> {
-    None,
-    Causal,
-    /// `true` = padding key of this sequence.
-    Padding(&'a [bool]),
-}
-
-/// `A ← softmax(s·A + mask)` row by row, in place, for `A` `[n, n]`.
-fn softmax_rows(a: &mut [f32], n: usize, scale: f32, mask: HeadMask) {
-    for (i, row) in a.chunks_exact_mut(n).enumerate() {
-        let seen = match mask {
-            HeadMask::None => n,
-            HeadMask::Causal => i + 1, // keys after the query get weight 0
-            HeadMask::Padding(pad) => {
-                for (v, &p) in row.iter_mut().zip(pad) {
-                    *v = *v * scale + if p { PAD_SCORE } else { 0.0 };
-                }
-                n
-            }
-        };
-        // scores still to be multiplied by `s` (s > 0, so the max is the same entry)
-        let s = if matches!(mask, HeadMask::Padding(_)) {
-            1.0
-        } else {
-            scale
-        };
-        let (row, future) = row.split_at_mut(seen);
-        future.fill(0.0);
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for v in row.iter_mut() {
-            *v = ((*v - max) * s).exp();
-            sum += *v;
-        }
-        let inv = 1.0 / sum;
-        row.iter_mut().for_each(|v| *v *= inv);
-    }
 }
 
 /// One head `w` `[n, dh]`: `A = softmax(s·w wᵀ + mask)` into `a`, `O = A w` into `o`.
@@ -353,7 +355,153 @@ fn heads_f32(t: &burn_flex::FlexTensor) -> Option<(&[f32], [usize; 4])> {
     Some((t.as_slice::<f32>()?, [s[0], s[1], s[2], s[3]]))
 }
 
+/// Rows per rayon task of the row kernels: about 16k floats.
+fn rows_per_task(d: usize) -> usize {
+    (16384 / d.max(1)).max(1)
+}
+
+/// Contiguous f32 data of a flex tensor (None for another dtype).
+fn f32_data(t: &burn_flex::FlexTensor) -> Option<&[f32]> {
+    t.as_slice::<f32>()
+}
+
+type FlexLn = (burn_flex::FlexTensor, Option<[burn_flex::FlexTensor; 2]>);
+
+/// LayerNorm of rows on flex, row blocks in parallel: `out` and, with `keep`, `[x̂, 1/σ]`
+/// (None where the tensors are not f32 matrices).
+fn flex_layer_norm(
+    x: &burn_flex::FlexTensor,
+    gamma: &burn_flex::FlexTensor,
+    beta: &burn_flex::FlexTensor,
+    eps: f64,
+    keep: bool,
+) -> Option<FlexLn> {
+    use rayon::prelude::*;
+    let (xs, gs, bs) = (f32_data(x)?, f32_data(gamma)?, f32_data(beta)?);
+    let d = gs.len();
+    if x.layout().num_dims() != 2 || bs.len() != d || d == 0 || xs.len() % d != 0 {
+        return None;
+    }
+    let r = xs.len() / d;
+    let mut out = vec![0f32; r * d];
+    let (mut xhat, mut rstd) = if keep {
+        (vec![0f32; r * d], vec![0f32; r])
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let k = rows_per_task(d);
+    let (hk, rk) = if keep { (k * d, k) } else { (1, 1) };
+    let mut xhat_chunks: Vec<&mut [f32]> = xhat.chunks_mut(hk).collect();
+    let mut rstd_chunks: Vec<&mut [f32]> = rstd.chunks_mut(rk).collect();
+    xhat_chunks.resize_with(r.div_ceil(k), Default::default);
+    rstd_chunks.resize_with(r.div_ceil(k), Default::default);
+    out.par_chunks_mut(k * d)
+        .zip(xs.par_chunks(k * d))
+        .zip(xhat_chunks.into_par_iter().zip(rstd_chunks))
+        .for_each(|((out, x), (xh, rs))| {
+            kernels::layer_norm_rows(x, gs, bs, eps as f32, out, xh, rs)
+        });
+    let parts = keep.then(|| [flex_f32(xhat, [r, d]), flex_f32(rstd, [r, 1])]);
+    Some((flex_f32(out, [r, d]), parts))
+}
+
 impl CrateBackend for burn::backend::Flex {
+    fn crate_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        let _span = profile::span(Class::LayerNorm);
+        let (x, gamma, beta) = (
+            x.to_contiguous(),
+            gamma.to_contiguous(),
+            beta.to_contiguous(),
+        );
+        match flex_layer_norm(&x, &gamma, &beta, eps, false) {
+            Some((out, _)) => out,
+            None => {
+                <Self as burn::tensor::ops::ModuleOps<Self>>::layer_norm(x, gamma, Some(beta), eps)
+            }
+        }
+    }
+
+    fn crate_layer_norm_parts(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> [FloatTensor<Self>; 3] {
+        let _span = profile::span(Class::LayerNorm);
+        let (x, gamma, beta) = (
+            x.to_contiguous(),
+            gamma.to_contiguous(),
+            beta.to_contiguous(),
+        );
+        if let Some((out, Some([xhat, rstd]))) = flex_layer_norm(&x, &gamma, &beta, eps, true) {
+            return [out, xhat, rstd];
+        }
+        let (xhat, rstd) = normalize::<Self>(wrap(x), eps);
+        let d = xhat.dims()[1];
+        let out = xhat.clone() * wrap::<Self, 1>(gamma).reshape([1, d])
+            + wrap::<Self, 1>(beta).reshape([1, d]);
+        [unwrap(out), unwrap(xhat), unwrap(rstd)]
+    }
+
+    fn crate_layer_norm_backward(
+        g: FloatTensor<Self>,
+        xhat: FloatTensor<Self>,
+        rstd: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 3] {
+        use rayon::prelude::*;
+        let _span = profile::span(Class::LayerNorm);
+        let (g, xhat, rstd, gamma) = (
+            g.to_contiguous(),
+            xhat.to_contiguous(),
+            rstd.to_contiguous(),
+            gamma.to_contiguous(),
+        );
+        let (Some(gs), Some(hs), Some(rs), Some(cs)) = (
+            f32_data(&g),
+            f32_data(&xhat),
+            f32_data(&rstd),
+            f32_data(&gamma),
+        ) else {
+            return layer_norm_backward_ops::<Self>(g, xhat, rstd, gamma);
+        };
+        let d = cs.len();
+        let r = rs.len();
+        if gs.len() != r * d || hs.len() != r * d {
+            return layer_norm_backward_ops::<Self>(g, xhat, rstd, gamma);
+        }
+        let k = rows_per_task(d);
+        let mut dx = vec![0f32; r * d];
+        // each task adds its rows' Σ g x̂, Σ g into its own pair of vectors; then they are summed
+        let (dgamma, dbeta) = dx
+            .par_chunks_mut(k * d)
+            .zip(gs.par_chunks(k * d).zip(hs.par_chunks(k * d)))
+            .zip(rs.par_chunks(k))
+            .map(|((dx, (g, h)), rs)| {
+                let (mut dg, mut db) = (vec![0f32; d], vec![0f32; d]);
+                kernels::layer_norm_backward_rows(g, h, rs, cs, dx, &mut dg, &mut db);
+                (dg, db)
+            })
+            .reduce(
+                || (vec![0f32; d], vec![0f32; d]),
+                |(mut a, mut b), (c, e)| {
+                    a.iter_mut().zip(&c).for_each(|(a, c)| *a += c);
+                    b.iter_mut().zip(&e).for_each(|(b, e)| *b += e);
+                    (a, b)
+                },
+            );
+        [
+            flex_f32(dx, [r, d]),
+            flex_f32(dgamma, [d]),
+            flex_f32(dbeta, [d]),
+        ]
+    }
+
     fn crate_gemm(
         a: FloatTensor<Self>,
         b: FloatTensor<Self>,
@@ -504,33 +652,20 @@ impl CrateBackend for burn::backend::Cuda {}
 #[derive(Debug)]
 struct LayerNormBackward;
 
-impl<B: Backend> Backward<B, 3> for LayerNormBackward {
+impl<B: CrateBackend> Backward<B, 3> for LayerNormBackward {
     /// (x̂, 1/σ, γ)
     type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let _span = profile::span(Class::LayerNorm);
         let [node_x, node_gamma, node_beta] = ops.parents;
-        let g: Tensor<B, 2> = wrap(grads.consume::<B>(&ops.node));
+        let g = grads.consume::<B>(&ops.node);
         let (xhat, rstd, gamma) = ops.state;
-        let (xhat, rstd): (Tensor<B, 2>, Tensor<B, 2>) = (wrap(xhat), wrap(rstd));
-        let d = xhat.dims()[1];
-        if let Some(node) = node_beta {
-            grads.register::<B>(node.id, unwrap(g.clone().sum_dim(0).reshape([d])));
-        }
-        if let Some(node) = node_gamma {
-            grads.register::<B>(
-                node.id,
-                unwrap((g.clone() * xhat.clone()).sum_dim(0).reshape([d])),
-            );
-        }
-        if let Some(node) = node_x {
-            // dx = (1/σ)(ĝ − mean(ĝ) − x̂·mean(ĝ x̂)),  ĝ = g γ
-            let gh = g * wrap::<B, 1>(gamma).reshape([1, d]);
-            let mean_g = gh.clone().mean_dim(1);
-            let mean_gx = (gh.clone() * xhat.clone()).mean_dim(1);
-            let dx = (gh - mean_g - xhat * mean_gx) * rstd;
-            grads.register::<B>(node.id, unwrap(dx));
+        let [dx, dgamma, dbeta] = B::crate_layer_norm_backward(g, xhat, rstd, gamma);
+        for (node, grad) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
         }
     }
 }
@@ -728,11 +863,13 @@ impl<B: CrateBackend, C: CheckpointStrategy> CrateBackend for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (xhat, rstd) = normalize::<B>(wrap(x.primitive), eps);
-                let d = xhat.dims()[1];
-                let out = xhat.clone() * wrap::<B, 1>(gamma.primitive.clone()).reshape([1, d])
-                    + wrap::<B, 1>(beta.primitive).reshape([1, d]);
-                prep.finish((unwrap(xhat), unwrap(rstd), gamma.primitive), unwrap(out))
+                let [out, xhat, rstd] = B::crate_layer_norm_parts(
+                    x.primitive,
+                    gamma.primitive.clone(),
+                    beta.primitive,
+                    eps,
+                );
+                prep.finish((xhat, rstd, gamma.primitive), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::crate_layer_norm(
                 x.primitive,

@@ -6,6 +6,7 @@ pub mod blocks;
 pub mod fused;
 pub mod gemm;
 pub mod inspect;
+pub mod kernels;
 pub mod lm;
 pub mod mae;
 pub mod posembed;
