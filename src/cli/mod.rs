@@ -156,8 +156,20 @@ pub struct MeasureArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    /// What to time: the image classifier (--config), the causal language model (crate-lm
+    /// overcomplete, char vocabulary, 4 layers, 4 heads, d 128) or CRATE-BERT (same size).
+    #[arg(long, value_enum, default_value_t = bench::Task::Image)]
+    pub task: bench::Task,
+    /// Classifier config (preset or JSON) for --task image.
     #[arg(long, default_value = "fmnist")]
     pub config: String,
+    /// Tokens per sequence for --task lm/bert.
+    #[arg(long, default_value_t = 64)]
+    pub context: usize,
+    /// Also print where a training step's time goes: per operation class, forward and
+    /// backward, with the cores each kept busy, and the CPU's model and ISA flags.
+    #[arg(long)]
+    pub profile: bool,
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
     /// Timed iterations (median reported).

@@ -2,7 +2,7 @@
 //! compression term R^c), one ISTA step (a proximal step on the sparse-coding term) and ToST's
 //! TSSA (a step on the variational form of R^c, linear in the number of tokens).
 
-use super::fused::{self, CrateBackend};
+use super::fused::{self, AttnMask, CrateBackend};
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::activation::softmax;
@@ -54,21 +54,42 @@ impl<B: CrateBackend> Mssa<B> {
 
     /// Attention weights `softmax(w wᵀ / √dh)` of every head, `[b, h, n, n]`.
     pub fn attention(&self, w: Tensor<B, 4>) -> Tensor<B, 4> {
-        fused::attention_weights(w, self.scale())
+        fused::attention_weights(w, self.scale(), &AttnMask::None)
     }
 
     /// `MSSA(Z) = W_out [SSA_1(Z); …; SSA_K(Z)] + b`, `SSA_k = U_kᵀZ · softmax((U_kᵀZ)ᵀ(U_kᵀZ)/√dh)`,
-    /// on token rows `x` `[b·n, d]` of `b` sequences of `n` tokens.
+    /// on token rows `x` `[b·n, d]` of `b` sequences of `n` tokens, every token seeing every other.
     pub fn forward(&self, x: Tensor<B, 2>, b: usize, n: usize) -> Tensor<B, 2> {
-        let w = self.project(x, b, n);
+        self.forward_masked(x, b, n, &AttnMask::None)
+    }
+
+    /// [`Mssa::forward`] with `softmax(… + mask)`: causal (language models) or padding keys (BERT).
+    pub fn forward_masked(
+        &self,
+        x: Tensor<B, 2>,
+        b: usize,
+        n: usize,
+        mask: &AttnMask,
+    ) -> Tensor<B, 2> {
+        self.trace(x, b, n, mask).out
+    }
+
+    /// [`Mssa::forward_masked`] with its intermediate rows (what the language models record).
+    pub fn trace(&self, x: Tensor<B, 2>, b: usize, n: usize, mask: &AttnMask) -> MssaTrace<B> {
+        let qkv = fused::linear(&self.qkv, x);
+        let w = fused::split_heads(qkv.clone(), b, n, self.heads);
         let heads_out = if self.dropout.prob > 0.0 {
             // attention dropout needs the weights themselves: the op-by-op path
-            self.dropout.forward(self.attention(w.clone())).matmul(w)
+            let attn = fused::attention_weights(w.clone(), self.scale(), mask);
+            self.dropout.forward(attn).matmul(w)
         } else {
-            fused::ssa(w, self.scale())
+            fused::ssa(w, self.scale(), mask)
         };
-        let out = fused::merge_heads(heads_out);
-        self.dropout.forward(fused::linear(&self.to_out, out))
+        let heads = fused::merge_heads(heads_out);
+        let out = self
+            .dropout
+            .forward(fused::linear(&self.to_out, heads.clone()));
+        MssaTrace { qkv, heads, out }
     }
 
     /// The MSSA output of the first token (cls) of each sequence only, `[b, d]`, from the
@@ -84,6 +105,16 @@ impl<B: CrateBackend> Mssa<B> {
         let out = self.dropout.forward(attn).matmul(w).reshape([b, h * dh]);
         self.dropout.forward(fused::linear(&self.to_out, out))
     }
+}
+
+/// The rows of one MSSA forward, `[b·n, ·]` each.
+pub struct MssaTrace<B: CrateBackend> {
+    /// `U`ᵀz of every head side by side.
+    pub qkv: Tensor<B, 2>,
+    /// `[SSA_1; …; SSA_K]` before the output projection.
+    pub heads: Tensor<B, 2>,
+    /// The MSSA output.
+    pub out: Tensor<B, 2>,
 }
 
 /// One non-negative ISTA step warm-started at the input, with a square dictionary `D` (torch `fn.weight`).

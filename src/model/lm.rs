@@ -14,14 +14,15 @@
 //!
 //! and `logits = X_L wteᵀ` (`lm_head` tied to `wte`).
 
-use super::blocks::Ista;
-use super::fused::{self, layer_norm, matmul, merge_heads, split_heads, CrateBackend};
+use super::blocks::{Ista, Mssa};
+use super::fused::{self, layer_norm, matmul, merge_heads, split_heads, AttnMask, CrateBackend};
 use super::tost_lm::{self, TostLmBlock, ARCH_TOST_LM};
 use super::Activations;
 use anyhow::{bail, ensure, Context, Result};
 use burn::module::{Module, Param};
 use burn::nn::{
-    Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
+    DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear,
+    LinearConfig,
 };
 use burn::tensor::activation::{gelu, log_softmax, relu, softmax};
 use burn::tensor::{Bool, Int, Tensor, TensorData};
@@ -269,8 +270,8 @@ pub(crate) fn linear<B: CrateBackend>(
     l
 }
 
-/// Causal `softmax(q kᵀ·s) v` per head, `[b, h, n, dh]`: key positions after the query are −∞.
-pub fn causal_attention<B: CrateBackend>(
+/// Causal `softmax(q kᵀ·s) v` per head, `[b, h, n, dh]` (separate q, k, v: the GPT baseline).
+fn causal_attention<B: CrateBackend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
@@ -284,31 +285,20 @@ pub fn causal_attention<B: CrateBackend>(
     softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3).matmul(v)
 }
 
-/// Causal MSSA with the shared projection `c_attn` (Q = K = V = `U`ᵀz) and output `c_proj`.
-#[derive(Module, Debug)]
-pub struct CausalMssa<B: CrateBackend> {
-    pub c_attn: Linear<B>,
-    pub c_proj: Linear<B>,
-    pub n_head: usize,
-}
-
-impl<B: CrateBackend> CausalMssa<B> {
-    /// `c_proj([SSA_1; …; SSA_K])` with `SSA_k = causal softmax(w_k w_kᵀ/√dh) w_k`, `w = c_attn(x)`.
-    fn forward(&self, x: Tensor<B, 2>, b: usize, n: usize, rec: &mut Recorder<B>) -> Tensor<B, 2> {
-        let qkv = fused::linear(&self.c_attn, x);
-        rec.push("qkv", &qkv);
-        let dh = qkv.dims()[1] / self.n_head;
-        let w = split_heads(qkv, b, n, self.n_head);
-        let y = merge_heads(causal_attention(
-            w.clone(),
-            w.clone(),
-            w,
-            (dh as f64).powf(-0.5),
-        ));
-        rec.push("attn_y", &y);
-        let out = fused::linear(&self.c_proj, y);
-        rec.push("mssa", &out);
-        out
+/// Causal MSSA of crate-lm (`CausalSelfAttention` of `crate.py`): the shared projection `c_attn`
+/// (Q = K = V = `U`ᵀz, no bias) is [`Mssa::qkv`] and the output `c_proj` is [`Mssa::to_out`].
+fn causal_mssa<B: CrateBackend>(
+    d: usize,
+    n_head: usize,
+    proj_std: f64,
+    dev: &B::Device,
+) -> Mssa<B> {
+    Mssa {
+        qkv: linear(d, d, false, INIT_STD, dev),
+        to_out: linear(d, d, true, proj_std, dev),
+        dropout: DropoutConfig::new(0.0).init(),
+        heads: n_head,
+        dim_head: d / n_head,
     }
 }
 
@@ -376,7 +366,7 @@ impl<B: CrateBackend> IstaStep<B> {
 #[derive(Module, Debug)]
 pub struct CrateLmBlock<B: CrateBackend> {
     pub prenorm_1: LayerNorm<B>,
-    pub attn: CausalMssa<B>,
+    pub attn: Mssa<B>,
     pub prenorm_2: LayerNorm<B>,
     pub ista: IstaStep<B>,
 }
@@ -385,11 +375,7 @@ impl<B: CrateBackend> CrateLmBlock<B> {
     fn new(d: usize, n_head: usize, proj_std: f64, overcomplete: bool, dev: &B::Device) -> Self {
         Self {
             prenorm_1: ln(d, dev),
-            attn: CausalMssa {
-                c_attn: linear(d, d, false, INIT_STD, dev),
-                c_proj: linear(d, d, true, proj_std, dev),
-                n_head,
-            },
+            attn: causal_mssa(d, n_head, proj_std, dev),
             prenorm_2: ln(d, dev),
             ista: if overcomplete {
                 IstaStep::Overcomplete(OvercompleteIsta::new(d, dev))
@@ -402,7 +388,12 @@ impl<B: CrateBackend> CrateLmBlock<B> {
     fn forward(&self, x: Tensor<B, 2>, b: usize, n: usize, rec: &mut Recorder<B>) -> Tensor<B, 2> {
         let a = layer_norm(&self.prenorm_1, x.clone(), LN_EPS);
         rec.push("ln1", &a);
-        let half = x + self.attn.forward(a, b, n, rec);
+        // SSA_k = causal softmax(w_k w_kᵀ/√dh) w_k,  w = c_attn(x)
+        let mssa = self.attn.trace(a, b, n, &AttnMask::Causal);
+        rec.push("qkv", &mssa.qkv);
+        rec.push("attn_y", &mssa.heads);
+        rec.push("mssa", &mssa.out);
+        let half = x + mssa.out;
         rec.push("attn", &half);
         let z = layer_norm(&self.prenorm_2, half, LN_EPS);
         rec.push("ln2", &z);
@@ -716,13 +707,17 @@ pub fn cross_entropy<B: CrateBackend>(
 
 impl<B: CrateBackend> crate::weights::OfficialKeys for CausalLm<B> {
     /// burn path → crate-lm / nanoGPT key (`transformer.` + the same field names; enum variants and
-    /// burn's LayerNorm `gamma`/`beta` names removed).
+    /// burn's LayerNorm `gamma`/`beta` names removed; [`Mssa`]'s `qkv`/`to_out` are `c_attn`/`c_proj`).
     fn official_key(path: &[String]) -> String {
         let parts: Vec<&str> = path
             .iter()
             .map(|s| s.as_str())
             .filter(|s| !matches!(*s, "Crate" | "Gpt" | "Tost" | "Complete" | "Overcomplete"))
-            .map(crate::weights::torch_leaf)
+            .map(|s| match s {
+                "qkv" => "c_attn",
+                "to_out" => "c_proj",
+                s => crate::weights::torch_leaf(s),
+            })
             .collect();
         format!("transformer.{}", parts.join("."))
     }

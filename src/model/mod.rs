@@ -6,11 +6,13 @@ pub mod blocks;
 pub mod fused;
 pub mod gemm;
 pub mod inspect;
+pub mod kernels;
 pub mod lm;
 pub mod mae;
 pub mod posembed;
 pub mod tost;
 pub mod tost_lm;
+pub mod profile;
 pub mod vision;
 
 pub use fused::{CrateAutodiff, CrateBackend};
