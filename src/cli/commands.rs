@@ -31,6 +31,17 @@ pub fn info(a: InfoArgs) -> Result<()> {
         println!("parameters: {}", mae.param_count());
         return Ok(());
     }
+    if let Some(cfg) = super::tost::config_spec(&a.config)? {
+        println!("{}", serde_json::to_string_pretty(&cfg)?);
+        println!(
+            "tokens: {} ({}×{} grid after the conv stem) + cls in the class-attention blocks",
+            cfg.num_patches(),
+            cfg.grid(),
+            cfg.grid()
+        );
+        println!("parameters: {}", cfg.param_count());
+        return Ok(());
+    }
     let cfg = CrateConfig::resolve(&a.config)?;
     println!("{}", serde_json::to_string_pretty(&cfg)?);
     println!(
@@ -153,17 +164,23 @@ pub(super) fn load_split(
     Ok(set)
 }
 
-fn check_shape(cfg: &CrateConfig, set: &data::ImageSet, what: &Path) -> Result<()> {
+/// `[channels, height, width]` of a CRATE classifier's input.
+fn input_shape(cfg: &CrateConfig) -> [usize; 3] {
+    [cfg.channels, cfg.image_size, cfg.image_size]
+}
+
+/// The images of `set` must have the model's input shape `want` `[channels, height, width]`.
+pub(super) fn check_shape(want: [usize; 3], set: &data::ImageSet, what: &Path) -> Result<()> {
     ensure!(
-        set.channels == cfg.channels && set.height == cfg.image_size && set.width == cfg.image_size,
+        [set.channels, set.height, set.width] == want,
         "{}: images are {}×{}×{} but the model expects {}×{}×{} (channels × height × width)",
         what.display(),
         set.channels,
         set.height,
         set.width,
-        cfg.channels,
-        cfg.image_size,
-        cfg.image_size
+        want[0],
+        want[1],
+        want[2]
     );
     Ok(())
 }
@@ -395,9 +412,14 @@ fn config_from_flags(a: &TrainArgs) -> Result<CrateConfig> {
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
+    if super::tost::wants_tost(&a)? {
+        return super::tost::train(a);
+    }
     let device = Default::default();
-    let t_start = Instant::now();
     let _lock = train::checkpoint::RunLock::acquire(&a.run_dir)?;
+    if super::tost::wants_tost(&a)? {
+        return super::tost::train(a);
+    }
     let config_flags = |run: &CrateConfig| -> Result<Vec<(&'static str, Option<String>, String)>> {
         let same = |c: &CrateConfig| serde_json::to_value(c).ok() == serde_json::to_value(run).ok();
         let mut v = vec![("--arch", a.arch.clone(), run.arch.clone())];
@@ -447,21 +469,50 @@ pub fn train(a: TrainArgs) -> Result<()> {
         let state = fresh_state(recipe, &a);
         (config, state, model, optim)
     };
-    let mut state = state;
+    let shape = Classifier {
+        input: input_shape(&config),
+        num_classes: config.num_classes,
+        params: config.param_count(),
+    };
+    let task = train::Classify::new(config, state.recipe.label_smoothing, &device);
+    run_classifier(&a, &task, model, optim, state, shape)
+}
+
+/// What the training command checks the data against and logs.
+pub(super) struct Classifier {
+    /// `[channels, height, width]`.
+    pub input: [usize; 3],
+    pub num_classes: usize,
+    pub params: usize,
+}
+
+/// Load the data, train `task` from `state` with [`train::fit`] and print the result
+/// (a resumed run that had already finished is evaluated as saved).
+pub(super) fn run_classifier<T: train::Task<TrainBackend>>(
+    a: &TrainArgs,
+    task: &T,
+    model: T::Model,
+    optim: TrainOptimizer<T::Model, TrainBackend>,
+    mut state: TrainState,
+    shape: Classifier,
+) -> Result<()> {
+    use burn::module::AutodiffModule;
+    let device = Default::default();
+    let t_start = Instant::now();
     let train_set = load_split(&a.data, Split::Train, state.train_limit)?;
     let test_set = load_split(&a.data, Split::Test, state.test_limit)?;
-    check_shape(&config, &train_set, &a.data.data)?;
-    check_shape(&config, &test_set, &a.data.data)
+    check_shape(shape.input, &train_set, &a.data.data)?;
+    check_shape(shape.input, &test_set, &a.data.data)
         .context("the test split differs from the model")?;
     ensure!(
-        train_set.num_classes() <= config.num_classes,
+        train_set.num_classes() <= shape.num_classes,
         "{}: {} classes but the model has num_classes = {}",
         a.data.data.display(),
         train_set.num_classes(),
-        config.num_classes
+        shape.num_classes
     );
     for (set, split) in [(&train_set, "train"), (&test_set, "test")] {
-        set.check_labels(config.num_classes)
+        set.check_labels(shape.num_classes)
             .with_context(|| format!("{}: {split} split", a.data.data.display()))?;
     }
     if state.normalization.mean.is_empty() {
@@ -470,12 +521,12 @@ pub fn train(a: TrainArgs) -> Result<()> {
     }
     state
         .normalization
-        .validate(config.channels)
+        .validate(shape.input[0])
         .context("the run's normalisation")?;
     train::save_on_interrupt();
     tracing::info!(
         "training {} params on {} images ({} test) from {}, {} epochs",
-        config.param_count(),
+        shape.params,
         train_set.len(),
         test_set.len(),
         a.data.data.display(),
@@ -490,29 +541,19 @@ pub fn train(a: TrainArgs) -> Result<()> {
         measure_every: a.measure_every,
         measure_images: a.measure_images,
     };
-    let task = train::Classify::new(config, state.recipe.label_smoothing, &device);
-    let last = train::fit(&run, &task, model, optim, state.clone(), &device)?;
+    // a resumed run that has already finished trains no further: evaluate the weights as saved
+    let no_epoch = a.stop_after == Some(0) || state.epoch >= state.recipe.epochs;
+    let finished = no_epoch.then(|| model.valid());
+    let last = train::fit(&run, task, model, optim, state.clone(), &device)?;
     let dir = Checkpoint::dir(&a.run_dir);
     let final_state = Checkpoint::load_state(&dir)?;
-    let (acc, loss) = match &last {
-        Some(m) => (m.test_acc, m.test_loss),
-        None => {
-            // Resumed a finished run: evaluate the saved weights.
-            let w = WeightArgs {
-                weights: dir.join("model.safetensors"),
-                config: None,
-                strict: true,
-            };
-            let l = load_weights::<InferBackend>(&w, &device)?;
-            let r = train::evaluate(
-                &l.model,
-                &test_set,
-                &final_state.normalization,
-                500,
-                &device,
-            )?;
+    let (acc, loss) = match (&last, finished) {
+        (Some(m), _) => (m.test_acc, m.test_loss),
+        (None, Some(saved)) => {
+            let r = task.evaluate(&saved, &test_set, &final_state.normalization, &device)?;
             (r.top1, r.loss)
         }
+        (None, None) => bail!("training stopped before an epoch finished"),
     };
     println!(
         "test accuracy {:.2}%  (test loss {:.4}, {} epochs, weights in {})",
@@ -533,15 +574,31 @@ pub fn train(a: TrainArgs) -> Result<()> {
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
+    if let Some(l) = super::tost::load_if_tost::<InferBackend>(&a.weights)? {
+        let (shape, classes) = (l.config.input_shape(), l.config.num_classes);
+        return eval_classifier(&a, shape, classes, &l.meta, |x| l.model.forward(x));
+    }
+    let l = load_weights::<InferBackend>(&a.weights, &Default::default())?;
+    let (shape, classes) = (input_shape(&l.config), l.config.num_classes);
+    eval_classifier(&a, shape, classes, &l.meta, |x| l.model.forward(x))
+}
+
+/// Top-1/top-5/loss of a classifier's inference `forward` on the test split, printed.
+fn eval_classifier(
+    a: &EvalArgs,
+    shape: [usize; 3],
+    num_classes: usize,
+    meta: &HashMap<String, String>,
+    forward: impl Fn(Tensor<InferBackend, 4>) -> Tensor<InferBackend, 2>,
+) -> Result<()> {
     let device = Default::default();
     let t0 = Instant::now();
-    let l = load_weights::<InferBackend>(&a.weights, &device)?;
     ensure!(a.batch_size > 0, "--batch-size must be at least 1");
     let test = load_split(&a.data, Split::Test, a.test_limit)?;
-    check_shape(&l.config, &test, &a.data.data)?;
-    test.check_labels(l.config.num_classes)
+    check_shape(shape, &test, &a.data.data)?;
+    test.check_labels(num_classes)
         .with_context(|| format!("{}: test split", a.data.data.display()))?;
-    let norm = match stored_normalization(&l.meta, l.config.channels, &a.weights.weights)? {
+    let norm = match stored_normalization(meta, shape[0], &a.weights.weights)? {
         Some(n) => n,
         None => {
             tracing::warn!(
@@ -550,7 +607,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             Normalization::from_set(&load_split(&a.data, Split::Train, None)?)
         }
     };
-    let r = train::evaluate(&l.model, &test, &norm, a.batch_size, &device)?;
+    let r = train::evaluate_with(forward, &test, &norm, a.batch_size, &device)?;
     println!(
         "top-1 {:.2}%  top-5 {:.2}%  loss {:.4}  ({} images)",
         100.0 * r.top1,
@@ -639,13 +696,13 @@ pub fn predict(a: PredictArgs) -> Result<()> {
     Ok(())
 }
 
-/// The `input` tensor (NCHW f32) of a safetensors file, checked against the model's input shape.
-fn read_input<B: CrateBackend>(
+/// The `input` tensor (NCHW f32) of a safetensors file, checked against the model's input shape
+/// `want` `[channels, height, width]`.
+pub(super) fn read_input<B: CrateBackend>(
     path: &Path,
-    cfg: &CrateConfig,
+    want: [usize; 3],
     device: &B::Device,
 ) -> Result<Tensor<B, 4>> {
-    let want = [cfg.channels, cfg.image_size, cfg.image_size];
     let input = read_input_tensor(path, "input", &want)?;
     Ok(Tensor::from_data(input.convert::<f32>(), device))
 }
@@ -658,8 +715,17 @@ pub fn forward(a: ForwardArgs) -> Result<()> {
         return super::mae::forward(a);
     }
     let device = Default::default();
+    if let Some(l) = super::tost::load_if_tost::<InferBackend>(&a.weights)? {
+        let x = read_input::<InferBackend>(&a.input, l.config.input_shape(), &device)?;
+        ensure!(
+            !a.activations,
+            "--activations is not available for ToST (logits only)"
+        );
+        let logits = l.model.forward(x).into_data();
+        return write_forward(&a.output, logits, Activations::<InferBackend>::off());
+    }
     let l = load_weights::<InferBackend>(&a.weights, &device)?;
-    let x = read_input::<InferBackend>(&a.input, &l.config, &device)?;
+    let x = read_input::<InferBackend>(&a.input, input_shape(&l.config), &device)?;
     let mut acts = Activations::recording(a.activations);
     let logits = l.model.forward_with(x, &mut acts);
     write_forward(&a.output, logits.into_data(), acts)
@@ -686,11 +752,11 @@ pub fn measure(a: MeasureArgs) -> Result<()> {
     let l = load_weights::<InferBackend>(&a.weights, &device)?;
     let cfg = &l.config;
     let x = match (&a.input, &a.data) {
-        (Some(p), _) => read_input::<InferBackend>(p, cfg, &device)?,
+        (Some(p), _) => read_input::<InferBackend>(p, input_shape(cfg), &device)?,
         (None, Some(dir)) => {
             let mut set = data::load(dir, a.format, Split::Test)?;
             set.truncate(a.limit.max(1));
-            check_shape(cfg, &set, dir)?;
+            check_shape(input_shape(cfg), &set, dir)?;
             let norm = stored_normalization(&l.meta, cfg.channels, &a.weights.weights)?
                 .unwrap_or_else(|| Normalization::from_set(&set));
             let batcher = data::Batcher {

@@ -65,7 +65,7 @@ pub struct LmTrainArgs {
     #[arg(long, default_value = "char")]
     pub config: String,
     /// crate-lm (complete dictionary), crate-lm-overcomplete (crate-lm's train.py; the default
-    /// unless a JSON --config names another) or gpt (baseline).
+    /// unless a JSON --config names another), gpt (baseline) or tost-lm (ToST causal TSSA).
     #[arg(long)]
     pub arch: Option<String>,
     /// Override the preset's layers / heads / width / context.
@@ -518,7 +518,7 @@ fn nanogpt_model_args(path: &Path) -> Result<Option<LmConfig>> {
         dropout: 0.0, // training-only; inference runs without it
         bias: !matches!(args.get("bias"), Some(PickleValue::Bool(false))),
     };
-    if config.arch != "gpt" {
+    if !(config.is_gpt() || config.is_tost()) {
         config.bias = true; // ignored by both crate-lm files
     }
     config
@@ -527,8 +527,11 @@ fn nanogpt_model_args(path: &Path) -> Result<Option<LmConfig>> {
     Ok(Some(config))
 }
 
-/// crate-lm complete (ISTA W d×d), overcomplete (4d×d) or nanoGPT GPT (an MLP).
+/// crate-lm complete (ISTA W d×d), overcomplete (4d×d), ToST (`denom_bias`) or nanoGPT GPT (an MLP).
 pub fn infer_arch(sd: &StateDict, d: usize) -> Option<String> {
+    if sd.contains_key("transformer.h.0.attn.denom_bias") {
+        return Some(lm::ARCHS[3].into()); // ToST's causal TSSA
+    }
     if sd.contains_key("transformer.h.0.mlp.c_fc.weight") {
         return Some("gpt".into());
     }

@@ -30,7 +30,7 @@ use crate::{InferBackend, TrainBackend};
 
 /// The config JSON that goes with a weights file: `--config` (file), else the safetensors
 /// metadata, else `config.json` beside the weights.
-fn config_json(w: &WeightArgs) -> Option<serde_json::Value> {
+pub(super) fn config_json(w: &WeightArgs) -> Option<serde_json::Value> {
     let text = match &w.config {
         Some(spec) if Path::new(spec).is_file() => std::fs::read_to_string(spec).ok()?,
         Some(_) => return None,

@@ -6,6 +6,7 @@ mod commands;
 pub mod lm;
 mod mae;
 mod pictures;
+mod tost;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -155,8 +156,20 @@ pub struct MeasureArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    /// What to time: the image classifier (--config), the causal language model (crate-lm
+    /// overcomplete, char vocabulary, 4 layers, 4 heads, d 128) or CRATE-BERT (same size).
+    #[arg(long, value_enum, default_value_t = bench::Task::Image)]
+    pub task: bench::Task,
+    /// Classifier config (preset or JSON) for --task image.
     #[arg(long, default_value = "fmnist")]
     pub config: String,
+    /// Tokens per sequence for --task lm/bert.
+    #[arg(long, default_value_t = 64)]
+    pub context: usize,
+    /// Also print where a training step's time goes: per operation class, forward and
+    /// backward, with the cores each kept busy, and the CPU's model and ISA flags.
+    #[arg(long)]
+    pub profile: bool,
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
     /// Timed iterations (median reported).
@@ -167,6 +180,24 @@ pub struct BenchArgs {
     pub warmup: usize,
     #[arg(long)]
     pub json: bool,
+    /// Time CRATE (MSSA) against ToST (TSSA) at equal width/depth/heads over --sizes
+    /// (RGB images, patch 8: size²/64 tokens); --config is not used.
+    #[arg(long)]
+    pub scaling: bool,
+    /// Image sides of --scaling (64 → 64 tokens, 512 → 4,096 tokens).
+    #[arg(long, value_delimiter = ',', default_value = "64,128,192,256,384,512")]
+    pub sizes: Vec<usize>,
+    /// Width d of both models in --scaling.
+    #[arg(long, default_value_t = 192)]
+    pub dim: usize,
+    /// Depth of both models in --scaling (ToST adds its 2 class-attention blocks).
+    #[arg(long, default_value_t = 4)]
+    pub depth: usize,
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    /// Write the --scaling plot (PNG) here.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -181,10 +212,12 @@ pub struct DataArgs {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Preset name (fmnist, crate-tiny, crate-small, crate-base, crate-large, crate-alpha-B/16, …) or a JSON config.
+    /// Preset name (fmnist, crate-tiny, crate-small, crate-base, crate-large, crate-alpha-B/16, …,
+    /// ToST: tost-fmnist, tost-cab-tiny-12-p16, …) or a JSON config (`"arch": "tost"` for ToST).
     #[arg(long, default_value = "fmnist")]
     pub config: String,
-    /// Override the config's architecture: `crate` or `crate-alpha` (same shape, CRATE-α layers).
+    /// Override the config's architecture: `crate` or `crate-alpha` (same shape, CRATE-α layers);
+    /// `tost` only confirms a ToST config.
     #[arg(long)]
     pub arch: Option<String>,
     #[command(flatten)]

@@ -1,4 +1,4 @@
-//! CRATE models. `blocks` holds the shared operators (MSSA, ISTA); each variant is one file.
+//! CRATE and ToST models. `blocks` holds the shared operators (MSSA, ISTA, TSSA); each variant is one file.
 
 pub mod alpha;
 pub mod bert;
@@ -6,9 +6,13 @@ pub mod blocks;
 pub mod fused;
 pub mod gemm;
 pub mod inspect;
+pub mod kernels;
 pub mod lm;
 pub mod mae;
 pub mod posembed;
+pub mod tost;
+pub mod tost_lm;
+pub mod profile;
 pub mod vision;
 
 pub use fused::{CrateAutodiff, CrateBackend};

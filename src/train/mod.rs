@@ -9,6 +9,7 @@ pub mod lm;
 pub mod mae;
 pub mod optim;
 pub mod schedule;
+pub mod tost;
 
 use anyhow::{ensure, Result};
 use burn::module::AutodiffModule;
@@ -98,6 +99,17 @@ pub fn evaluate<B: CrateBackend>(
     batch_size: usize,
     device: &B::Device,
 ) -> Result<EvalResult> {
+    evaluate_with(|x| model.forward(x), set, norm, batch_size, device)
+}
+
+/// [`evaluate`] for any classifier given as its inference `forward` (NCHW batch → logits).
+pub fn evaluate_with<B: CrateBackend>(
+    forward: impl Fn(Tensor<B, 4>) -> Tensor<B, 2>,
+    set: &ImageSet,
+    norm: &Normalization,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<EvalResult> {
     ensure!(!set.is_empty(), "cannot evaluate on an empty split");
     let batcher = Batcher {
         norm: norm.clone(),
@@ -109,7 +121,7 @@ pub fn evaluate<B: CrateBackend>(
     let mut rng = batch_rng(0, 0, 0);
     for chunk in idx.chunks(batch_size) {
         let (x, y) = batcher.batch::<B>(set, chunk, &mut rng, device);
-        let logits = model.forward(x);
+        let logits = forward(x);
         let loss: f64 = ce.forward(logits.clone(), y.clone()).into_scalar().elem();
         loss_sum += loss * chunk.len() as f64;
         let (a1, a5) = topk_hits(logits, y);
@@ -215,14 +227,22 @@ pub struct Classify<B: CrateAutodiff> {
 
 impl<B: CrateAutodiff> Classify<B> {
     pub fn new(config: CrateConfig, label_smoothing: f64, device: &B::Device) -> Self {
-        let smoothing = (label_smoothing > 0.0).then_some(label_smoothing as f32);
         Self {
             config,
-            ce: CrossEntropyLossConfig::new()
-                .with_smoothing(smoothing)
-                .init::<B>(device),
+            ce: smoothed_cross_entropy(label_smoothing, device),
         }
     }
+}
+
+/// Cross-entropy with label smoothing `label_smoothing` (0 = none), the classifiers' loss.
+pub fn smoothed_cross_entropy<B: CrateAutodiff>(
+    label_smoothing: f64,
+    device: &B::Device,
+) -> CrossEntropyLoss<B> {
+    let smoothing = (label_smoothing > 0.0).then_some(label_smoothing as f32);
+    CrossEntropyLossConfig::new()
+        .with_smoothing(smoothing)
+        .init::<B>(device)
 }
 
 impl<B: CrateAutodiff> Task<B> for Classify<B> {
