@@ -130,7 +130,7 @@ pub(super) fn load_split(
     Ok(set)
 }
 
-fn check_shape(cfg: &CrateConfig, set: &data::ImageSet, what: &Path) -> Result<()> {
+pub(super) fn check_shape(cfg: &CrateConfig, set: &data::ImageSet, what: &Path) -> Result<()> {
     ensure!(
         set.channels == cfg.channels && set.height == cfg.image_size && set.width == cfg.image_size,
         "{}: images are {}×{}×{} but the model expects {}×{}×{} (channels × height × width)",
@@ -167,6 +167,8 @@ pub(super) fn recipe_from(a: &TrainArgs) -> Result<Recipe> {
             crop_padding: a.crop_padding,
             hflip: a.hflip,
         },
+        schedule: Default::default(),
+        weight_decay_end: None,
     };
     ensure!(
         recipe.epochs > 0 && recipe.batch_size > 0,
@@ -209,6 +211,21 @@ pub fn resume_run<
     read_config: impl Fn(&Path) -> Result<C>,
     init: impl Fn(&C) -> M,
 ) -> Result<Option<Resumed<C, M>>> {
+    resume_run_with(a, read_config, init, |dir| {
+        read_state_dict(&dir.join("model.safetensors"))
+    })
+}
+
+/// [`resume_run`] for a checkpoint whose weights `read_weights` gathers from its folder.
+pub fn resume_run_with<
+    C,
+    M: burn::module::AutodiffModule<TrainBackend> + crate::weights::OfficialKeys,
+>(
+    a: &TrainArgs,
+    read_config: impl Fn(&Path) -> Result<C>,
+    init: impl Fn(&C) -> M,
+    read_weights: impl Fn(&Path) -> Result<StateDict>,
+) -> Result<Option<Resumed<C, M>>> {
     let ckpt = Checkpoint::find(&a.run_dir);
     if !a.resume {
         if ckpt.is_some() {
@@ -221,7 +238,7 @@ pub fn resume_run<
         ckpt.with_context(|| format!("--resume: no checkpoint in {}", a.run_dir.display()))?;
     let state = Checkpoint::load_state(&dir)?;
     let config = read_config(&dir.join("config.json"))?;
-    let sd = read_state_dict(&dir.join("model.safetensors"))?;
+    let sd = read_weights(&dir)?;
     let (model, _) = apply_state_dict(init(&config), &sd, true)?;
     let optim = TrainOptimizer::new(state.recipe.optim.clone(), &model).load(&dir, &device)?;
     tracing::info!(

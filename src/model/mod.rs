@@ -9,6 +9,7 @@ pub mod inspect;
 pub mod lm;
 pub mod mae;
 pub mod posembed;
+pub mod ssl;
 pub mod vision;
 
 pub use fused::{CrateAutodiff, CrateBackend};
