@@ -396,3 +396,44 @@ fn bad_flags_are_clear_errors() {
     ]);
     assert!(e.contains("nonexistent"), "{e}");
 }
+
+#[test]
+fn teacher_starts_as_a_copy_of_the_student() {
+    // burn initialises parameters lazily: a plain clone of a fresh module draws other weights
+    let cfg = whitebox::model::ssl::SslConfig {
+        backbone: serde_json::from_str(TINY).unwrap(),
+        head: HeadConfig {
+            in_dim: 16,
+            ..head_cfg()
+        },
+        loss: whitebox::model::ssl::SslLoss::Dino,
+    };
+    let m = whitebox::weights::canonical_ids(cfg.init::<B>(&Default::default()));
+    for (t, s) in [
+        (
+            collect_state_dict(&m.teacher),
+            collect_state_dict(&m.student),
+        ),
+        (
+            collect_state_dict(&m.teacher_head),
+            collect_state_dict(&m.student_head),
+        ),
+    ] {
+        assert!(!t.is_empty());
+        for (k, v) in &t {
+            assert_eq!(v.as_bytes(), s[k].as_bytes(), "{k}");
+        }
+    }
+    // DINO's head: zero biases, weight_g = 1
+    let head = collect_state_dict(&m.student_head);
+    assert!(head["mlp.0.bias"]
+        .to_vec::<f32>()
+        .unwrap()
+        .iter()
+        .all(|v| *v == 0.0));
+    assert!(head["last_layer.weight_g"]
+        .to_vec::<f32>()
+        .unwrap()
+        .iter()
+        .all(|v| *v == 1.0));
+}

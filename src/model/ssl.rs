@@ -6,11 +6,11 @@
 //! is the same without `last_layer` (its output is the normalised bottleneck feature).
 
 use anyhow::{ensure, Result};
-use burn::module::{Module, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::{Crate, CrateBackend, CrateConfig};
@@ -64,9 +64,11 @@ impl HeadConfig {
         let mlp = dims
             .windows(2)
             .map(|w| {
-                LinearConfig::new(w[0], w[1])
+                let mut l = LinearConfig::new(w[0], w[1])
                     .with_initializer(normal.clone())
-                    .init(device)
+                    .init(device);
+                l.bias = Some(Initializer::Zeros.init([w[1]], device));
+                l
             })
             .collect();
         let last_layer = (self.out_dim > 0).then(|| {
@@ -223,20 +225,48 @@ impl SslConfig {
         })
     }
 
-    /// Student and teacher start with the same weights (the teacher a copy of the student).
+    /// Student and teacher start with the same weights (the teacher a copy of the student's
+    /// values in tensors of its own: burn initialises parameters lazily, so a clone of a fresh
+    /// module would draw its own weights).
     pub fn init<B: CrateBackend>(&self, device: &B::Device) -> SelfDistill<B> {
         let student = self.backbone.init::<B>(device);
         let student_head = self.head.init::<B>(device);
         let center = (self.loss == SslLoss::Dino)
             .then(|| Initializer::Zeros.init([1, self.head.out_dim], device));
         SelfDistill {
-            teacher: student.clone(),
-            teacher_head: student_head.clone(),
+            teacher: copy_values(student.clone(), &student),
+            teacher_head: copy_values(student_head.clone(), &student_head),
             student,
             student_head,
             center,
         }
     }
+}
+
+/// Float parameter values of a module, flattened, in visit order.
+struct Values(Vec<TensorData>);
+
+impl<B: Backend> ModuleVisitor<B> for Values {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.0.push(param.val().into_data());
+    }
+}
+
+/// Replaces each float parameter by a new tensor holding the next value.
+struct Assign(std::vec::IntoIter<TensorData>);
+
+impl<B: Backend> ModuleMapper<B> for Assign {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let data = self.0.next().expect("modules of the same structure");
+        param.map(|t| Tensor::from_data(data, &t.device()))
+    }
+}
+
+/// `to` (same structure as `from`) with `from`'s parameter values, in tensors of its own.
+pub fn copy_values<B: Backend, M: Module<B>>(to: M, from: &M) -> M {
+    let mut v = Values(Vec::new());
+    from.visit(&mut v);
+    to.map(&mut Assign(v.0.into_iter()))
 }
 
 impl<B: CrateBackend> crate::weights::OfficialKeys for SelfDistill<B> {
