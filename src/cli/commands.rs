@@ -165,7 +165,7 @@ pub(super) fn load_split(
 }
 
 /// `[channels, height, width]` of a CRATE classifier's input.
-fn input_shape(cfg: &CrateConfig) -> [usize; 3] {
+pub(super) fn input_shape(cfg: &CrateConfig) -> [usize; 3] {
     [cfg.channels, cfg.image_size, cfg.image_size]
 }
 
@@ -212,6 +212,8 @@ pub(super) fn recipe_from(a: &TrainArgs, image_size: usize) -> Result<Recipe> {
             crop_padding: a.crop_padding,
             hflip: a.hflip,
         },
+        schedule: Default::default(),
+        weight_decay_end: None,
     };
     recipe.validate(image_size)?;
     Ok(recipe)
@@ -377,6 +379,22 @@ pub fn resume_run<
     config_flags: impl Fn(&C) -> Result<Vec<(&'static str, Option<String>, String)>>,
     init: impl Fn(&C) -> M,
 ) -> Result<Option<Resumed<C, M>>> {
+    resume_run_with(a, read_config, config_flags, init, |dir| {
+        read_state_dict(&dir.join("model.safetensors"))
+    })
+}
+
+/// [`resume_run`] for a checkpoint whose weights `read_weights` gathers from its folder.
+pub fn resume_run_with<
+    C,
+    M: burn::module::AutodiffModule<TrainBackend> + crate::weights::OfficialKeys,
+>(
+    a: &TrainArgs,
+    read_config: impl Fn(&Path) -> Result<C>,
+    config_flags: impl Fn(&C) -> Result<Vec<(&'static str, Option<String>, String)>>,
+    init: impl Fn(&C) -> M,
+    read_weights: impl Fn(&Path) -> Result<StateDict>,
+) -> Result<Option<Resumed<C, M>>> {
     if !a.resume {
         train::checkpoint::start_fresh(&a.run_dir, a.overwrite)?;
         return Ok(None);
@@ -389,7 +407,7 @@ pub fn resume_run<
     let mut flags = recipe_flags(a, &state);
     flags.extend(config_flags(&config)?);
     check_resume_flags(&a.run_dir, flags)?;
-    let sd = read_state_dict(&dir.join("model.safetensors"))?;
+    let sd = read_weights(&dir)?;
     let (model, _) = apply_state_dict(init(&config), &sd, true)?;
     let optim = TrainOptimizer::new(state.recipe.optim.clone(), &model).load(&dir, &device)?;
     tracing::info!(
