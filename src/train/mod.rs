@@ -272,6 +272,10 @@ pub trait Task<B: CrateAutodiff> {
     ) -> Result<Option<LayerCurves>> {
         Ok(None)
     }
+    /// Whether [`Task::evaluate`] computes a loss (k-NN evaluation has none and reports NaN).
+    fn has_eval_loss(&self) -> bool {
+        true
+    }
     /// One line for the log after an evaluation.
     fn describe(&self, r: &EvalResult) -> String {
         format!(
@@ -486,7 +490,7 @@ pub fn fit<B: CrateAutodiff, T: Task<B>>(
         state.batch = 0;
         (state.epoch_loss_sum, state.epoch_seen) = (0.0, 0);
         let eval = task.evaluate(&model.valid(), run.test, &state.normalization, device)?;
-        if !eval.loss.is_finite() {
+        if !eval.loss.is_finite() && !(eval.loss.is_nan() && !task.has_eval_loss()) {
             return Err(diverged(
                 &run.run_dir,
                 &format!("the end of epoch {} (step {})", state.epoch, state.step),

@@ -608,6 +608,10 @@ impl<B: CrateAutodiff> Task<B> for SelfDistillTask<'_, B> {
         })
     }
 
+    fn has_eval_loss(&self) -> bool {
+        false
+    }
+
     fn describe(&self, r: &EvalResult) -> String {
         let s = &self.config.settings;
         format!(
