@@ -228,21 +228,9 @@ pub(super) fn recipe_from(a: &TrainArgs, image_size: usize) -> Result<Recipe> {
 /// A run that has not started (normalisation is filled in from the training split).
 pub(super) fn fresh_state(recipe: Recipe, a: &TrainArgs) -> TrainState {
     TrainState {
-        recipe,
-        normalization: Normalization {
-            mean: vec![],
-            std: vec![],
-        },
-        class_names: vec![],
-        epoch: 0,
-        batch: 0,
-        step: 0,
-        seconds: 0.0,
-        data: a.data.data.display().to_string(),
-        epoch_loss_sum: 0.0,
-        epoch_seen: 0,
         train_limit: a.train_limit,
         test_limit: a.test_limit,
+        ..TrainState::new(recipe, &a.data.data)
     }
 }
 
@@ -539,10 +527,7 @@ pub(super) fn run_classifier<T: train::Task<TrainBackend>>(
         set.check_labels(shape.num_classes)
             .with_context(|| format!("{}: {split} split", a.data.data.display()))?;
     }
-    if state.normalization.mean.is_empty() {
-        state.normalization = Normalization::from_set(&train_set);
-        state.class_names = train_set.class_names.clone();
-    }
+    state.fill_from(&train_set);
     state
         .normalization
         .validate(shape.input[0])

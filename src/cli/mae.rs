@@ -315,10 +315,7 @@ pub fn train(m: MaeTrainArgs) -> Result<()> {
     let test_set = load_split(&a.data, Split::Test, state.test_limit)?;
     check_mae_shape(&config, &train_set, &a.data.data)?;
     check_mae_shape(&config, &test_set, &a.data.data).context("test split")?;
-    if state.normalization.mean.is_empty() {
-        state.normalization = Normalization::from_set(&train_set);
-        state.class_names = train_set.class_names.clone();
-    }
+    state.fill_from(&train_set);
     std::fs::create_dir_all(&a.run_dir)
         .with_context(|| format!("cannot create {}", a.run_dir.display()))?;
     train::save_on_interrupt();

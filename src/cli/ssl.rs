@@ -321,10 +321,7 @@ pub fn train(d: DinoTrainArgs) -> Result<()> {
     let shape = input_shape(&config.model.backbone);
     check_shape(shape, &train_set, &a.data.data)?;
     check_shape(shape, &test_set, &a.data.data).context("the test split differs from the model")?;
-    if state.normalization.mean.is_empty() {
-        state.normalization = Normalization::from_set(&train_set);
-        state.class_names = train_set.class_names.clone();
-    }
+    state.fill_from(&train_set);
     std::fs::create_dir_all(&a.run_dir)
         .with_context(|| format!("cannot create {}", a.run_dir.display()))?;
     train::save_on_interrupt();

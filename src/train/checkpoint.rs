@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::{Recipe, TrainOptimizer};
-use crate::data::Normalization;
+use crate::data::{ImageSet, Normalization};
 use crate::weights::{collect_state_dict, write_atomic, write_safetensors, OfficialKeys};
 
 /// Where a run stands, saved next to the weights.
@@ -44,6 +44,39 @@ pub struct TrainState {
     pub train_limit: Option<usize>,
     #[serde(default)]
     pub test_limit: Option<usize>,
+}
+
+impl TrainState {
+    /// A run that has not started, on the data in `data`; the normalisation and class names
+    /// come from the training split ([`TrainState::fill_from`]).
+    pub fn new(recipe: Recipe, data: &Path) -> Self {
+        Self {
+            recipe,
+            normalization: Normalization {
+                mean: vec![],
+                std: vec![],
+            },
+            class_names: vec![],
+            epoch: 0,
+            batch: 0,
+            step: 0,
+            seconds: 0.0,
+            data: data.display().to_string(),
+            epoch_loss_sum: 0.0,
+            epoch_seen: 0,
+            train_limit: None,
+            test_limit: None,
+        }
+    }
+
+    /// Normalisation and class names from the training split, where the run has none yet (a
+    /// resumed run keeps its own).
+    pub fn fill_from(&mut self, train: &ImageSet) {
+        if self.normalization.mean.is_empty() {
+            self.normalization = Normalization::from_set(train);
+            self.class_names = train.class_names.clone();
+        }
+    }
 }
 
 /// Metadata stored in a whitebox safetensors file so `eval`/`predict` need nothing else.

@@ -364,6 +364,22 @@ pub struct TrainRun<'a> {
     pub measure_images: usize,
 }
 
+impl<'a> TrainRun<'a> {
+    /// Train on `train`, evaluate on `test` after every epoch, checkpoints in `run_dir`; no
+    /// progress bar, no measures, every epoch of the recipe.
+    pub fn new(run_dir: &Path, train: &'a ImageSet, test: &'a ImageSet) -> Self {
+        Self {
+            run_dir: run_dir.to_path_buf(),
+            train,
+            test,
+            show_progress: false,
+            stop_after: None,
+            measure_every: 0,
+            measure_images: 0,
+        }
+    }
+}
+
 /// The error of a run that diverged at `at`: the value, and the checkpoint it can go back to.
 pub(crate) fn diverged(run_dir: &Path, at: &str, what: &str, value: f64) -> anyhow::Error {
     let back = match Checkpoint::find(run_dir) {
