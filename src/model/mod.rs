@@ -10,9 +10,9 @@ pub mod kernels;
 pub mod lm;
 pub mod mae;
 pub mod posembed;
+pub mod profile;
 pub mod tost;
 pub mod tost_lm;
-pub mod profile;
 pub mod vision;
 
 pub use fused::{CrateAutodiff, CrateBackend};
