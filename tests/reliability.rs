@@ -187,6 +187,8 @@ fn training_flags_are_checked() {
             crop_padding: 2,
             hflip: false,
         },
+        schedule: Default::default(),
+        weight_decay_end: None,
     };
     ok.validate(8).unwrap();
     let bad = |f: &dyn Fn(&mut Recipe)| {

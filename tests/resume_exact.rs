@@ -12,8 +12,8 @@ use whitebox::data::{Augment, ImageSet, Normalization};
 use whitebox::model::{Crate, CrateAutodiff, CrateConfig};
 use whitebox::train::checkpoint::{self, Checkpoint};
 use whitebox::train::{
-    fit, Classify, EvalResult, OptimSettings, OptimizerKind, Recipe, Task, TrainOptimizer,
-    TrainRun, TrainState, INTERRUPTED,
+    fit, Classify, EvalResult, OptimSettings, OptimizerKind, Progress, Recipe, Task,
+    TrainOptimizer, TrainRun, TrainState, INTERRUPTED,
 };
 use whitebox::weights::{apply_state_dict, canonical_ids, read_state_dict};
 use whitebox::CpuAutodiff;
@@ -40,12 +40,13 @@ impl<A: CrateAutodiff> Task<A> for InterruptAt<A> {
         x: Tensor<A, 4>,
         y: Tensor<A, 1, Int>,
         rng: &mut StdRng,
+        at: Progress,
     ) -> Tensor<A, 1> {
         self.calls.set(self.calls.get() + 1);
         if self.calls.get() == self.at {
             INTERRUPTED.store(true, Ordering::SeqCst);
         }
-        self.inner.loss(model, x, y, rng)
+        self.inner.loss(model, x, y, rng, at)
     }
     fn evaluate(
         &self,
@@ -93,6 +94,8 @@ fn fresh_state(train: &ImageSet) -> TrainState {
                 crop_padding: 1,
                 hflip: true,
             },
+            schedule: Default::default(),
+            weight_decay_end: None,
         },
         normalization: Normalization::from_set(train),
         class_names: train.class_names.clone(),

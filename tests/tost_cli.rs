@@ -186,6 +186,24 @@ fn train_eval_and_errors_with_arch_tost() {
         "{e} vs {acc}"
     );
 
+    // predict on a PNG; the CRATE-only measures refuse ToST weights with a clear error
+    let img = dir.path().join("x.png");
+    image::GrayImage::from_fn(28, 28, |x, y| image::Luma([(x * 9 + y) as u8]))
+        .save(&img)
+        .unwrap();
+    let w = weights.to_str().unwrap();
+    let p = ok(&[
+        "predict",
+        "--weights",
+        w,
+        "--top-k",
+        "2",
+        img.to_str().unwrap(),
+    ]);
+    assert!(p.contains("x.png:") && p.matches('%').count() == 2, "{p}");
+    let e = fails(&["measure", "--weights", w, "--data", &data]);
+    assert!(e.contains("ToST"), "{e}");
+
     // bad configs are errors that name the field
     for (json, needle) in [
         (TINY_TOST.replace("\"eta\": 1.0, ", ""), "eta"),

@@ -67,6 +67,12 @@ fn resolve_config(w: &WeightArgs, meta: &HashMap<String, String>) -> Result<Crat
         return CrateConfig::resolve(spec);
     }
     if let Some(c) = meta.get("config") {
+        ensure!(
+            !c.contains(&format!("\"arch\":\"{}\"", crate::model::tost::ARCH_TOST)),
+            "{} is a ToST model: this command is for CRATE classifiers (ToST runs with train, \
+             eval, predict, forward, info)",
+            w.weights.display()
+        );
         let cfg: CrateConfig = serde_json::from_str(c)
             .with_context(|| format!("{}: bad config metadata", w.weights.display()))?;
         cfg.validate()?;
@@ -165,7 +171,7 @@ pub(super) fn load_split(
 }
 
 /// `[channels, height, width]` of a CRATE classifier's input.
-fn input_shape(cfg: &CrateConfig) -> [usize; 3] {
+pub(super) fn input_shape(cfg: &CrateConfig) -> [usize; 3] {
     [cfg.channels, cfg.image_size, cfg.image_size]
 }
 
@@ -212,6 +218,8 @@ pub(super) fn recipe_from(a: &TrainArgs, image_size: usize) -> Result<Recipe> {
             crop_padding: a.crop_padding,
             hflip: a.hflip,
         },
+        schedule: Default::default(),
+        weight_decay_end: None,
     };
     recipe.validate(image_size)?;
     Ok(recipe)
@@ -377,6 +385,22 @@ pub fn resume_run<
     config_flags: impl Fn(&C) -> Result<Vec<(&'static str, Option<String>, String)>>,
     init: impl Fn(&C) -> M,
 ) -> Result<Option<Resumed<C, M>>> {
+    resume_run_with(a, read_config, config_flags, init, |dir| {
+        read_state_dict(&dir.join("model.safetensors"))
+    })
+}
+
+/// [`resume_run`] for a checkpoint whose weights `read_weights` gathers from its folder.
+pub fn resume_run_with<
+    C,
+    M: burn::module::AutodiffModule<TrainBackend> + crate::weights::OfficialKeys,
+>(
+    a: &TrainArgs,
+    read_config: impl Fn(&Path) -> Result<C>,
+    config_flags: impl Fn(&C) -> Result<Vec<(&'static str, Option<String>, String)>>,
+    init: impl Fn(&C) -> M,
+    read_weights: impl Fn(&Path) -> Result<StateDict>,
+) -> Result<Option<Resumed<C, M>>> {
     if !a.resume {
         train::checkpoint::start_fresh(&a.run_dir, a.overwrite)?;
         return Ok(None);
@@ -389,7 +413,7 @@ pub fn resume_run<
     let mut flags = recipe_flags(a, &state);
     flags.extend(config_flags(&config)?);
     check_resume_flags(&a.run_dir, flags)?;
-    let sd = read_state_dict(&dir.join("model.safetensors"))?;
+    let sd = read_weights(&dir)?;
     let (model, _) = apply_state_dict(init(&config), &sd, true)?;
     let optim = TrainOptimizer::new(state.recipe.optim.clone(), &model).load(&dir, &device)?;
     tracing::info!(
@@ -652,31 +676,40 @@ pub(super) fn normalize_chw(px: &[u8], norm: &Normalization) -> Vec<f32> {
         .collect()
 }
 
-/// Decode, convert to the model's channel count, resize and normalise one image.
-pub fn preprocess(path: &Path, cfg: &CrateConfig, norm: &Normalization) -> Result<Vec<f32>> {
-    let px = read_image(path, cfg.channels, cfg.image_size)?;
-    Ok(normalize_chw(&px, norm))
+pub fn predict(a: PredictArgs) -> Result<()> {
+    if let Some(l) = super::tost::load_if_tost::<InferBackend>(&a.weights)? {
+        let (shape, k) = (l.config.input_shape(), l.config.num_classes);
+        return predict_with(&a, shape, k, &l.meta, |x| l.model.forward(x));
+    }
+    let l = load_weights::<InferBackend>(&a.weights, &Default::default())?;
+    let (shape, k) = (input_shape(&l.config), l.config.num_classes);
+    predict_with(&a, shape, k, &l.meta, |x| l.model.forward(x))
 }
 
-pub fn predict(a: PredictArgs) -> Result<()> {
+/// Top-k labels of a classifier's inference `forward` (input `shape`, `num_classes`) per image.
+fn predict_with(
+    a: &PredictArgs,
+    shape: [usize; 3],
+    num_classes: usize,
+    meta: &HashMap<String, String>,
+    forward: impl Fn(Tensor<InferBackend, 4>) -> Tensor<InferBackend, 2>,
+) -> Result<()> {
     let device = Default::default();
-    let l = load_weights::<InferBackend>(&a.weights, &device)?;
-    let c = l.config.channels;
-    let norm = stored_normalization(&l.meta, c, &a.weights.weights)?.unwrap_or_else(|| {
+    let [c, s, _] = shape;
+    let norm = stored_normalization(meta, c, &a.weights.weights)?.unwrap_or_else(|| {
         tracing::warn!("no normalisation stored with the weights; using mean 0.5, std 0.5");
         Normalization {
             mean: vec![0.5; c],
             std: vec![0.5; c],
         }
     });
-    let classes: Vec<String> = meta_json(&l.meta, "class_names")
+    let classes: Vec<String> = meta_json(meta, "class_names")
         .with_context(|| a.weights.weights.display().to_string())?
-        .unwrap_or_else(|| (0..l.config.num_classes).map(|i| i.to_string()).collect());
-    let s = l.config.image_size;
+        .unwrap_or_else(|| (0..num_classes).map(|i| i.to_string()).collect());
     for path in &a.images {
-        let px = preprocess(path, &l.config, &norm)?;
+        let px = normalize_chw(&read_image(path, c, s)?, &norm);
         let x = Tensor::<InferBackend, 4>::from_data(TensorData::new(px, [1, c, s, s]), &device);
-        let probs = burn::tensor::activation::softmax(l.model.forward(x), 1);
+        let probs = burn::tensor::activation::softmax(forward(x), 1);
         let p: Vec<f32> = probs.into_data().to_vec().unwrap();
         let mut order: Vec<usize> = (0..p.len()).collect();
         order.sort_by(|&i, &j| p[j].total_cmp(&p[i]));

@@ -21,6 +21,7 @@ use crate::data::{self, batch_rng, Augment, Batcher, ImageSet, Normalization, Sp
 use crate::model::mae::{unpatchify, CrateMae, MaeConfig, ARCH_MAE};
 use crate::model::{Activations, CrateBackend};
 use crate::train::mae::{evaluate_mae, Reconstruct};
+use crate::train::ssl::extract_features;
 use crate::train::{self, Checkpoint, TrainOptimizer, TrainRun};
 use crate::weights::{
     apply_state_dict, canonical_ids, check_finite, read_input_tensor, read_safetensors_all,
@@ -508,31 +509,9 @@ pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
     Ok(())
 }
 
-/// Frozen cls features `[n, d]` of `set` under the MAE encoder.
-fn features<B: CrateBackend>(
-    model: &CrateMae<B>,
-    set: &ImageSet,
-    norm: &Normalization,
-    device: &B::Device,
-) -> (Vec<f32>, usize) {
-    let batcher = Batcher {
-        norm: norm.clone(),
-        augment: Augment::none(),
-    };
-    let idx: Vec<usize> = (0..set.len()).collect();
-    let mut out = Vec::new();
-    let mut d = 0;
-    for chunk in idx.chunks(500) {
-        let (x, _) = batcher.batch::<B>(set, chunk, &mut batch_rng(0, 0, 0), device);
-        let f = model.cls_features(x);
-        d = f.dims()[1];
-        out.extend(f.into_data().convert::<f32>().to_vec::<f32>().unwrap());
-    }
-    (out, d)
-}
-
-/// `whitebox probe`: a linear classifier on frozen cls features of an MAE encoder
-/// (features standardised with the training split's statistics, softmax regression by AdamW).
+/// `whitebox probe`: a linear classifier on frozen features — the cls feature of an MAE
+/// encoder, or a CRATE's head input `LN(cls)` (classifier or `dino train` teacher) — standardised
+/// with the training split's statistics, softmax regression by AdamW.
 pub fn probe(a: ProbeArgs) -> Result<()> {
     ensure!(
         a.epochs > 0 && a.batch_size > 0,
@@ -546,14 +525,24 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
     );
     let device = Default::default();
     let t0 = Instant::now();
-    let l = load_mae::<InferBackend>(&a.weights, &device)?;
     let train_set = load_split(&a.data, Split::Train, a.train_limit)?;
     let test_set = load_split(&a.data, Split::Test, a.test_limit)?;
-    check_mae_shape(&l.config, &train_set, &a.data.data)?;
-    check_mae_shape(&l.config, &test_set, &a.data.data).context("test split")?;
-    let norm = stored_norm(&l.meta, l.config.in_chans, &a.weights, &a.data)?;
-    let (ftr, d) = features(&l.model, &train_set, &norm, &device);
-    let (fte, _) = features(&l.model, &test_set, &norm, &device);
+    let ((ftr, d), (fte, _)) = if is_mae(&a.weights) {
+        let l = load_mae::<InferBackend>(&a.weights, &device)?;
+        check_mae_shape(&l.config, &train_set, &a.data.data)?;
+        check_mae_shape(&l.config, &test_set, &a.data.data).context("test split")?;
+        let norm = stored_norm(&l.meta, l.config.in_chans, &a.weights, &a.data)?;
+        let f = |set: &ImageSet| extract_features(set, &norm, &device, |x| l.model.cls_features(x));
+        (f(&train_set), f(&test_set))
+    } else {
+        let l = super::commands::load_weights::<InferBackend>(&a.weights, &device)?;
+        let shape = super::commands::input_shape(&l.config);
+        super::commands::check_shape(shape, &train_set, &a.data.data)?;
+        super::commands::check_shape(shape, &test_set, &a.data.data).context("test split")?;
+        let norm = stored_norm(&l.meta, l.config.channels, &a.weights, &a.data)?;
+        let f = |set: &ImageSet| extract_features(set, &norm, &device, |x| l.model.features(x));
+        (f(&train_set), f(&test_set))
+    };
     tracing::info!(
         "features: {} train, {} test, d = {d} ({:.0}s)",
         train_set.len(),

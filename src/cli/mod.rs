@@ -6,6 +6,7 @@ mod commands;
 pub mod lm;
 mod mae;
 mod pictures;
+pub mod ssl;
 mod tost;
 
 use clap::{Args, Parser, Subcommand};
@@ -48,8 +49,14 @@ pub enum Command {
     /// CRATE-MAE: masked-autoencoder pre-training and reconstructions.
     #[command(subcommand)]
     Mae(MaeCommand),
-    /// Linear probe: a linear classifier on frozen cls features of a CRATE-MAE encoder.
+    /// Linear probe: a linear classifier on frozen features of a CRATE (classifier or `dino train`
+    /// teacher: the head's LayerNorm output) or a CRATE-MAE encoder (cls feature).
     Probe(ProbeArgs),
+    /// Self-supervised CRATE: DINO / SimDINO pre-training.
+    #[command(subcommand)]
+    Dino(ssl::DinoCommand),
+    /// Weighted k-NN classification (DINO's) on frozen features: test split against train split.
+    Knn(ssl::KnnArgs),
     /// Causal language models: prepare text, train, eval (loss, perplexity), generate.
     Lm(lm::LmArgs),
     /// CRATE-BERT: masked-LM pre-training and fill-mask.
@@ -102,7 +109,7 @@ pub struct ReconstructArgs {
 
 #[derive(Args, Debug)]
 pub struct ProbeArgs {
-    /// CRATE-MAE weights (e.g. runs/mae-fmnist/checkpoint/model.safetensors).
+    /// CRATE-MAE or CRATE weights (e.g. runs/mae-fmnist/checkpoint/model.safetensors).
     #[command(flatten)]
     pub weights: WeightArgs,
     #[command(flatten)]
@@ -393,6 +400,8 @@ pub fn run() -> anyhow::Result<()> {
         Some(Command::Probe(a)) => mae::probe(a),
         Some(Command::Lm(a)) => lm::run(a),
         Some(Command::Bert(a)) => bert::run(a),
+        Some(Command::Dino(c)) => ssl::run(c),
+        Some(Command::Knn(a)) => ssl::knn(a),
     }
 }
 
@@ -410,7 +419,7 @@ fn given_flags(m: &clap::ArgMatches) -> Vec<String> {
 
 impl TrainArgs {
     /// `whitebox` with no subcommand = `whitebox train` with every default.
-    fn default_args() -> Self {
+    pub(crate) fn default_args() -> Self {
         #[derive(Parser)]
         struct Wrap {
             #[command(flatten)]

@@ -5,6 +5,7 @@ pub mod augment;
 mod cifar;
 pub mod folder;
 mod idx;
+pub mod multicrop;
 
 pub use augment::{batch_rng, epoch_order, Augment, Batcher, Normalization};
 

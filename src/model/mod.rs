@@ -11,6 +11,7 @@ pub mod lm;
 pub mod mae;
 pub mod posembed;
 pub mod profile;
+pub mod ssl;
 pub mod tost;
 pub mod tost_lm;
 pub mod vision;

@@ -42,6 +42,25 @@ fn taps(n_in: usize, n_out: usize) -> Vec<[(usize, f64); 4]> {
         .collect()
 }
 
+/// The bicubic resize of a `g_in × g_in` grid to `g_out × g_out` as a row-major
+/// `[g_out², g_in²]` matrix (rows then columns, as [`bicubic_grid`]).
+pub fn resample_matrix(g_in: usize, g_out: usize) -> Vec<f32> {
+    let t = taps(g_in, g_out);
+    let (nin, nout) = (g_in * g_in, g_out * g_out);
+    let mut m = vec![0f64; nout * nin];
+    for (oy, ty) in t.iter().enumerate() {
+        for (ox, tx) in t.iter().enumerate() {
+            let row = &mut m[(oy * g_out + ox) * nin..(oy * g_out + ox + 1) * nin];
+            for &(iy, wy) in ty {
+                for &(ix, wx) in tx {
+                    row[iy * g_in + ix] += wy * wx;
+                }
+            }
+        }
+    }
+    m.into_iter().map(|v| v as f32).collect()
+}
+
 /// Bicubic resize of a `[g_in, g_in, d]` grid of vectors (row-major) to `[g_out, g_out, d]`.
 pub fn bicubic_grid(v: &[f32], g_in: usize, g_out: usize, d: usize) -> Vec<f32> {
     assert_eq!(v.len(), g_in * g_in * d, "grid size");

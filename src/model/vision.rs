@@ -10,7 +10,7 @@ use burn::module::{Module, Param};
 use burn::nn::{
     Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
 };
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -424,7 +424,7 @@ impl<B: CrateBackend> Crate<B> {
         let tokens = self.tokenize(x, acts);
         let [b, n, d] = tokens.dims();
         let cls = self.cls_token.val().expand([b, 1, d]);
-        let pos = self.pos_embedding.val().slice([0..1, 0..n + 1, 0..d]);
+        let pos = self.positions(n);
         // added as rows of one [b, (n+1)·d] matrix: flex's fast row-broadcast path, where a
         // 3-D broadcast over the batch walked a strided iterator (5 % of inference)
         let z = (Tensor::cat(vec![cls, tokens], 1).reshape([b, (n + 1) * d])
@@ -435,6 +435,23 @@ impl<B: CrateBackend> Crate<B> {
         z
     }
 
+    /// Position embeddings `[1, n+1, d]` for `n` patches: the learned ones, or at another square
+    /// grid their patch part resampled bicubically as DINO's `interpolate_pos_encoding` (a fixed
+    /// linear map, so gradients reach the learned embedding; multi-crop's small views use it).
+    fn positions(&self, n: usize) -> Tensor<B, 3> {
+        let pos = self.pos_embedding.val();
+        let [_, slots, d] = pos.dims();
+        let (g_in, g_out) = ((slots - 1).isqrt(), n.isqrt());
+        if n + 1 == slots || g_in * g_in + 1 != slots || g_out * g_out != n {
+            return pos.slice([0..1, 0..n + 1, 0..d]);
+        }
+        let m = super::posembed::resample_matrix(g_in, g_out);
+        let m = Tensor::<B, 2>::from_data(TensorData::new(m, [n, g_in * g_in]), &pos.device());
+        let grid = pos.clone().narrow(1, 1, slots - 1).reshape([slots - 1, d]);
+        let patches = fused::matmul(m, grid).reshape([1, n, d]);
+        Tensor::cat(vec![pos.narrow(1, 0, 1), patches], 1)
+    }
+
     /// Logits for an NCHW batch, recording the official activations into `acts` when it is on.
     /// Tokens are kept as a `[b·n, d]` matrix between layers so every linear map is one GEMM.
     pub fn forward_with(&self, x: Tensor<B, 4>, acts: &mut Activations<B>) -> Tensor<B, 2> {
@@ -442,6 +459,17 @@ impl<B: CrateBackend> Crate<B> {
             // an empty batch has empty logits (flex's matmul faults on zero rows)
             return Tensor::zeros([0, self.head.weight.dims()[1]], &x.device());
         }
+        let normed = self.features_with(x, acts);
+        fused::linear(&self.head, normed)
+    }
+
+    /// The head's input `LN(pool(Z^L))` `[b, d]` (`mlp_head.0`): the image features that the
+    /// self-supervised heads, k-NN and the linear probe read.
+    pub fn features(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.features_with(x, &mut Activations::off())
+    }
+
+    fn features_with(&self, x: Tensor<B, 4>, acts: &mut Activations<B>) -> Tensor<B, 2> {
         let z = self.embed(x, acts);
         let [b, n, d] = z.dims();
         let mut z = z.reshape([b * n, d]);
@@ -450,8 +478,7 @@ impl<B: CrateBackend> Crate<B> {
             if i + 1 == depth && !acts.enabled() && !self.mean_pool {
                 // only the cls row of the last layer reaches the head
                 let first = layer.forward_first(z, b, n);
-                let normed = layer_norm(&self.head_norm, first, LN_EPS);
-                return fused::linear(&self.head, normed);
+                return layer_norm(&self.head_norm, first, LN_EPS);
             }
             if acts.enabled() {
                 acts.push(
@@ -473,7 +500,7 @@ impl<B: CrateBackend> Crate<B> {
         let pooled = self.pool(z.reshape([b, n, d]));
         let normed = layer_norm(&self.head_norm, pooled, LN_EPS);
         acts.push("act.final_norm", &normed);
-        fused::linear(&self.head, normed)
+        normed
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {

@@ -64,6 +64,7 @@ impl<B: CrateAutodiff> Task<B> for Reconstruct {
         x: Tensor<B, 4>,
         _y: Tensor<B, 1, Int>,
         rng: &mut StdRng,
+        _at: super::Progress,
     ) -> Tensor<B, 1> {
         let masking = model.masking(x.dims()[0], None, rng);
         model.forward_with(x, masking, &mut Activations::off()).loss

@@ -9,6 +9,7 @@ pub mod lm;
 pub mod mae;
 pub mod optim;
 pub mod schedule;
+pub mod ssl;
 pub mod tost;
 
 use anyhow::{ensure, Result};
@@ -52,6 +53,22 @@ pub struct Recipe {
     pub seed: u64,
     pub optim: OptimSettings,
     pub augment: Augment,
+    /// Learning-rate curve (absent in older runs = [`LrSchedule::WarmupCosine`]).
+    #[serde(default)]
+    pub schedule: LrSchedule,
+    /// Weight decay goes from `optim.weight_decay` to this along DINO's cosine (None = constant).
+    #[serde(default)]
+    pub weight_decay_end: Option<f64>,
+}
+
+/// The learning-rate curve over the iterations of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LrSchedule {
+    /// [`schedule::warmup_cosine`]: warm-up to the peak from its first step, cosine to `min_lr`.
+    #[default]
+    WarmupCosine,
+    /// DINO's `cosine_scheduler` ([`schedule::cosine_scheduler`], warm-up from 0).
+    Dino,
 }
 
 impl Recipe {
@@ -79,6 +96,18 @@ impl Recipe {
     }
     pub fn steps_per_epoch(&self, n: usize) -> usize {
         n.div_ceil(self.batch_size)
+    }
+
+    /// Learning rate of iteration `step` of a run of `total` iterations with `warmup` of warm-up.
+    pub fn lr_at(&self, step: usize, warmup: usize, total: usize) -> f64 {
+        match self.schedule {
+            LrSchedule::WarmupCosine => {
+                schedule::warmup_cosine(step, warmup, total, self.lr, self.min_lr)
+            }
+            LrSchedule::Dino => {
+                schedule::cosine_scheduler(self.lr, self.min_lr, total, warmup, 0.0, step)
+            }
+        }
     }
 }
 
@@ -176,6 +205,20 @@ pub struct EpochMetrics {
     /// Per-layer white-box measures on the first test images (`--measure-every`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub measures: Option<LayerCurves>,
+    /// Epoch means of a task's loss terms (e.g. SimDINO's compression and expansion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terms: Option<std::collections::BTreeMap<String, f64>>,
+}
+
+/// Where the training loop stands when a batch is processed.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    /// Epoch of the batch (0-based).
+    pub epoch: usize,
+    /// Global iteration (optimizer steps taken before this batch).
+    pub step: usize,
+    pub steps_per_epoch: usize,
+    pub total_steps: usize,
 }
 
 /// What [`fit`] trains: a model, the loss of one training batch and a held-out evaluation.
@@ -186,14 +229,35 @@ pub trait Task<B: CrateAutodiff> {
     type Config: Serialize;
     fn config(&self) -> &Self::Config;
     /// Loss of one batch; `rng` is the batch's own generator (after augmentation), so any
-    /// randomness of the loss (e.g. MAE masking) repeats exactly on resume.
+    /// randomness of the loss (e.g. MAE masking, multi-crop views) repeats exactly on resume.
     fn loss(
         &self,
         model: &Self::Model,
         x: Tensor<B, 4>,
         y: Tensor<B, 1, Int>,
         rng: &mut StdRng,
+        at: Progress,
     ) -> Tensor<B, 1>;
+    /// Called with the model after each optimizer step (self-distillation's EMA teacher).
+    fn after_step(&self, model: Self::Model, _at: Progress) -> Self::Model {
+        model
+    }
+    /// Epoch means of the loss terms since the last call, for `metrics.jsonl`.
+    fn epoch_terms(&self) -> Option<std::collections::BTreeMap<String, f64>> {
+        None
+    }
+    /// Write the checkpoint folder (default: every parameter under its official key) with the
+    /// epoch's metrics line (`None` after an interrupt).
+    fn save_checkpoint(
+        &self,
+        run_dir: &Path,
+        model: &Self::Model,
+        optim: &TrainOptimizer<Self::Model, B>,
+        state: &TrainState,
+        metrics: Option<&EpochMetrics>,
+    ) -> Result<()> {
+        Checkpoint::save(run_dir, self.config(), model, optim, state, metrics)
+    }
     fn evaluate(
         &self,
         model: &Self::Valid,
@@ -211,6 +275,10 @@ pub trait Task<B: CrateAutodiff> {
         _device: &B::Device,
     ) -> Result<Option<LayerCurves>> {
         Ok(None)
+    }
+    /// Whether [`Task::evaluate`] computes a loss (k-NN evaluation has none and reports NaN).
+    fn has_eval_loss(&self) -> bool {
+        true
     }
     /// One line for the log after an evaluation.
     fn describe(&self, r: &EvalResult) -> String {
@@ -262,6 +330,7 @@ impl<B: CrateAutodiff> Task<B> for Classify<B> {
         x: Tensor<B, 4>,
         y: Tensor<B, 1, Int>,
         _rng: &mut StdRng,
+        _at: Progress,
     ) -> Tensor<B, 1> {
         self.ce.forward(model.forward(x), y)
     }
@@ -298,9 +367,6 @@ pub struct TrainRun<'a> {
     /// Number of test images the measures use.
     pub measure_images: usize,
 }
-
-/// No metrics line with this checkpoint (an interrupt).
-pub(crate) const NO_METRICS: Option<&()> = None;
 
 /// The error of a run that diverged at `at`: the value, and the checkpoint it can go back to.
 pub(crate) fn diverged(run_dir: &Path, at: &str, what: &str, value: f64) -> anyhow::Error {
@@ -339,7 +405,6 @@ pub fn fit<B: CrateAutodiff, T: Task<B>>(
     mut state: TrainState,
     device: &B::Device,
 ) -> Result<Option<EpochMetrics>> {
-    let config = task.config();
     let recipe = state.recipe.clone();
     let n = run.train.len();
     let spe = recipe.steps_per_epoch(n);
@@ -367,7 +432,7 @@ pub fn fit<B: CrateAutodiff, T: Task<B>>(
             if INTERRUPTED.load(Ordering::SeqCst) {
                 bar.abandon_with_message("interrupted: checkpoint saved");
                 (state.epoch_loss_sum, state.epoch_seen) = (loss_sum, seen);
-                Checkpoint::save(&run.run_dir, config, &model, &optim, &state, NO_METRICS)?;
+                task.save_checkpoint(&run.run_dir, &model, &optim, &state, None)?;
                 anyhow::bail!(
                     "interrupted at epoch {} batch {}; resume with --resume",
                     epoch + 1,
@@ -378,7 +443,13 @@ pub fn fit<B: CrateAutodiff, T: Task<B>>(
             let idx = &order[b * recipe.batch_size..((b + 1) * recipe.batch_size).min(n)];
             let mut rng = batch_rng(recipe.seed, epoch, b);
             let (x, y) = batcher.batch::<B>(run.train, idx, &mut rng, device);
-            let loss = task.loss(&model, x, y, &mut rng);
+            let at = Progress {
+                epoch,
+                step: state.step,
+                steps_per_epoch: spe,
+                total_steps: total,
+            };
+            let loss = task.loss(&model, x, y, &mut rng, at);
             let loss_val: f64 = loss.clone().into_scalar().elem();
             if !loss_val.is_finite() {
                 bar.abandon();
@@ -395,8 +466,15 @@ pub fn fit<B: CrateAutodiff, T: Task<B>>(
                 ));
             }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            lr = schedule::warmup_cosine(state.step, warmup, total, recipe.lr, recipe.min_lr);
+            lr = recipe.lr_at(state.step, warmup, total);
+            if let Some(end) = recipe.weight_decay_end {
+                let wd = recipe.optim.weight_decay;
+                optim.set_weight_decay(schedule::cosine_scheduler(
+                    wd, end, total, 0, 0.0, state.step,
+                ));
+            }
             model = optim.step(lr, model, grads);
+            model = task.after_step(model, at);
             state.step += 1;
             state.batch += 1;
             loss_sum += loss_val * idx.len() as f64;
@@ -416,7 +494,7 @@ pub fn fit<B: CrateAutodiff, T: Task<B>>(
         state.batch = 0;
         (state.epoch_loss_sum, state.epoch_seen) = (0.0, 0);
         let eval = task.evaluate(&model.valid(), run.test, &state.normalization, device)?;
-        if !eval.loss.is_finite() {
+        if !eval.loss.is_finite() && !(eval.loss.is_nan() && !task.has_eval_loss()) {
             return Err(diverged(
                 &run.run_dir,
                 &format!("the end of epoch {} (step {})", state.epoch, state.step),
@@ -451,6 +529,7 @@ pub fn fit<B: CrateAutodiff, T: Task<B>>(
             train_img_s: (seen - seen_before) as f64 / train_secs,
             seconds: state.seconds,
             measures,
+            terms: task.epoch_terms(),
         };
         tracing::info!(
             "epoch {}/{}  train loss {:.4}  {}  {:.0} img/s  {:.0}s",
@@ -468,7 +547,7 @@ pub fn fit<B: CrateAutodiff, T: Task<B>>(
                 c.sparsity_mean
             );
         }
-        Checkpoint::save(&run.run_dir, config, &model, &optim, &state, Some(&m))?;
+        task.save_checkpoint(&run.run_dir, &model, &optim, &state, Some(&m))?;
         last = Some(m);
     }
     Ok(last)

@@ -152,6 +152,14 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> Inner<M, B> {
             Inner::Lion(o) => o.step(lr, model, grads),
         }
     }
+    /// `self` (fresh settings) carrying the moments of `from`.
+    fn with_state_of(self, from: Self) -> Self {
+        match (self, from) {
+            (Inner::AdamW(a), Inner::AdamW(b)) => Inner::AdamW(a.load_record(b.to_record())),
+            (Inner::Lion(a), Inner::Lion(b)) => Inner::Lion(a.load_record(b.to_record())),
+            (a, _) => a,
+        }
+    }
     fn to_bytes(&self) -> Result<Vec<u8>> {
         match self {
             Inner::AdamW(o) => sorted_records_bytes::<B, _>(o.to_record()),
@@ -199,6 +207,8 @@ pub struct TrainOptimizer<M: AutodiffModule<B>, B: AutodiffBackend> {
     params: Vec<(ParamId, usize, bool)>,
     decay: Inner<M, B>,
     no_decay: Option<Inner<M, B>>,
+    /// Weight decay of the `decay` group now (changes under a weight-decay schedule).
+    weight_decay: f64,
 }
 
 /// Move gradient `id` (rank `rank`) from `from` to `to`, scaled by `scale`.
@@ -264,8 +274,20 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> TrainOptimizer<M, B> {
             decay: Inner::new(&settings, settings.weight_decay),
             no_decay,
             params: info.out,
+            weight_decay: settings.weight_decay,
             settings,
         }
+    }
+
+    /// Use weight decay `wd` from the next step on (the moments are kept): DINO's schedule.
+    pub fn set_weight_decay(&mut self, wd: f64) {
+        if wd == self.weight_decay {
+            return;
+        }
+        let old = std::mem::replace(&mut self.decay, Inner::new(&self.settings, wd));
+        let fresh = std::mem::replace(&mut self.decay, Inner::new(&self.settings, wd));
+        self.decay = fresh.with_state_of(old);
+        self.weight_decay = wd;
     }
 
     /// Global L2 norm of all gradients.

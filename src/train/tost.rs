@@ -39,6 +39,7 @@ impl<B: CrateAutodiff> Task<B> for ClassifyTost<B> {
         x: Tensor<B, 4>,
         y: Tensor<B, 1, Int>,
         _rng: &mut StdRng,
+        _at: super::Progress,
     ) -> Tensor<B, 1> {
         self.ce.forward(model.forward_mode(x, true), y)
     }

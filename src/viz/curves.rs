@@ -266,7 +266,11 @@ pub fn draw_scaling<DB: DrawingBackend>(
         .x_desc("tokens per image")
         .y_desc("ms per image")
         .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.3}"))
+        .y_label_formatter(&|y| match *y {
+            y if y >= 10.0 => format!("{y:.0}"),
+            y if y >= 1.0 => format!("{y:.1}"),
+            y => format!("{y:.2}"),
+        })
         .draw()
         .map_err(err)?;
     for (k, s) in series.iter().enumerate() {

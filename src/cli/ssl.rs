@@ -1,0 +1,510 @@
+//! Self-supervised CRATE commands: `dino train` (DINO / SimDINO) and `knn`.
+
+use anyhow::{bail, ensure, Context, Result};
+use burn::tensor::Tensor;
+use clap::{Args, Subcommand};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use super::commands::{
+    check_shape, fresh_state, input_shape, load_split, load_weights, recipe_from, resume_run_with,
+    stored_normalization,
+};
+use super::{DataArgs, TrainArgs, WeightArgs};
+use crate::data::multicrop::MultiCrop;
+use crate::data::{Augment, Normalization, Split};
+use crate::model::ssl::{HeadConfig, SslConfig, SslLoss, STUDENT_PREFIX};
+use crate::model::CrateConfig;
+use crate::train::ssl::{
+    knn_eval, read_checkpoint_weights, DinoSettings, KnnResult, McrSettings, SelfDistillTask,
+    SslRunConfig, SslSettings,
+};
+use crate::train::{self, Checkpoint, LrSchedule, TrainOptimizer, TrainRun};
+use crate::weights::{apply_state_dict, canonical_ids, read_state_dict};
+use crate::{InferBackend, TrainBackend};
+
+#[derive(Subcommand, Debug)]
+pub enum DinoCommand {
+    /// Self-supervised pre-training of a CRATE backbone (DINO or SimDINO self-distillation);
+    /// the checkpoint's model.safetensors is the teacher backbone under the official CRATE keys.
+    Train(DinoTrainArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DinoTrainArgs {
+    /// The classifier's training flags (`--label-smoothing`, `--crop-padding`, `--hflip` and
+    /// `--measure-every` do not apply; the views are the multi-crop ones).
+    #[command(flatten)]
+    pub train: TrainArgs,
+    /// Objective: SimDINO (coding rate) or DINO (centring and sharpening).
+    #[arg(long, value_enum, default_value_t = SslLoss::Simdino)]
+    pub loss: SslLoss,
+    /// Number of local crops (the references use 8).
+    #[arg(long, default_value_t = 6)]
+    pub local_crops: usize,
+    /// Pixel size of the local crops (default: 96/224 of the image, in whole patches).
+    #[arg(long)]
+    pub local_size: Option<usize>,
+    /// Head MLP: hidden width, bottleneck width and number of linear layers (references: 2048, 256, 3).
+    #[arg(long, default_value_t = 512)]
+    pub head_hidden: usize,
+    #[arg(long, default_value_t = 128)]
+    pub head_bottleneck: usize,
+    #[arg(long, default_value_t = 3)]
+    pub head_layers: usize,
+    /// DINO: number of prototypes (reference 65536).
+    #[arg(long, default_value_t = 1024)]
+    pub out_dim: usize,
+    /// Base EMA momentum of the teacher (cosine to 1 over the run).
+    #[arg(long, default_value_t = 0.996)]
+    pub momentum_teacher: f64,
+    /// Final weight decay of the cosine from --weight-decay.
+    #[arg(long, default_value_t = 0.4)]
+    pub weight_decay_end: f64,
+    /// DINO: teacher temperature at the start of its linear warm-up.
+    #[arg(long, default_value_t = 0.04)]
+    pub warmup_teacher_temp: f64,
+    /// DINO: teacher temperature after the warm-up.
+    #[arg(long, default_value_t = 0.04)]
+    pub teacher_temp: f64,
+    #[arg(long, default_value_t = 0)]
+    pub warmup_teacher_temp_epochs: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub student_temp: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub center_momentum: f64,
+    /// DINO: epochs during which the prototype layer is frozen.
+    #[arg(long, default_value_t = 1)]
+    pub freeze_last_layer: usize,
+    /// SimDINO: ε of the coding rate.
+    #[arg(long, default_value_t = 0.5)]
+    pub eps: f64,
+    /// SimDINO: weight of the compression (cosine) term.
+    #[arg(long, default_value_t = 1.0)]
+    pub coeff: f64,
+    /// SimDINO: expansion on the student's global views (0) or their mean with the teacher's (1).
+    #[arg(long, default_value_t = 1)]
+    pub expa_type: u8,
+    /// k-NN evaluation after each epoch: neighbours, temperature, number of train images as neighbours.
+    #[arg(long, default_value_t = 20)]
+    pub knn_k: usize,
+    #[arg(long, default_value_t = 0.07)]
+    pub knn_temperature: f64,
+    #[arg(long, default_value_t = 10000)]
+    pub knn_bank: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct KnnArgs {
+    /// CRATE weights (a classifier, a `dino train` checkpoint, or a CRATE-MAE encoder).
+    #[arg(long, conflicts_with = "pixels")]
+    pub weights: Option<PathBuf>,
+    /// Preset or JSON config; without --weights, a randomly initialised CRATE of this shape.
+    #[arg(long)]
+    pub config: Option<String>,
+    /// Use the normalised pixels as the features (the raw-pixel baseline).
+    #[arg(long)]
+    pub pixels: bool,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Number of neighbours.
+    #[arg(long, default_value_t = 20)]
+    pub k: usize,
+    /// Temperature of the exp(sim/T) votes.
+    #[arg(long, default_value_t = 0.07)]
+    pub temperature: f64,
+    /// Seed of the random initialisation (without --weights).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub train_limit: Option<usize>,
+    #[arg(long)]
+    pub test_limit: Option<usize>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(c: DinoCommand) -> Result<()> {
+    match c {
+        DinoCommand::Train(a) => train(a),
+    }
+}
+
+/// Refuse classifier flags that have no meaning for self-distillation (set away from their defaults).
+fn check_flags(d: &DinoTrainArgs) -> Result<()> {
+    let a = &d.train;
+    let dflt = TrainArgs::default_args();
+    for (flag, differs) in [
+        (
+            "--label-smoothing",
+            a.label_smoothing != dflt.label_smoothing,
+        ),
+        ("--crop-padding", a.crop_padding != dflt.crop_padding),
+        ("--hflip", a.hflip),
+        ("--measure-every", a.measure_every != 0),
+    ] {
+        ensure!(
+            !differs,
+            "{flag} does not apply to `dino train` (the views are DINO's multi-crop ones)"
+        );
+    }
+    ensure!(
+        d.expa_type <= 1,
+        "--expa-type must be 0 or 1, got {}",
+        d.expa_type
+    );
+    for (flag, v) in [
+        ("--eps", d.eps),
+        ("--teacher-temp", d.teacher_temp),
+        ("--warmup-teacher-temp", d.warmup_teacher_temp),
+        ("--student-temp", d.student_temp),
+        ("--knn-temperature", d.knn_temperature),
+    ] {
+        ensure!(v > 0.0 && v.is_finite(), "{flag} must be positive, got {v}");
+    }
+    for (flag, v) in [
+        ("--momentum-teacher", d.momentum_teacher),
+        ("--center-momentum", d.center_momentum),
+    ] {
+        ensure!(
+            (0.0..=1.0).contains(&v),
+            "{flag} must be in [0, 1], got {v}"
+        );
+    }
+    ensure!(d.knn_k > 0, "--knn-k must be positive");
+    ensure!(
+        d.weight_decay_end >= 0.0,
+        "--weight-decay-end must not be negative"
+    );
+    Ok(())
+}
+
+/// The model and settings of a fresh run from the flags.
+fn fresh_config(d: &DinoTrainArgs) -> Result<SslRunConfig> {
+    let a = &d.train;
+    let mut backbone = CrateConfig::resolve(&a.config)?;
+    if let Some(arch) = &a.arch {
+        backbone = backbone.with_arch(arch)?;
+    }
+    ensure!(
+        backbone.pool == "cls",
+        "--config: self-distillation reads the cls feature; the config has pool = {:?}",
+        backbone.pool
+    );
+    let head = HeadConfig {
+        in_dim: backbone.dim,
+        out_dim: if d.loss == SslLoss::Dino {
+            d.out_dim
+        } else {
+            0
+        },
+        hidden_dim: d.head_hidden,
+        bottleneck_dim: d.head_bottleneck,
+        nlayers: d.head_layers,
+    };
+    ensure!(
+        d.loss == SslLoss::Simdino || d.out_dim > 0,
+        "--out-dim must be positive"
+    );
+    let mut crops = MultiCrop::for_image(backbone.image_size, backbone.patch_size, d.local_crops);
+    if let Some(s) = d.local_size {
+        ensure!(
+            s >= backbone.patch_size && s.is_multiple_of(backbone.patch_size),
+            "--local-size {s} must be a positive multiple of the patch size {}",
+            backbone.patch_size
+        );
+        crops.local_size = s;
+    }
+    let ncrops = crops.ncrops();
+    let model = SslConfig {
+        backbone,
+        head,
+        loss: d.loss,
+    };
+    model.validate()?;
+    Ok(SslRunConfig {
+        model,
+        settings: SslSettings {
+            crops,
+            mcr: McrSettings {
+                ncrops,
+                eps: d.eps,
+                coeff: d.coeff,
+                expa_type: d.expa_type,
+                reduce_cov: 0,
+            },
+            dino: DinoSettings {
+                ncrops,
+                warmup_teacher_temp: d.warmup_teacher_temp,
+                teacher_temp: d.teacher_temp,
+                warmup_teacher_temp_epochs: d.warmup_teacher_temp_epochs,
+                nepochs: a.epochs,
+                student_temp: d.student_temp,
+                center_momentum: d.center_momentum,
+            },
+            momentum_teacher: d.momentum_teacher,
+            freeze_last_layer: d.freeze_last_layer,
+            knn_k: d.knn_k,
+            knn_t: d.knn_temperature,
+            knn_bank: d.knn_bank,
+        },
+    })
+}
+
+/// `whitebox dino train`: DINO / SimDINO on the classifier's training engine.
+pub fn train(d: DinoTrainArgs) -> Result<()> {
+    check_flags(&d)?;
+    let a = &d.train;
+    let device = Default::default();
+    let t_start = Instant::now();
+    let _lock = train::checkpoint::RunLock::acquire(&a.run_dir)?;
+    // a --config given on --resume must name the run's backbone
+    let config_flags = |run: &SslRunConfig| -> Result<Vec<(&'static str, Option<String>, String)>> {
+        let given = a.given.iter().any(|g| g == "config");
+        let differs = given
+            && serde_json::to_value(CrateConfig::resolve(&a.config)?).ok()
+                != serde_json::to_value(&run.model.backbone).ok();
+        Ok(if differs {
+            vec![(
+                "--config",
+                Some(a.config.clone()),
+                "another backbone (its checkpoint/config.json)".into(),
+            )]
+        } else {
+            vec![]
+        })
+    };
+    let resumed = resume_run_with(
+        a,
+        SslRunConfig::from_json_file,
+        config_flags,
+        |c| c.model.init::<TrainBackend>(&device),
+        read_checkpoint_weights,
+    )?;
+    let (config, state, model, optim) = if let Some(r) = resumed {
+        r
+    } else {
+        let config = fresh_config(&d)?;
+        <TrainBackend as burn::tensor::backend::Backend>::seed(&device, a.seed);
+        let mut model = canonical_ids(config.model.init::<TrainBackend>(&device));
+        if let Some(p) = &a.init_from {
+            // the same backbone weights for teacher (official keys) and student
+            let sd = read_state_dict(p)?;
+            let mut both = sd.clone();
+            both.extend(
+                sd.into_iter()
+                    .map(|(k, v)| (format!("{STUDENT_PREFIX}{k}"), v)),
+            );
+            let (m, report) = apply_state_dict(model, &both, false)?;
+            tracing::info!(
+                "--init-from {}: {} keys missing (heads are new), {} unused",
+                p.display(),
+                report.missing.len(),
+                report.unexpected.len()
+            );
+            model = m;
+        }
+        let mut recipe = recipe_from(a, config.model.backbone.image_size)?;
+        recipe.schedule = LrSchedule::Dino;
+        recipe.weight_decay_end = Some(d.weight_decay_end);
+        recipe.augment = Augment::none();
+        recipe.label_smoothing = 0.0;
+        // the references exclude biases and norms from weight decay
+        recipe.optim.no_decay_norm_bias = true;
+        let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
+        (config, fresh_state(recipe, a), model, optim)
+    };
+    let mut state = state;
+    let train_set = load_split(&a.data, Split::Train, state.train_limit)?;
+    let test_set = load_split(&a.data, Split::Test, state.test_limit)?;
+    let shape = input_shape(&config.model.backbone);
+    check_shape(shape, &train_set, &a.data.data)?;
+    check_shape(shape, &test_set, &a.data.data).context("the test split differs from the model")?;
+    if state.normalization.mean.is_empty() {
+        state.normalization = Normalization::from_set(&train_set);
+        state.class_names = train_set.class_names.clone();
+    }
+    std::fs::create_dir_all(&a.run_dir)
+        .with_context(|| format!("cannot create {}", a.run_dir.display()))?;
+    train::save_on_interrupt();
+    let s = &config.settings;
+    tracing::info!(
+        "{:?} pre-training of a {}-parameter CRATE on {} images of {} ({} test): 2 global {}px + {} local {}px views, {} epochs",
+        config.model.loss,
+        config.model.backbone.param_count(),
+        train_set.len(),
+        a.data.data.display(),
+        test_set.len(),
+        s.crops.global_size,
+        s.crops.local_crops,
+        s.crops.local_size,
+        state.recipe.epochs
+    );
+    let run = TrainRun {
+        run_dir: a.run_dir.clone(),
+        train: &train_set,
+        test: &test_set,
+        show_progress: !a.json,
+        stop_after: a.stop_after,
+        measure_every: 0,
+        measure_images: 0,
+    };
+    let (k, t, bank) = (s.knn_k, s.knn_t, s.knn_bank);
+    let task = SelfDistillTask::<TrainBackend>::new(
+        config.clone(),
+        state.normalization.clone(),
+        &train_set,
+    );
+    let last = train::fit(&run, &task, model, optim, state, &device)?;
+    let dir = Checkpoint::dir(&a.run_dir);
+    let final_state = Checkpoint::load_state(&dir)?;
+    let weights = dir.join("model.safetensors");
+    let (top1, top5, terms, loss) = match last {
+        Some(m) => (m.test_acc, m.test_top5, m.terms, m.train_loss),
+        None => {
+            let w = WeightArgs {
+                weights: weights.clone(),
+                config: None,
+                strict: true,
+            };
+            let l = load_weights::<InferBackend>(&w, &device)?;
+            let mut b = train_set.clone();
+            b.truncate(bank);
+            let r = knn_eval(
+                &b,
+                &test_set,
+                &final_state.normalization,
+                k,
+                t,
+                &device,
+                |x| l.model.features(x),
+            )?;
+            (r.top1, r.top5, None, f64::NAN)
+        }
+    };
+    println!(
+        "teacher k-NN top-1 {:.2}%  top-5 {:.2}%  (k = {k}, {} train images as neighbours; {} epochs, teacher backbone in {})",
+        100.0 * top1,
+        100.0 * top5,
+        bank.min(train_set.len()),
+        final_state.epoch,
+        weights.display()
+    );
+    if a.json {
+        println!(
+            "{}",
+            json!({"loss": config.model.loss, "knn_top1": top1, "knn_top5": top5, "knn_k": k, "knn_T": t,
+                   "train_loss": if loss.is_finite() { Some(loss) } else { None }, "terms": terms,
+                   "epochs": final_state.epoch, "steps": final_state.step,
+                   "seconds": t_start.elapsed().as_secs_f64(), "train_seconds": final_state.seconds,
+                   "weights": weights})
+        );
+    }
+    Ok(())
+}
+
+/// Features `[n, d]` for `whitebox knn`: the model's (`features`) or the normalised pixels.
+enum FeatureSource {
+    Pixels,
+    Crate(crate::model::Crate<InferBackend>),
+    Mae(crate::model::mae::CrateMae<InferBackend>),
+}
+
+/// `whitebox knn`: DINO's weighted k-NN on cosine similarity of frozen features; the train split
+/// is the neighbours, the test split the queries.
+pub fn knn(a: KnnArgs) -> Result<()> {
+    let device = Default::default();
+    let t0 = Instant::now();
+    let train_set = load_split(&a.data, Split::Train, a.train_limit)?;
+    let test_set = load_split(&a.data, Split::Test, a.test_limit)?;
+    let (source, norm, what) = match (&a.weights, &a.config, a.pixels) {
+        (None, None, true) => (
+            FeatureSource::Pixels,
+            Normalization::from_set(&train_set),
+            "pixels".to_string(),
+        ),
+        (None, Some(spec), false) => {
+            let cfg = CrateConfig::resolve(spec)?;
+            check_shape(input_shape(&cfg), &train_set, &a.data.data)?;
+            <InferBackend as burn::tensor::backend::Backend>::seed(&device, a.seed);
+            (
+                FeatureSource::Crate(cfg.init::<InferBackend>(&device)),
+                Normalization::from_set(&train_set),
+                format!("random-init CRATE {spec} (seed {})", a.seed),
+            )
+        }
+        (Some(p), _, false) => {
+            let w = WeightArgs {
+                weights: p.clone(),
+                config: a.config.clone(),
+                strict: true,
+            };
+            let (src, meta) = if super::mae::is_mae(&w) {
+                let l = super::mae::load_mae::<InferBackend>(&w, &device)?;
+                (FeatureSource::Mae(l.model), l.meta)
+            } else {
+                let l = load_weights::<InferBackend>(&w, &device)?;
+                check_shape(input_shape(&l.config), &train_set, &a.data.data)?;
+                (FeatureSource::Crate(l.model), l.meta)
+            };
+            let norm = stored_normalization(&meta, train_set.channels, p)?
+                .unwrap_or_else(|| Normalization::from_set(&train_set));
+            (src, norm, p.display().to_string())
+        }
+        (None, Some(_), true) => bail!("--pixels takes no --config"),
+        (None, None, false) => bail!("give --weights W, --config C (random init) or --pixels"),
+        (Some(_), _, true) => unreachable!("clap refuses --weights with --pixels"),
+    };
+    let r: KnnResult = match &source {
+        FeatureSource::Pixels => knn_eval(
+            &train_set,
+            &test_set,
+            &norm,
+            a.k,
+            a.temperature,
+            &device,
+            |x: Tensor<InferBackend, 4>| {
+                let [n, c, h, w] = x.dims();
+                x.reshape([n, c * h * w])
+            },
+        )?,
+        FeatureSource::Crate(m) => knn_eval(
+            &train_set,
+            &test_set,
+            &norm,
+            a.k,
+            a.temperature,
+            &device,
+            |x| m.features(x),
+        )?,
+        FeatureSource::Mae(m) => knn_eval(
+            &train_set,
+            &test_set,
+            &norm,
+            a.k,
+            a.temperature,
+            &device,
+            |x| m.cls_features(x),
+        )?,
+    };
+    println!(
+        "k-NN (k = {}, T = {}) on {}: top-1 {:.2}%  top-5 {:.2}%  ({} test images, {} neighbours, {:.0}s)",
+        a.k,
+        a.temperature,
+        what,
+        100.0 * r.top1,
+        100.0 * r.top5,
+        r.n,
+        train_set.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    if a.json {
+        println!(
+            "{}",
+            json!({"top1": r.top1, "top5": r.top5, "k": a.k, "T": a.temperature, "n": r.n,
+                   "train": train_set.len(), "seconds": t0.elapsed().as_secs_f64()})
+        );
+    }
+    Ok(())
+}
