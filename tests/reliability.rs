@@ -499,3 +499,25 @@ fn an_integer_parameter_is_named_not_reported_missing() {
         "{e}"
     );
 }
+
+#[test]
+fn evaluation_with_batch_size_zero_is_an_error() {
+    let device = Default::default();
+    let model = tiny().init::<CpuBackend>(&device);
+    let set = ImageSet {
+        pixels: vec![7; 2 * 64],
+        labels: vec![0, 1],
+        channels: 1,
+        height: 8,
+        width: 8,
+        class_names: vec![],
+    };
+    let norm = Normalization {
+        mean: vec![0.5],
+        std: vec![0.25],
+    };
+    let e = err(whitebox::train::evaluate(&model, &set, &norm, 0, &device));
+    assert!(e.contains("batch size must be at least 1"), "{e}");
+    let r = whitebox::train::evaluate(&model, &set, &norm, 1, &device).unwrap();
+    assert_eq!(r.n, 2);
+}

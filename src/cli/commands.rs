@@ -424,9 +424,6 @@ fn config_from_flags(a: &TrainArgs) -> Result<CrateConfig> {
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
-    if super::tost::wants_tost(&a)? {
-        return super::tost::train(a);
-    }
     let device = Default::default();
     let _lock = train::checkpoint::RunLock::acquire(&a.run_dir)?;
     if super::tost::wants_tost(&a)? {

@@ -510,6 +510,16 @@ pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
 /// encoder, or a CRATE's head input `LN(cls)` (classifier or `dino train` teacher) — standardised
 /// with the training split's statistics, softmax regression by AdamW.
 pub fn probe(a: ProbeArgs) -> Result<()> {
+    ensure!(
+        a.epochs > 0 && a.batch_size > 0,
+        "--epochs and --batch-size must be at least 1"
+    );
+    crate::train::optim::check_lr(a.lr, 0.0)?;
+    ensure!(
+        a.weight_decay.is_finite() && a.weight_decay >= 0.0,
+        "--weight-decay must be a finite number ≥ 0, got {}",
+        a.weight_decay
+    );
     let device = Default::default();
     let t0 = Instant::now();
     let train_set = load_split(&a.data, Split::Train, a.train_limit)?;

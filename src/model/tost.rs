@@ -176,16 +176,15 @@ impl TostConfig {
             "arch {:?} is not ToST (expected \"{ARCH_TOST}\")",
             self.arch
         );
-        for (name, v) in [
-            ("img_size", self.img_size),
-            ("in_chans", self.in_chans),
-            ("num_classes", self.num_classes),
-            ("embed_dim", self.embed_dim),
-            ("depth", self.depth),
-            ("num_heads", self.num_heads),
-        ] {
-            ensure!(v > 0, "{name} must be positive");
-        }
+        use super::{MAX_COUNT, MAX_DEPTH, MAX_WIDTH};
+        super::check_sizes(&[
+            ("img_size", self.img_size, 1 << 14),
+            ("in_chans", self.in_chans, 64),
+            ("num_classes", self.num_classes, MAX_COUNT),
+            ("embed_dim", self.embed_dim, MAX_WIDTH),
+            ("depth", self.depth, MAX_DEPTH),
+            ("num_heads", self.num_heads, MAX_DEPTH),
+        ])?;
         ensure!(
             self.patch_size == 8 || self.patch_size == 16,
             "patch_size {} is not supported: the convolutional stem has patch size 8 or 16",
@@ -208,11 +207,17 @@ impl TostConfig {
             "mlp_ratio must be positive, got {}",
             self.mlp_ratio
         );
+        super::check_sizes(&[("embed_dim × mlp_ratio", self.mlp_hidden(), 1 << 20)])?;
+        ensure!(
+            self.cls_attn_layers <= MAX_DEPTH,
+            "cls_attn_layers = {} exceeds the limit of {MAX_DEPTH}",
+            self.cls_attn_layers
+        );
         let eta = self
             .eta
             .context("eta (layer-scale init) is required: the official Block multiplies by it")?;
         ensure!(eta.is_finite(), "eta must be finite, got {eta}");
-        Ok(())
+        super::check_param_count(self.param_count())
     }
 
     /// `int(dim * mlp_ratio)`.
