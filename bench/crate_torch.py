@@ -1,10 +1,16 @@
 """Faithful PyTorch CRATE (the computation of the official model/crate.py: 3 GEMMs in ISTA),
-checked against tests/golden before timing, for the whitebox benchmark. Not part of the product."""
-import argparse, json, math, os, resource, statistics, sys, time
+checked against tests/golden before timing, for the whitebox benchmark. Not part of the product.
+
+--form official: that computation in f32; --form algebra: whitebox's algebra in PyTorch (ISTA as
+one GEMM relu(x·M − ηλ), M = I + η(W − WᵀW); attention by F.scaled_dot_product_attention), f32;
+--form bf16: the official computation under torch.autocast("cpu", torch.bfloat16)."""
+import argparse, contextlib, json, math, os, resource, statistics, sys, time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+ALGEBRA = False  # set by --form algebra
 
 
 class PreNorm(nn.Module):
@@ -24,6 +30,10 @@ class FeedForward(nn.Module):  # the ISTA block, as in the official code
         self.step_size, self.lambd = step_size, lambd
 
     def forward(self, x):
+        if ALGEBRA:  # x + η(xW − xWᵀW) − ηλ = x·M − ηλ
+            w = self.weight
+            m = torch.eye(w.shape[0], dtype=w.dtype) + self.step_size * (w - w.t() @ w)
+            return F.relu(x @ m - self.step_size * self.lambd)
         x1 = F.linear(x, self.weight, bias=None)
         grad_1 = F.linear(x1, self.weight.t(), bias=None)
         grad_2 = F.linear(x, self.weight.t(), bias=None)
@@ -42,6 +52,9 @@ class Attention(nn.Module):
     def forward(self, x):
         b, n, _ = x.shape
         w = self.qkv(x).view(b, n, self.heads, -1).transpose(1, 2)
+        if ALGEBRA:
+            out = F.scaled_dot_product_attention(w, w, w).transpose(1, 2).reshape(b, n, -1)
+            return self.to_out(out)
         attn = torch.softmax(torch.matmul(w, w.transpose(-1, -2)) * self.scale, dim=-1)
         out = torch.matmul(attn, w).transpose(1, 2).reshape(b, n, -1)
         return self.to_out(out)
@@ -105,7 +118,11 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--golden", default=None)
+    ap.add_argument("--form", choices=["official", "algebra", "bf16"], default="official")
     a = ap.parse_args()
+    global ALGEBRA
+    ALGEBRA = a.form == "algebra"
+    amp = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if a.form == "bf16" else contextlib.nullcontext
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     gerr = check_golden(a.golden) if a.golden else None
@@ -117,7 +134,8 @@ def main():
     tt = []
     for i in range(a.warmup + a.steps):
         t0 = time.perf_counter()
-        loss = F.cross_entropy(m(x), y)
+        with amp():
+            loss = F.cross_entropy(m(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -128,13 +146,14 @@ def main():
     with torch.no_grad():
         for i in range(a.warmup + a.steps):
             t0 = time.perf_counter()
-            m(x)
+            with amp():
+                m(x)
             if i >= a.warmup:
                 ti.append(time.perf_counter() - t0)
     ts, is_ = statistics.median(tt), statistics.median(ti)
     print(json.dumps({"train_img_s": a.batch_size / ts, "infer_img_s": a.batch_size / is_, "train_step_s": ts, "infer_s": is_,
                       "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                      "golden_max_abs_err": gerr, "torch": torch.__version__, "threads": torch.get_num_threads()}))
+                      "golden_max_abs_err": gerr, "form": a.form, "torch": torch.__version__, "threads": torch.get_num_threads()}))
 
 
 if __name__ == "__main__":

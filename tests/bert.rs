@@ -187,7 +187,7 @@ fn gradients_match_finite_differences() {
     let grads = collect_gradients(&m, &loss.backward());
     let sd = collect_state_dict(&m.valid());
     let h = 1e-2f32;
-    let mut checked = 0;
+    let mut nonzero = 0;
     for (key, idx) in [
         ("crate.encoder.layer.0.output.weight", 5usize),
         ("crate.encoder.layer.1.output.weight", 17),
@@ -213,9 +213,10 @@ fn gradients_match_finite_differences() {
             (fd - g).abs() <= 2e-3 + 0.05 * g.abs(),
             "{key}[{idx}]: autodiff {g:e}, finite difference {fd:e}"
         );
-        checked += 1;
+        nonzero += (g.abs() > 1e-4) as usize;
     }
-    assert_eq!(checked, 9);
+    // the comparisons are not 0 = 0: almost every chosen entry has a real gradient
+    assert!(nonzero >= 8, "only {nonzero} of 9 gradients are non-zero");
 }
 
 #[test]
@@ -494,6 +495,13 @@ fn bert_resume_errors_are_clear() {
     let mut args = tiny_train_args(&s(&corpus), &data, &s(&run));
     args.extend(["--stop-after".to_string(), "1".to_string()]);
     run_json(&args);
+    // a second fresh run into the folder is refused, not overwritten
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let e = fails(&a);
+    assert!(
+        e.contains("already holds a checkpoint") && e.contains("--overwrite"),
+        "{e}"
+    );
     let e = fails(&[
         "bert",
         "train",

@@ -5,7 +5,7 @@ use burn::module::Param;
 use burn::nn::LayerNormConfig;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Distribution, Tensor};
-use whitebox::model::fused;
+use whitebox::model::fused::{self, AttnMask};
 use whitebox::CpuAutodiff as B;
 
 fn max_diff<const D: usize>(
@@ -76,7 +76,11 @@ fn check_attention(b: usize, n: usize, h: usize, dh: usize) {
     let out_ref = attn.matmul(w_ref).swap_dims(1, 2).reshape([b * n, h * dh]);
     let g_ref = (out_ref.clone() * weight.clone()).sum().backward();
 
-    let out = fused::merge_heads(fused::ssa(fused::split_heads(x.clone(), b, n, h), scale));
+    let out = fused::merge_heads(fused::ssa(
+        fused::split_heads(x.clone(), b, n, h),
+        scale,
+        &AttnMask::None,
+    ));
     let g = (out.clone() * weight).sum().backward();
 
     assert!(
@@ -89,8 +93,85 @@ fn check_attention(b: usize, n: usize, h: usize, dh: usize) {
     );
     // the plain backend's forward
     let w = fused::split_heads(x.inner(), b, n, h);
-    let plain = fused::merge_heads(fused::ssa(w, scale));
+    let plain = fused::merge_heads(fused::ssa(w, scale, &AttnMask::None));
     assert!(max_diff(plain, out_ref.inner()) < 1e-5, "n = {n}");
+}
+
+#[test]
+fn masked_attention_matches_op_by_op_with_gradients() {
+    // causal and padding masks on the per-head kernels against burn's softmax with the mask
+    // written out: mask_fill(−∞) above the diagonal, or −1e9 added on padding keys
+    for (b, n, h, dh) in [(2, 9, 2, 5), (3, 64, 4, 32)] {
+        check_masked(b, n, h, dh, &AttnMask::Causal);
+        // sequence 0 ends in padding, sequence 1 has none, the rest pads a middle key
+        let pad: Vec<bool> = (0..b * n)
+            .map(|i| match i / n {
+                0 => i % n >= n - 3,
+                1 => false,
+                _ => i % n == n / 2,
+            })
+            .collect();
+        check_masked(b, n, h, dh, &AttnMask::padding(pad));
+    }
+    assert_eq!(AttnMask::padding(vec![false; 6]), AttnMask::None);
+}
+
+fn check_masked(b: usize, n: usize, h: usize, dh: usize, mask: &AttnMask) {
+    let device = Default::default();
+    let x = Tensor::<B, 2>::random([b * n, h * dh], Distribution::Normal(0.0, 1.0), &device)
+        .require_grad();
+    let weight = Tensor::<B, 2>::random([b * n, h * dh], Distribution::Normal(0.0, 1.0), &device);
+    let scale = (dh as f64).powf(-0.5);
+
+    let w_ref = x.clone().reshape([b, n, h, dh]).swap_dims(1, 2);
+    let scores = w_ref
+        .clone()
+        .matmul(w_ref.clone().swap_dims(2, 3))
+        .mul_scalar(scale);
+    let scores = match mask {
+        AttnMask::Causal => {
+            let future = Tensor::<B, 2, burn::tensor::Bool>::tril_mask([n, n], 0, &device)
+                .reshape([1, 1, n, n])
+                .expand([b, h, n, n]);
+            scores.mask_fill(future, f32::NEG_INFINITY)
+        }
+        AttnMask::Padding(pad) => {
+            let add: Vec<f32> = pad.iter().map(|&p| if p { -1e9 } else { 0.0 }).collect();
+            scores
+                + Tensor::<B, 4>::from_data(
+                    burn::tensor::TensorData::new(add, [b, 1, 1, n]),
+                    &device,
+                )
+        }
+        AttnMask::None => unreachable!(),
+    };
+    let out_ref = softmax(scores, 3)
+        .matmul(w_ref)
+        .swap_dims(1, 2)
+        .reshape([b * n, h * dh]);
+    let g_ref = (out_ref.clone() * weight.clone()).sum().backward();
+
+    let out = fused::merge_heads(fused::ssa(
+        fused::split_heads(x.clone(), b, n, h),
+        scale,
+        mask,
+    ));
+    let g = (out.clone() * weight).sum().backward();
+    let what = format!("{mask:?}").chars().take(7).collect::<String>();
+    let d = max_diff(out.clone().inner(), out_ref.clone().inner());
+    assert!(d < 1e-5, "{what} n = {n}: forward {d}");
+    let d = max_diff(x.grad(&g).unwrap(), x.grad(&g_ref).unwrap());
+    assert!(d < 1e-4, "{what} n = {n}: gradient {d}");
+    // the first query of a causal head sees only itself: its output is its own projection
+    if *mask == AttnMask::Causal {
+        let first = out.inner().reshape([b, n, h * dh]).narrow(1, 0, 1);
+        let own = x.clone().inner().reshape([b, n, h * dh]).narrow(1, 0, 1);
+        assert!(max_diff(first, own) < 1e-6);
+    }
+    // the plain backend's forward
+    let w = fused::split_heads(x.inner(), b, n, h);
+    let plain = fused::merge_heads(fused::ssa(w, scale, mask));
+    assert!(max_diff(plain, out_ref.inner()) < 1e-5, "{what} n = {n}");
 }
 
 #[test]

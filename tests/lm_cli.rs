@@ -196,8 +196,30 @@ fn train_eval_generate_on_tiny_corpus() {
         );
 
         let weights = run.join("model.safetensors");
-        let out = ok(&["lm", "eval", "--weights", s(&weights), "--text", s(&corpus)]);
-        assert!(out.contains("perplexity"), "{out}");
+        let out = ok(&[
+            "lm",
+            "eval",
+            "--weights",
+            s(&weights),
+            "--text",
+            s(&corpus),
+            "--json",
+        ]);
+        let j: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        let (loss, ppl) = (
+            j["loss"].as_f64().unwrap(),
+            j["perplexity"].as_f64().unwrap(),
+        );
+        // every token of the corpus but the first is predicted once
+        let n = std::fs::read_to_string(&corpus).unwrap().chars().count() - 1;
+        assert_eq!(j["tokens"].as_u64(), Some(n as u64), "{out}");
+        assert!((ppl - loss.exp()).abs() <= 1e-9 * ppl, "{out}");
+        // the trained model scores its corpus near its validation loss, far below ln V
+        assert!(
+            loss < vocab.ln() - 0.5 && (loss - last).abs() < 0.5,
+            "{arch}: eval loss {loss}, val loss {last}, ln V {}",
+            vocab.ln()
+        );
         let text = ok(&[
             "lm",
             "generate",
@@ -243,6 +265,29 @@ fn resume_equals_straight_run() {
     for (k, v) in &wa {
         assert_eq!(v, &wb[k], "{k} differs after resume");
     }
+    // the resumed run's metrics: the straight run's validation points (20, 40) with the same
+    // values, plus the one at the stop (15); none lost or repeated
+    let (ma, mb) = (metrics(&a), metrics(&b));
+    let steps = |m: &[serde_json::Value]| -> Vec<u64> {
+        m.iter().map(|x| x["step"].as_u64().unwrap()).collect()
+    };
+    assert_eq!(steps(&ma), [20, 40]);
+    assert_eq!(steps(&mb), [15, 20, 40]);
+    for (x, y) in ma.iter().zip(&mb[1..]) {
+        assert_eq!(x["val_loss"], y["val_loss"], "at step {}", x["step"]);
+    }
+    // a new run into a folder that holds one is refused, not overwritten
+    let again = train_args(s(&corpus), s(&data), s(&b), "crate-lm");
+    let e = fails(&again);
+    assert!(
+        e.contains("already holds a checkpoint") && e.contains("--overwrite"),
+        "{e}"
+    );
+    assert_eq!(
+        metrics(&b).len(),
+        mb.len(),
+        "the refused run touched metrics.jsonl"
+    );
 }
 
 #[test]

@@ -50,6 +50,9 @@ pub struct BertTrainArgs {
     /// given, must equal the run's).
     #[arg(long)]
     pub resume: bool,
+    /// Start over in a --run-dir that holds a run: its checkpoint and metrics are removed first.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// [default: 128]
     #[arg(long)]
     pub hidden_size: Option<usize>,
@@ -224,21 +227,7 @@ fn check_resume_flags(
         ),
         ("--seed", a.seed.map(|v| v.to_string()), r.seed.to_string()),
     ];
-    let differ: Vec<String> = given
-        .into_iter()
-        .filter_map(|(flag, g, run)| {
-            g.filter(|g| *g != run)
-                .map(|g| format!("{flag} {g} (the run has {run})"))
-        })
-        .collect();
-    ensure!(
-        differ.is_empty(),
-        "--resume: the run in {} was started with another configuration: {}; drop these flags \
-         to continue it, or start a new run in another --run-dir",
-        dir.display(),
-        differ.join(", ")
-    );
-    Ok(())
+    super::commands::check_resume_flags(dir, given.into())
 }
 
 /// Model, optimizer and state of the last checkpoint of `a.run_dir`, checked against the flags
@@ -254,7 +243,7 @@ fn resume<B: CrateAutodiff>(
     TrainOptimizer<CrateBert<B>, B>,
     BertState,
 )> {
-    let dir = Checkpoint::find(&a.run_dir)
+    let dir = crate::train::checkpoint::recover(&a.run_dir)?
         .with_context(|| format!("--resume: no checkpoint in {}", a.run_dir.display()))?;
     let state = load_state(&dir)?;
     let cfg_path = dir.join("config.json");
@@ -308,26 +297,26 @@ pub fn train(a: BertTrainArgs) -> Result<()> {
         );
     };
     let device = Default::default();
-    std::fs::create_dir_all(&a.run_dir)
-        .with_context(|| format!("cannot create {}", a.run_dir.display()))?;
+    let _lock = crate::train::checkpoint::RunLock::acquire(&a.run_dir)?;
     let (cfg, model, optim, state) = if a.resume {
         resume::<TrainBackend>(&a, &meta.tokenizer, &device)?
     } else {
         let recipe = fresh_recipe(&a);
-        ensure!(
-            recipe.mask_rate > 0.0 && recipe.mask_rate < 1.0,
-            "--mask-rate must be in (0, 1)"
-        );
+        recipe.validate()?;
         let cfg = fresh_config(&a, &meta.tokenizer)?;
         <TrainBackend as burn::tensor::backend::Backend>::seed(&device, recipe.seed);
         // parameter ids from the keys, so the saved optimizer state finds them again on resume
         let model = canonical_ids(cfg.init::<TrainBackend>(&device));
         let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
         let state = BertState::fresh(recipe, meta.tokenizer.clone(), &a.data);
+        crate::train::checkpoint::start_fresh(&a.run_dir, a.overwrite)?;
         (cfg, model, optim, state)
     };
     let train_tok = TokenFile::open(&a.data.join("train.bin"))?;
     let val_tok = TokenFile::open(&a.data.join("val.bin"))?;
+    for f in [&train_tok, &val_tok] {
+        f.check_vocab(meta.tokenizer.vocab_size())?;
+    }
     for (f, what) in [(&train_tok, "train"), (&val_tok, "validation")] {
         ensure!(
             f.len() > state.recipe.seq_len,
@@ -386,12 +375,20 @@ fn load(path: &Path) -> Result<(CrateBert<InferBackend>, Tokenizer)> {
         "{}: not CRATE-BERT weights written by `whitebox bert train`",
         path.display()
     );
-    let cfg: BertConfig = serde_json::from_str(&meta["config"])
-        .with_context(|| format!("{}: bad config metadata", path.display()))?;
+    let cfg: BertConfig = serde_json::from_str(
+        meta.get("config")
+            .with_context(|| format!("{}: no config metadata", path.display()))?,
+    )
+    .with_context(|| format!("{}: bad config metadata", path.display()))?;
+    cfg.validate()
+        .with_context(|| format!("{}: config metadata", path.display()))?;
     let tok: Tokenizer = serde_json::from_str(
         meta.get("tokenizer")
             .with_context(|| format!("{}: no tokenizer metadata", path.display()))?,
-    )?;
+    )
+    .with_context(|| format!("{}: bad tokenizer metadata", path.display()))?;
+    tok.validate()
+        .with_context(|| format!("{}: tokenizer metadata", path.display()))?;
     let sd = untie_state_dict(read_state_dict(path)?)?;
     let (model, _) = apply_state_dict(cfg.init::<InferBackend>(&Default::default()), &sd, true)
         .with_context(|| format!("loading {}", path.display()))?;

@@ -13,8 +13,8 @@ use crate::data::{self, Augment, Normalization, Split};
 use crate::model::{Activations, Crate, CrateBackend, CrateConfig};
 use crate::train::{self, Checkpoint, OptimSettings, Recipe, TrainOptimizer, TrainRun, TrainState};
 use crate::weights::{
-    apply_state_dict, canonical_ids, read_safetensors_all, read_state_dict, safetensors_bytes,
-    write_atomic, StateDict,
+    apply_state_dict, canonical_ids, read_input_tensor, read_safetensors_all, read_state_dict,
+    safetensors_bytes, write_atomic, StateDict,
 };
 use crate::{InferBackend, TrainBackend};
 
@@ -29,6 +29,17 @@ pub fn info(a: InfoArgs) -> Result<()> {
             mae.patch_dim()
         );
         println!("parameters: {}", mae.param_count());
+        return Ok(());
+    }
+    if let Some(cfg) = super::tost::config_spec(&a.config)? {
+        println!("{}", serde_json::to_string_pretty(&cfg)?);
+        println!(
+            "tokens: {} ({}×{} grid after the conv stem) + cls in the class-attention blocks",
+            cfg.num_patches(),
+            cfg.grid(),
+            cfg.grid()
+        );
+        println!("parameters: {}", cfg.param_count());
         return Ok(());
     }
     let cfg = CrateConfig::resolve(&a.config)?;
@@ -56,6 +67,12 @@ fn resolve_config(w: &WeightArgs, meta: &HashMap<String, String>) -> Result<Crat
         return CrateConfig::resolve(spec);
     }
     if let Some(c) = meta.get("config") {
+        ensure!(
+            !c.contains(&format!("\"arch\":\"{}\"", crate::model::tost::ARCH_TOST)),
+            "{} is a ToST model: this command is for CRATE classifiers (ToST runs with train, \
+             eval, predict, forward, info)",
+            w.weights.display()
+        );
         let cfg: CrateConfig = serde_json::from_str(c)
             .with_context(|| format!("{}: bad config metadata", w.weights.display()))?;
         cfg.validate()?;
@@ -85,16 +102,20 @@ pub struct Loaded<B: CrateBackend> {
     pub config: CrateConfig,
     pub model: Crate<B>,
     pub meta: HashMap<String, String>,
+    /// The weights file.
+    pub path: std::path::PathBuf,
 }
 
 pub fn load_weights<B: CrateBackend>(w: &WeightArgs, device: &B::Device) -> Result<Loaded<B>> {
+    // the weights first: a missing, empty or unreadable file is reported as such, not as a
+    // missing config
+    let sd = read_state_dict(&w.weights)?;
     let meta = if is_safetensors(&w.weights) {
         read_safetensors_all(&w.weights)?.1
     } else {
         HashMap::new()
     };
     let config = resolve_config(w, &meta)?;
-    let sd = read_state_dict(&w.weights)?;
     let (model, report) = apply_state_dict(config.init::<B>(device), &sd, w.strict)
         .with_context(|| format!("loading {}", w.weights.display()))?;
     if !report.is_clean() {
@@ -108,14 +129,33 @@ pub fn load_weights<B: CrateBackend>(w: &WeightArgs, device: &B::Device) -> Resu
         config,
         model,
         meta,
+        path: w.weights.clone(),
     })
 }
 
+/// Metadata entry `key` parsed as JSON (`None` when absent; an error when malformed).
 pub(super) fn meta_json<T: serde::de::DeserializeOwned>(
     meta: &HashMap<String, String>,
     key: &str,
-) -> Option<T> {
-    meta.get(key).and_then(|s| serde_json::from_str(s).ok())
+) -> Result<Option<T>> {
+    meta.get(key)
+        .map(|s| serde_json::from_str(s).with_context(|| format!("metadata `{key}` is malformed")))
+        .transpose()
+}
+
+/// The normalisation stored with weights, checked against the model's `channels`.
+pub(super) fn stored_normalization(
+    meta: &HashMap<String, String>,
+    channels: usize,
+    weights: &Path,
+) -> Result<Option<Normalization>> {
+    let n: Option<Normalization> =
+        meta_json(meta, "normalization").with_context(|| weights.display().to_string())?;
+    if let Some(n) = &n {
+        n.validate(channels)
+            .with_context(|| format!("{}: metadata `normalization`", weights.display()))?;
+    }
+    Ok(n)
 }
 
 pub(super) fn load_split(
@@ -130,28 +170,39 @@ pub(super) fn load_split(
     Ok(set)
 }
 
-pub(super) fn check_shape(cfg: &CrateConfig, set: &data::ImageSet, what: &Path) -> Result<()> {
+/// `[channels, height, width]` of a CRATE classifier's input.
+pub(super) fn input_shape(cfg: &CrateConfig) -> [usize; 3] {
+    [cfg.channels, cfg.image_size, cfg.image_size]
+}
+
+/// The images of `set` must have the model's input shape `want` `[channels, height, width]`.
+pub(super) fn check_shape(want: [usize; 3], set: &data::ImageSet, what: &Path) -> Result<()> {
     ensure!(
-        set.channels == cfg.channels && set.height == cfg.image_size && set.width == cfg.image_size,
+        [set.channels, set.height, set.width] == want,
         "{}: images are {}×{}×{} but the model expects {}×{}×{} (channels × height × width)",
         what.display(),
         set.channels,
         set.height,
         set.width,
-        cfg.channels,
-        cfg.image_size,
-        cfg.image_size
+        want[0],
+        want[1],
+        want[2]
     );
     Ok(())
 }
 
-/// The recipe given by the training flags.
-pub(super) fn recipe_from(a: &TrainArgs) -> Result<Recipe> {
+/// The recipe given by the training flags, checked for images of `image_size` pixels.
+pub(super) fn recipe_from(a: &TrainArgs, image_size: usize) -> Result<Recipe> {
     let recipe = Recipe {
         epochs: a.epochs,
         batch_size: a.batch_size,
         lr: a.lr,
-        min_lr: a.min_lr,
+        // the default final rate never exceeds a small --lr; a given --min-lr above it is an error
+        min_lr: if a.given.iter().any(|g| g == "min_lr") {
+            a.min_lr
+        } else {
+            a.min_lr.min(a.lr)
+        },
         warmup_epochs: a.warmup_epochs,
         label_smoothing: a.label_smoothing,
         seed: a.seed,
@@ -161,7 +212,7 @@ pub(super) fn recipe_from(a: &TrainArgs) -> Result<Recipe> {
             beta1: a.beta1,
             beta2: a.beta2,
             no_decay_norm_bias: a.no_decay_norm_bias,
-            clip_grad_norm: (a.clip_grad_norm > 0.0).then_some(a.clip_grad_norm),
+            clip_grad_norm: crate::train::optim::clip_setting(a.clip_grad_norm)?,
         },
         augment: Augment {
             crop_padding: a.crop_padding,
@@ -170,48 +221,159 @@ pub(super) fn recipe_from(a: &TrainArgs) -> Result<Recipe> {
         schedule: Default::default(),
         weight_decay_end: None,
     };
-    ensure!(
-        recipe.epochs > 0 && recipe.batch_size > 0,
-        "--epochs and --batch-size must be positive"
-    );
-    ensure!(
-        recipe.lr > 0.0 && recipe.lr.is_finite(),
-        "--lr must be positive"
-    );
+    recipe.validate(image_size)?;
     Ok(recipe)
 }
 
 /// A run that has not started (normalisation is filled in from the training split).
-pub(super) fn fresh_state(recipe: Recipe, data: &super::DataArgs) -> TrainState {
+pub(super) fn fresh_state(recipe: Recipe, a: &TrainArgs) -> TrainState {
     TrainState {
-        recipe,
-        normalization: Normalization {
-            mean: vec![],
-            std: vec![],
-        },
-        class_names: vec![],
-        epoch: 0,
-        batch: 0,
-        step: 0,
-        seconds: 0.0,
-        data: data.data.display().to_string(),
+        train_limit: a.train_limit,
+        test_limit: a.test_limit,
+        ..TrainState::new(recipe, &a.data.data)
     }
 }
 
 /// A run restored for `--resume`: config, state, weights and optimizer.
 pub type Resumed<C, M> = (C, TrainState, M, TrainOptimizer<M, TrainBackend>);
 
-/// Refuse to start over a run folder that holds a checkpoint unless `--resume`; with `--resume`,
-/// restore the run from it (`read_config` reads its `config.json`, `init` builds the model).
+/// A flag as given on the command line (`None` when it was left at its default).
+pub(super) fn given<T: ToString>(a: &[String], id: &str, v: T) -> Option<String> {
+    a.iter().any(|g| g == id).then(|| v.to_string())
+}
+
+/// `--resume`: every run-defining flag given on the command line must equal the run's value
+/// (`(flag, given value, the run's value)`); a run continues only as it was started.
+pub fn check_resume_flags(
+    run_dir: &Path,
+    items: Vec<(&str, Option<String>, String)>,
+) -> Result<()> {
+    let differ: Vec<String> = items
+        .into_iter()
+        .filter_map(|(flag, g, run)| {
+            g.filter(|g| *g != run)
+                .map(|g| format!("{flag} {g} (the run has {run})"))
+        })
+        .collect();
+    ensure!(
+        differ.is_empty(),
+        "--resume: the run in {} was started with other settings: {}; drop these flags \
+         to continue it, or start a new run in another --run-dir",
+        run_dir.display(),
+        differ.join(", ")
+    );
+    Ok(())
+}
+
+/// The training flags of `a` against a resumed run's state.
+fn recipe_flags(a: &TrainArgs, s: &TrainState) -> Vec<(&'static str, Option<String>, String)> {
+    let (g, r) = (&a.given, &s.recipe);
+    let limit = |v: Option<usize>| v.map_or("all".to_string(), |n| n.to_string());
+    vec![
+        (
+            "--data",
+            given(g, "data", a.data.data.display()),
+            s.data.clone(),
+        ),
+        (
+            "--init-from",
+            a.init_from.as_ref().map(|p| p.display().to_string()),
+            "no --init-from on resume".into(),
+        ),
+        (
+            "--epochs",
+            given(g, "epochs", a.epochs),
+            r.epochs.to_string(),
+        ),
+        (
+            "--batch-size",
+            given(g, "batch_size", a.batch_size),
+            r.batch_size.to_string(),
+        ),
+        ("--lr", given(g, "lr", a.lr), r.lr.to_string()),
+        (
+            "--min-lr",
+            given(g, "min_lr", a.min_lr),
+            r.min_lr.to_string(),
+        ),
+        (
+            "--warmup-epochs",
+            given(g, "warmup_epochs", a.warmup_epochs),
+            r.warmup_epochs.to_string(),
+        ),
+        (
+            "--optimizer",
+            given(g, "optimizer", format!("{:?}", a.optimizer)),
+            format!("{:?}", r.optim.kind),
+        ),
+        (
+            "--weight-decay",
+            given(g, "weight_decay", a.weight_decay),
+            r.optim.weight_decay.to_string(),
+        ),
+        (
+            "--beta1",
+            given(g, "beta1", a.beta1),
+            r.optim.beta1.to_string(),
+        ),
+        (
+            "--beta2",
+            given(g, "beta2", a.beta2),
+            r.optim.beta2.to_string(),
+        ),
+        (
+            "--no-decay-norm-bias",
+            given(g, "no_decay_norm_bias", a.no_decay_norm_bias),
+            r.optim.no_decay_norm_bias.to_string(),
+        ),
+        (
+            "--label-smoothing",
+            given(g, "label_smoothing", a.label_smoothing),
+            r.label_smoothing.to_string(),
+        ),
+        (
+            "--clip-grad-norm",
+            given(g, "clip_grad_norm", a.clip_grad_norm),
+            r.optim.clip_grad_norm.unwrap_or(0.0).to_string(),
+        ),
+        (
+            "--crop-padding",
+            given(g, "crop_padding", a.crop_padding),
+            r.augment.crop_padding.to_string(),
+        ),
+        (
+            "--hflip",
+            given(g, "hflip", a.hflip),
+            r.augment.hflip.to_string(),
+        ),
+        ("--seed", given(g, "seed", a.seed), r.seed.to_string()),
+        (
+            "--train-limit",
+            given(g, "train_limit", limit(a.train_limit)),
+            limit(s.train_limit),
+        ),
+        (
+            "--test-limit",
+            given(g, "test_limit", limit(a.test_limit)),
+            limit(s.test_limit),
+        ),
+    ]
+}
+
+/// Without `--resume`: refuse a run folder that holds a checkpoint (unless `--overwrite`). With
+/// it: bring the run folder back to its last complete checkpoint and restore the run from it,
+/// after checking every flag given against the run (`config_flags` adds the model's flags;
+/// `read_config` reads its `config.json`, `init` builds the model). Hold the run's lock.
 pub fn resume_run<
     C,
     M: burn::module::AutodiffModule<TrainBackend> + crate::weights::OfficialKeys,
 >(
     a: &TrainArgs,
     read_config: impl Fn(&Path) -> Result<C>,
+    config_flags: impl Fn(&C) -> Result<Vec<(&'static str, Option<String>, String)>>,
     init: impl Fn(&C) -> M,
 ) -> Result<Option<Resumed<C, M>>> {
-    resume_run_with(a, read_config, init, |dir| {
+    resume_run_with(a, read_config, config_flags, init, |dir| {
         read_state_dict(&dir.join("model.safetensors"))
     })
 }
@@ -223,21 +385,22 @@ pub fn resume_run_with<
 >(
     a: &TrainArgs,
     read_config: impl Fn(&Path) -> Result<C>,
+    config_flags: impl Fn(&C) -> Result<Vec<(&'static str, Option<String>, String)>>,
     init: impl Fn(&C) -> M,
     read_weights: impl Fn(&Path) -> Result<StateDict>,
 ) -> Result<Option<Resumed<C, M>>> {
-    let ckpt = Checkpoint::find(&a.run_dir);
     if !a.resume {
-        if ckpt.is_some() {
-            bail!("{} already holds a checkpoint: pass --resume to continue it, or choose another --run-dir", a.run_dir.display());
-        }
+        train::checkpoint::start_fresh(&a.run_dir, a.overwrite)?;
         return Ok(None);
     }
     let device = Default::default();
-    let dir =
-        ckpt.with_context(|| format!("--resume: no checkpoint in {}", a.run_dir.display()))?;
+    let dir = train::checkpoint::recover(&a.run_dir)?
+        .with_context(|| format!("--resume: no checkpoint in {}", a.run_dir.display()))?;
     let state = Checkpoint::load_state(&dir)?;
     let config = read_config(&dir.join("config.json"))?;
+    let mut flags = recipe_flags(a, &state);
+    flags.extend(config_flags(&config)?);
+    check_resume_flags(&a.run_dir, flags)?;
     let sd = read_weights(&dir)?;
     let (model, _) = apply_state_dict(init(&config), &sd, true)?;
     let optim = TrainOptimizer::new(state.recipe.optim.clone(), &model).load(&dir, &device)?;
@@ -251,19 +414,40 @@ pub fn resume_run_with<
     Ok(Some((config, state, model, optim)))
 }
 
+/// The classifier config the flags `--config` and `--arch` describe.
+fn config_from_flags(a: &TrainArgs) -> Result<CrateConfig> {
+    let mut config = CrateConfig::resolve(&a.config)?;
+    if let Some(arch) = &a.arch {
+        config = config.with_arch(arch)?;
+    }
+    Ok(config)
+}
+
 pub fn train(a: TrainArgs) -> Result<()> {
     let device = Default::default();
-    let t_start = Instant::now();
-    let resumed = resume_run(&a, CrateConfig::from_json_file, |c| {
+    let _lock = train::checkpoint::RunLock::acquire(&a.run_dir)?;
+    if super::tost::wants_tost(&a)? {
+        return super::tost::train(a);
+    }
+    let config_flags = |run: &CrateConfig| -> Result<Vec<(&'static str, Option<String>, String)>> {
+        let same = |c: &CrateConfig| serde_json::to_value(c).ok() == serde_json::to_value(run).ok();
+        let mut v = vec![("--arch", a.arch.clone(), run.arch.clone())];
+        if a.given.iter().any(|g| g == "config") && !same(&config_from_flags(&a)?) {
+            v.push((
+                "--config",
+                Some(a.config.clone()),
+                "another model (its checkpoint/config.json)".into(),
+            ));
+        }
+        Ok(v)
+    };
+    let resumed = resume_run(&a, CrateConfig::from_json_file, config_flags, |c| {
         c.init::<TrainBackend>(&device)
     })?;
     let (config, state, model, optim) = if let Some(r) = resumed {
         r
     } else {
-        let mut config = CrateConfig::resolve(&a.config)?;
-        if let Some(arch) = &a.arch {
-            config = config.with_arch(arch)?;
-        }
+        let mut config = config_from_flags(&a)?;
         let mut init = match &a.init_from {
             Some(p) => Some((p, read_state_dict(p)?)),
             None => None,
@@ -289,32 +473,66 @@ pub fn train(a: TrainArgs) -> Result<()> {
             }
             model = m;
         }
-        let recipe = recipe_from(&a)?;
+        let recipe = recipe_from(&a, config.image_size)?;
         let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
-        let state = fresh_state(recipe, &a.data);
+        let state = fresh_state(recipe, &a);
         (config, state, model, optim)
     };
-    let mut state = state;
-    let train_set = load_split(&a.data, Split::Train, a.train_limit)?;
-    let test_set = load_split(&a.data, Split::Test, a.test_limit)?;
-    check_shape(&config, &train_set, &a.data.data)?;
+    let shape = Classifier {
+        input: input_shape(&config),
+        num_classes: config.num_classes,
+        params: config.param_count(),
+    };
+    let task = train::Classify::new(config, state.recipe.label_smoothing, &device);
+    run_classifier(&a, &task, model, optim, state, shape)
+}
+
+/// What the training command checks the data against and logs.
+pub(super) struct Classifier {
+    /// `[channels, height, width]`.
+    pub input: [usize; 3],
+    pub num_classes: usize,
+    pub params: usize,
+}
+
+/// Load the data, train `task` from `state` with [`train::fit`] and print the result
+/// (a resumed run that had already finished is evaluated as saved).
+pub(super) fn run_classifier<T: train::Task<TrainBackend>>(
+    a: &TrainArgs,
+    task: &T,
+    model: T::Model,
+    optim: TrainOptimizer<T::Model, TrainBackend>,
+    mut state: TrainState,
+    shape: Classifier,
+) -> Result<()> {
+    use burn::module::AutodiffModule;
+    let device = Default::default();
+    let t_start = Instant::now();
+    let train_set = load_split(&a.data, Split::Train, state.train_limit)?;
+    let test_set = load_split(&a.data, Split::Test, state.test_limit)?;
+    check_shape(shape.input, &train_set, &a.data.data)?;
+    check_shape(shape.input, &test_set, &a.data.data)
+        .context("the test split differs from the model")?;
     ensure!(
-        train_set.num_classes() <= config.num_classes,
+        train_set.num_classes() <= shape.num_classes,
         "{}: {} classes but the model has num_classes = {}",
         a.data.data.display(),
         train_set.num_classes(),
-        config.num_classes
+        shape.num_classes
     );
-    if state.normalization.mean.is_empty() {
-        state.normalization = Normalization::from_set(&train_set);
-        state.class_names = train_set.class_names.clone();
+    for (set, split) in [(&train_set, "train"), (&test_set, "test")] {
+        set.check_labels(shape.num_classes)
+            .with_context(|| format!("{}: {split} split", a.data.data.display()))?;
     }
-    std::fs::create_dir_all(&a.run_dir)
-        .with_context(|| format!("cannot create {}", a.run_dir.display()))?;
+    state.fill_from(&train_set);
+    state
+        .normalization
+        .validate(shape.input[0])
+        .context("the run's normalisation")?;
     train::save_on_interrupt();
     tracing::info!(
         "training {} params on {} images ({} test) from {}, {} epochs",
-        config.param_count(),
+        shape.params,
         train_set.len(),
         test_set.len(),
         a.data.data.display(),
@@ -329,29 +547,19 @@ pub fn train(a: TrainArgs) -> Result<()> {
         measure_every: a.measure_every,
         measure_images: a.measure_images,
     };
-    let task = train::Classify::new(config, state.recipe.label_smoothing, &device);
-    let last = train::fit(&run, &task, model, optim, state.clone(), &device)?;
+    // a resumed run that has already finished trains no further: evaluate the weights as saved
+    let no_epoch = a.stop_after == Some(0) || state.epoch >= state.recipe.epochs;
+    let finished = no_epoch.then(|| model.valid());
+    let last = train::fit(&run, task, model, optim, state.clone(), &device)?;
     let dir = Checkpoint::dir(&a.run_dir);
     let final_state = Checkpoint::load_state(&dir)?;
-    let (acc, loss) = match &last {
-        Some(m) => (m.test_acc, m.test_loss),
-        None => {
-            // Resumed a finished run: evaluate the saved weights.
-            let w = WeightArgs {
-                weights: dir.join("model.safetensors"),
-                config: None,
-                strict: true,
-            };
-            let l = load_weights::<InferBackend>(&w, &device)?;
-            let r = train::evaluate(
-                &l.model,
-                &test_set,
-                &final_state.normalization,
-                500,
-                &device,
-            )?;
+    let (acc, loss) = match (&last, finished) {
+        (Some(m), _) => (m.test_acc, m.test_loss),
+        (None, Some(saved)) => {
+            let r = task.evaluate(&saved, &test_set, &final_state.normalization, &device)?;
             (r.top1, r.loss)
         }
+        (None, None) => bail!("training stopped before an epoch finished"),
     };
     println!(
         "test accuracy {:.2}%  (test loss {:.4}, {} epochs, weights in {})",
@@ -372,12 +580,31 @@ pub fn train(a: TrainArgs) -> Result<()> {
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
+    if let Some(l) = super::tost::load_if_tost::<InferBackend>(&a.weights)? {
+        let (shape, classes) = (l.config.input_shape(), l.config.num_classes);
+        return eval_classifier(&a, shape, classes, &l.meta, |x| l.model.forward(x));
+    }
+    let l = load_weights::<InferBackend>(&a.weights, &Default::default())?;
+    let (shape, classes) = (input_shape(&l.config), l.config.num_classes);
+    eval_classifier(&a, shape, classes, &l.meta, |x| l.model.forward(x))
+}
+
+/// Top-1/top-5/loss of a classifier's inference `forward` on the test split, printed.
+fn eval_classifier(
+    a: &EvalArgs,
+    shape: [usize; 3],
+    num_classes: usize,
+    meta: &HashMap<String, String>,
+    forward: impl Fn(Tensor<InferBackend, 4>) -> Tensor<InferBackend, 2>,
+) -> Result<()> {
     let device = Default::default();
     let t0 = Instant::now();
-    let l = load_weights::<InferBackend>(&a.weights, &device)?;
+    ensure!(a.batch_size > 0, "--batch-size must be at least 1");
     let test = load_split(&a.data, Split::Test, a.test_limit)?;
-    check_shape(&l.config, &test, &a.data.data)?;
-    let norm = match meta_json::<Normalization>(&l.meta, "normalization") {
+    check_shape(shape, &test, &a.data.data)?;
+    test.check_labels(num_classes)
+        .with_context(|| format!("{}: test split", a.data.data.display()))?;
+    let norm = match stored_normalization(meta, shape[0], &a.weights.weights)? {
         Some(n) => n,
         None => {
             tracing::warn!(
@@ -386,7 +613,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             Normalization::from_set(&load_split(&a.data, Split::Train, None)?)
         }
     };
-    let r = train::evaluate(&l.model, &test, &norm, a.batch_size, &device)?;
+    let r = train::evaluate_with(forward, &test, &norm, a.batch_size, &device)?;
     println!(
         "top-1 {:.2}%  top-5 {:.2}%  loss {:.4}  ({} images)",
         100.0 * r.top1,
@@ -431,30 +658,40 @@ pub(super) fn normalize_chw(px: &[u8], norm: &Normalization) -> Vec<f32> {
         .collect()
 }
 
-/// Decode, convert to the model's channel count, resize and normalise one image.
-pub fn preprocess(path: &Path, cfg: &CrateConfig, norm: &Normalization) -> Result<Vec<f32>> {
-    let px = read_image(path, cfg.channels, cfg.image_size)?;
-    Ok(normalize_chw(&px, norm))
+pub fn predict(a: PredictArgs) -> Result<()> {
+    if let Some(l) = super::tost::load_if_tost::<InferBackend>(&a.weights)? {
+        let (shape, k) = (l.config.input_shape(), l.config.num_classes);
+        return predict_with(&a, shape, k, &l.meta, |x| l.model.forward(x));
+    }
+    let l = load_weights::<InferBackend>(&a.weights, &Default::default())?;
+    let (shape, k) = (input_shape(&l.config), l.config.num_classes);
+    predict_with(&a, shape, k, &l.meta, |x| l.model.forward(x))
 }
 
-pub fn predict(a: PredictArgs) -> Result<()> {
+/// Top-k labels of a classifier's inference `forward` (input `shape`, `num_classes`) per image.
+fn predict_with(
+    a: &PredictArgs,
+    shape: [usize; 3],
+    num_classes: usize,
+    meta: &HashMap<String, String>,
+    forward: impl Fn(Tensor<InferBackend, 4>) -> Tensor<InferBackend, 2>,
+) -> Result<()> {
     let device = Default::default();
-    let l = load_weights::<InferBackend>(&a.weights, &device)?;
-    let c = l.config.channels;
-    let norm = meta_json::<Normalization>(&l.meta, "normalization").unwrap_or_else(|| {
+    let [c, s, _] = shape;
+    let norm = stored_normalization(meta, c, &a.weights.weights)?.unwrap_or_else(|| {
         tracing::warn!("no normalisation stored with the weights; using mean 0.5, std 0.5");
         Normalization {
             mean: vec![0.5; c],
             std: vec![0.5; c],
         }
     });
-    let classes: Vec<String> = meta_json(&l.meta, "class_names")
-        .unwrap_or_else(|| (0..l.config.num_classes).map(|i| i.to_string()).collect());
-    let s = l.config.image_size;
+    let classes: Vec<String> = meta_json(meta, "class_names")
+        .with_context(|| a.weights.weights.display().to_string())?
+        .unwrap_or_else(|| (0..num_classes).map(|i| i.to_string()).collect());
     for path in &a.images {
-        let px = preprocess(path, &l.config, &norm)?;
+        let px = normalize_chw(&read_image(path, c, s)?, &norm);
         let x = Tensor::<InferBackend, 4>::from_data(TensorData::new(px, [1, c, s, s]), &device);
-        let probs = burn::tensor::activation::softmax(l.model.forward(x), 1);
+        let probs = burn::tensor::activation::softmax(forward(x), 1);
         let p: Vec<f32> = probs.into_data().to_vec().unwrap();
         let mut order: Vec<usize> = (0..p.len()).collect();
         order.sort_by(|&i, &j| p[j].total_cmp(&p[i]));
@@ -474,27 +711,15 @@ pub fn predict(a: PredictArgs) -> Result<()> {
     Ok(())
 }
 
-/// The `input` tensor (NCHW f32) of a safetensors file, checked against the model's input shape.
-fn read_input<B: CrateBackend>(
+/// The `input` tensor (NCHW f32) of a safetensors file, checked against the model's input shape
+/// `want` `[channels, height, width]`.
+pub(super) fn read_input<B: CrateBackend>(
     path: &Path,
-    cfg: &CrateConfig,
+    want: [usize; 3],
     device: &B::Device,
 ) -> Result<Tensor<B, 4>> {
-    let (tensors, _) = read_safetensors_all(path)?;
-    let input = tensors
-        .get("input")
-        .with_context(|| format!("{}: no tensor named `input`", path.display()))?;
-    let want = [cfg.channels, cfg.image_size, cfg.image_size];
-    ensure!(
-        input.shape.len() == 4 && input.shape[1..] == want,
-        "{}: `input` has shape {:?}, expected [N, {}, {}, {}]",
-        path.display(),
-        input.shape.to_vec(),
-        want[0],
-        want[1],
-        want[2]
-    );
-    Ok(Tensor::from_data(input.clone().convert::<f32>(), device))
+    let input = read_input_tensor(path, "input", &want)?;
+    Ok(Tensor::from_data(input.convert::<f32>(), device))
 }
 
 pub fn forward(a: ForwardArgs) -> Result<()> {
@@ -505,8 +730,17 @@ pub fn forward(a: ForwardArgs) -> Result<()> {
         return super::mae::forward(a);
     }
     let device = Default::default();
+    if let Some(l) = super::tost::load_if_tost::<InferBackend>(&a.weights)? {
+        let x = read_input::<InferBackend>(&a.input, l.config.input_shape(), &device)?;
+        ensure!(
+            !a.activations,
+            "--activations is not available for ToST (logits only)"
+        );
+        let logits = l.model.forward(x).into_data();
+        return write_forward(&a.output, logits, Activations::<InferBackend>::off());
+    }
     let l = load_weights::<InferBackend>(&a.weights, &device)?;
-    let x = read_input::<InferBackend>(&a.input, &l.config, &device)?;
+    let x = read_input::<InferBackend>(&a.input, input_shape(&l.config), &device)?;
     let mut acts = Activations::recording(a.activations);
     let logits = l.model.forward_with(x, &mut acts);
     write_forward(&a.output, logits.into_data(), acts)
@@ -533,12 +767,12 @@ pub fn measure(a: MeasureArgs) -> Result<()> {
     let l = load_weights::<InferBackend>(&a.weights, &device)?;
     let cfg = &l.config;
     let x = match (&a.input, &a.data) {
-        (Some(p), _) => read_input::<InferBackend>(p, cfg, &device)?,
+        (Some(p), _) => read_input::<InferBackend>(p, input_shape(cfg), &device)?,
         (None, Some(dir)) => {
             let mut set = data::load(dir, a.format, Split::Test)?;
             set.truncate(a.limit.max(1));
-            check_shape(cfg, &set, dir)?;
-            let norm = meta_json::<Normalization>(&l.meta, "normalization")
+            check_shape(input_shape(cfg), &set, dir)?;
+            let norm = stored_normalization(&l.meta, cfg.channels, &a.weights.weights)?
                 .unwrap_or_else(|| Normalization::from_set(&set));
             let batcher = data::Batcher {
                 norm,

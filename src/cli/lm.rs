@@ -7,10 +7,12 @@ use rand::{rngs::StdRng, SeedableRng};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::commands::{check_resume_flags, given};
 use super::{ForwardArgs, WeightArgs};
 use crate::model::lm::{self, CausalLm, LmConfig, Sampling};
 use crate::model::{Activations, CrateBackend};
 use crate::text::{self, StreamDecoder, TokenFile, Tokenizer};
+use crate::train::checkpoint::{self, RunLock};
 use crate::train::lm::{fit_lm, load_state, sequential_loss, LmRecipe, LmState, TokenRun};
 use crate::train::{Checkpoint, OptimSettings, OptimizerKind, TrainOptimizer};
 use crate::weights::{canonical_ids, read_safetensors_all, read_state_dict, StateDict};
@@ -63,7 +65,7 @@ pub struct LmTrainArgs {
     #[arg(long, default_value = "char")]
     pub config: String,
     /// crate-lm (complete dictionary), crate-lm-overcomplete (crate-lm's train.py; the default
-    /// unless a JSON --config names another) or gpt (baseline).
+    /// unless a JSON --config names another), gpt (baseline) or tost-lm (ToST causal TSSA).
     #[arg(long)]
     pub arch: Option<String>,
     /// Override the preset's layers / heads / width / context.
@@ -77,9 +79,16 @@ pub struct LmTrainArgs {
     pub block_size: Option<usize>,
     #[arg(long, default_value = "runs/lm")]
     pub run_dir: PathBuf,
-    /// Continue the run in --run-dir from its last checkpoint.
+    /// Continue the run in --run-dir from its last checkpoint (flags that define the run, when
+    /// given, must equal the run's).
     #[arg(long)]
     pub resume: bool,
+    /// Start over in a --run-dir that holds a run: its checkpoint and metrics are removed first.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
+    /// Flags given on the command line (filled in after parsing; `--resume` checks them).
+    #[arg(skip)]
+    pub given: Vec<String>,
     #[arg(long, default_value_t = 2000)]
     pub max_iters: usize,
     #[arg(long, default_value_t = 32)]
@@ -204,6 +213,114 @@ fn train_config(a: &LmTrainArgs, tokenizer: &Tokenizer) -> Result<LmConfig> {
     Ok(c)
 }
 
+/// The flags of `a` that define a run, against the resumed run's config and state.
+fn resume_flags(
+    a: &LmTrainArgs,
+    c: &LmConfig,
+    s: &LmState,
+) -> Vec<(&'static str, Option<String>, String)> {
+    let (g, r) = (&a.given, &s.recipe);
+    let mut v = vec![
+        ("--data", given(g, "data", a.data.display()), s.data.clone()),
+        ("--arch", a.arch.clone(), c.arch.clone()),
+        (
+            "--n-layer",
+            a.n_layer.map(|v| v.to_string()),
+            c.n_layer.to_string(),
+        ),
+        (
+            "--n-head",
+            a.n_head.map(|v| v.to_string()),
+            c.n_head.to_string(),
+        ),
+        (
+            "--n-embd",
+            a.n_embd.map(|v| v.to_string()),
+            c.n_embd.to_string(),
+        ),
+        (
+            "--block-size",
+            a.block_size.map(|v| v.to_string()),
+            c.block_size.to_string(),
+        ),
+        (
+            "--max-iters",
+            given(g, "max_iters", a.max_iters),
+            r.max_iters.to_string(),
+        ),
+        (
+            "--batch-size",
+            given(g, "batch_size", a.batch_size),
+            r.batch_size.to_string(),
+        ),
+        (
+            "--grad-accum",
+            given(g, "grad_accum", a.grad_accum),
+            r.grad_accum.to_string(),
+        ),
+        ("--lr", given(g, "lr", a.lr), r.lr.to_string()),
+        (
+            "--min-lr",
+            a.min_lr.map(|v| v.to_string()),
+            r.min_lr.to_string(),
+        ),
+        (
+            "--warmup-iters",
+            given(g, "warmup_iters", a.warmup_iters.min(r.max_iters)),
+            r.warmup_iters.to_string(),
+        ),
+        (
+            "--weight-decay",
+            given(g, "weight_decay", a.weight_decay),
+            r.optim.weight_decay.to_string(),
+        ),
+        (
+            "--beta1",
+            given(g, "beta1", a.beta1),
+            r.optim.beta1.to_string(),
+        ),
+        (
+            "--beta2",
+            given(g, "beta2", a.beta2),
+            r.optim.beta2.to_string(),
+        ),
+        (
+            "--clip-grad-norm",
+            given(g, "clip_grad_norm", a.clip_grad_norm),
+            r.optim.clip_grad_norm.unwrap_or(0.0).to_string(),
+        ),
+        (
+            "--eval-interval",
+            given(g, "eval_interval", a.eval_interval),
+            r.eval_interval.to_string(),
+        ),
+        (
+            "--eval-iters",
+            given(g, "eval_iters", a.eval_iters),
+            r.eval_iters.to_string(),
+        ),
+        ("--seed", given(g, "seed", a.seed), r.seed.to_string()),
+    ];
+    if g.iter().any(|f| f == "config") {
+        let same = LmConfig::resolve(&a.config).is_ok_and(|mut p| {
+            (p.arch, p.vocab_size) = (c.arch.clone(), c.vocab_size);
+            p.n_layer = a.n_layer.unwrap_or(p.n_layer);
+            p.n_head = a.n_head.unwrap_or(p.n_head);
+            p.n_embd = a.n_embd.unwrap_or(p.n_embd);
+            p.block_size = a.block_size.unwrap_or(p.block_size);
+            serde_json::to_value(&p).ok() == serde_json::to_value(c).ok()
+        });
+        if !same {
+            v.push((
+                "--config",
+                Some(a.config.clone()),
+                "another model (its checkpoint/config.json)".into(),
+            ));
+        }
+    }
+    v
+}
+
 pub fn train(a: LmTrainArgs) -> Result<()> {
     let device = Default::default();
     if !a.data.join("meta.json").exists() {
@@ -222,16 +339,17 @@ pub fn train(a: LmTrainArgs) -> Result<()> {
     let meta = text::read_meta(&a.data)?;
     let train_tokens = TokenFile::open(&a.data.join("train.bin"))?;
     let val_tokens = TokenFile::open(&a.data.join("val.bin"))?;
+    for f in [&train_tokens, &val_tokens] {
+        f.check_vocab(meta.tokenizer.vocab_size())?;
+    }
     ensure!(
         val_tokens.len() >= 2,
         "{}: the validation split is empty; prepare with a larger --val-fraction",
         a.data.display()
     );
-    std::fs::create_dir_all(&a.run_dir)
-        .with_context(|| format!("cannot create {}", a.run_dir.display()))?;
-
+    let _lock = RunLock::acquire(&a.run_dir)?;
     let (config, model, optim, state) = if a.resume {
-        let dir = Checkpoint::find(&a.run_dir)
+        let dir = checkpoint::recover(&a.run_dir)?
             .with_context(|| format!("--resume: no checkpoint in {}", a.run_dir.display()))?;
         let state = load_state(&dir)?;
         ensure!(
@@ -240,6 +358,7 @@ pub fn train(a: LmTrainArgs) -> Result<()> {
             a.data.display()
         );
         let config = LmConfig::from_json_file(&dir.join("config.json"))?;
+        check_resume_flags(&a.run_dir, resume_flags(&a, &config, &state))?;
         let sd = read_state_dict(&dir.join("model.safetensors"))?;
         let model = lm::load_official(config.init::<TrainBackend>(&device), sd)?;
         let optim = TrainOptimizer::new(state.recipe.optim.clone(), &model).load(&dir, &device)?;
@@ -265,17 +384,18 @@ pub fn train(a: LmTrainArgs) -> Result<()> {
                 beta2: a.beta2,
                 // LayerNorm weights and biases are the only < 2-D parameters: decay ≥ 2-D only
                 no_decay_norm_bias: true,
-                clip_grad_norm: (a.clip_grad_norm > 0.0).then_some(a.clip_grad_norm),
+                clip_grad_norm: crate::train::optim::clip_setting(a.clip_grad_norm)?,
             },
             eval_interval: a.eval_interval,
             eval_iters: a.eval_iters,
             seed: a.seed,
         };
+        recipe.validate()?;
         <TrainBackend as burn::tensor::backend::Backend>::seed(&device, a.seed);
         let model = canonical_ids(config.init::<TrainBackend>(&device));
         let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
         let state = LmState::fresh(recipe, meta.tokenizer.clone(), &a.data);
-        let _ = std::fs::remove_file(a.run_dir.join("metrics.jsonl"));
+        checkpoint::start_fresh(&a.run_dir, a.overwrite)?;
         (config, model, optim, state)
     };
     tracing::info!(
@@ -374,6 +494,7 @@ pub fn lm_config(w: &WeightArgs) -> Result<Option<LmConfig>> {
 fn nanogpt_model_args(path: &Path) -> Result<Option<LmConfig>> {
     use burn_store::pytorch::reader::PickleValue;
     use burn_store::pytorch::PytorchReader;
+    crate::weights::check_torch_file(path)?;
     let Ok(PickleValue::Dict(args)) = PytorchReader::read_pickle_data(path, Some("model_args"))
     else {
         return Ok(None);
@@ -397,7 +518,7 @@ fn nanogpt_model_args(path: &Path) -> Result<Option<LmConfig>> {
         dropout: 0.0, // training-only; inference runs without it
         bias: !matches!(args.get("bias"), Some(PickleValue::Bool(false))),
     };
-    if config.arch != "gpt" {
+    if !(config.is_gpt() || config.is_tost()) {
         config.bias = true; // ignored by both crate-lm files
     }
     config
@@ -406,8 +527,11 @@ fn nanogpt_model_args(path: &Path) -> Result<Option<LmConfig>> {
     Ok(Some(config))
 }
 
-/// crate-lm complete (ISTA W d×d), overcomplete (4d×d) or nanoGPT GPT (an MLP).
+/// crate-lm complete (ISTA W d×d), overcomplete (4d×d), ToST (`denom_bias`) or nanoGPT GPT (an MLP).
 pub fn infer_arch(sd: &StateDict, d: usize) -> Option<String> {
+    if sd.contains_key("transformer.h.0.attn.denom_bias") {
+        return Some(lm::ARCHS[3].into()); // ToST's causal TSSA
+    }
     if sd.contains_key("transformer.h.0.mlp.c_fc.weight") {
         return Some("gpt".into());
     }
@@ -441,7 +565,7 @@ pub fn load_lm<B: CrateBackend>(
         Ok(m)
     }
     .with_context(|| format!("loading {}", w.weights.display()))?;
-    let tokenizer = if super::commands::is_safetensors(&w.weights) {
+    let tokenizer: Option<Tokenizer> = if super::commands::is_safetensors(&w.weights) {
         let (_, meta) = read_safetensors_all(&w.weights)?;
         meta.get("tokenizer")
             .map(|t| serde_json::from_str(t))
@@ -450,6 +574,10 @@ pub fn load_lm<B: CrateBackend>(
     } else {
         None
     };
+    if let Some(t) = &tokenizer {
+        t.validate()
+            .with_context(|| format!("{}: tokenizer metadata", w.weights.display()))?;
+    }
     Ok(LoadedLm {
         config,
         model,
@@ -530,6 +658,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         temperature: a.temperature,
         top_k: (a.top_k > 0).then_some(a.top_k),
     };
+    opts.validate()?;
     let mut rng = StdRng::seed_from_u64(a.seed);
     let mut out = std::io::stdout().lock();
     write!(out, "{}", a.prompt)?;
@@ -569,7 +698,12 @@ pub fn forward(a: &ForwardArgs, config: LmConfig) -> Result<()> {
         idx.shape[1],
         l.config.block_size
     );
-    ensure!(idx.shape[1] > 0, "{}: `idx` is empty", a.input.display());
+    ensure!(
+        idx.shape[0] > 0 && idx.shape[1] > 0,
+        "{}: `idx` is empty (shape {:?})",
+        a.input.display(),
+        idx.shape.to_vec()
+    );
     lm::check_tokens(&ids, l.config.vocab_size).with_context(|| a.input.display().to_string())?;
     let x = Tensor::<InferBackend, 2, Int>::from_data(
         TensorData::new(ids, [idx.shape[0], idx.shape[1]]),

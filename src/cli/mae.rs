@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::commands::{
-    fresh_state, is_safetensors, load_split, meta_json, recipe_from, resume_run,
+    fresh_state, given, is_safetensors, load_split, recipe_from, resume_run, stored_normalization,
 };
 use super::{ForwardArgs, MaeTrainArgs, ProbeArgs, ReconstructArgs, WeightArgs};
 use crate::data::{self, batch_rng, Augment, Batcher, ImageSet, Normalization, Split};
@@ -24,14 +24,14 @@ use crate::train::mae::{evaluate_mae, Reconstruct};
 use crate::train::ssl::extract_features;
 use crate::train::{self, Checkpoint, TrainOptimizer, TrainRun};
 use crate::weights::{
-    apply_state_dict, canonical_ids, read_safetensors_all, read_state_dict, safetensors_bytes,
-    write_atomic, StateDict,
+    apply_state_dict, canonical_ids, check_finite, read_input_tensor, read_safetensors_all,
+    read_state_dict, safetensors_bytes, write_atomic, StateDict,
 };
 use crate::{InferBackend, TrainBackend};
 
 /// The config JSON that goes with a weights file: `--config` (file), else the safetensors
 /// metadata, else `config.json` beside the weights.
-fn config_json(w: &WeightArgs) -> Option<serde_json::Value> {
+pub(super) fn config_json(w: &WeightArgs) -> Option<serde_json::Value> {
     let text = match &w.config {
         Some(spec) if Path::new(spec).is_file() => std::fs::read_to_string(spec).ok()?,
         Some(_) => return None,
@@ -166,19 +166,7 @@ pub fn forward(a: ForwardArgs) -> Result<()> {
     let l = load_mae::<InferBackend>(&a.weights, &device)?;
     let c = &l.config;
     let (tensors, _) = read_safetensors_all(&a.input)?;
-    let input = tensors
-        .get("input")
-        .with_context(|| format!("{}: no tensor named `input`", a.input.display()))?;
-    let want = [c.in_chans, c.img_size, c.img_size];
-    ensure!(
-        input.shape.len() == 4 && input.shape[1..] == want,
-        "{}: `input` has shape {:?}, expected [N, {}, {}, {}]",
-        a.input.display(),
-        input.shape.to_vec(),
-        want[0],
-        want[1],
-        want[2]
-    );
+    let input = read_input_tensor(&a.input, "input", &[c.in_chans, c.img_size, c.img_size])?;
     let b = input.shape[0];
     let noise = match tensors.get("noise") {
         Some(t) => {
@@ -189,6 +177,7 @@ pub fn forward(a: ForwardArgs) -> Result<()> {
                 t.shape.to_vec(),
                 c.num_patches()
             );
+            check_finite(t).with_context(|| format!("{}: `noise`", a.input.display()))?;
             Some(t.clone().convert::<f32>().to_vec::<f32>().unwrap())
         }
         None => None,
@@ -258,7 +247,40 @@ pub fn train(m: MaeTrainArgs) -> Result<()> {
         a.measure_every == 0,
         "--measure-every measures classifier layers; it is not available for `mae train`"
     );
-    let resumed = resume_run(a, MaeConfig::from_json_file, |c| {
+    let _lock = crate::train::checkpoint::RunLock::acquire(&a.run_dir)?;
+    let config_flags = |run: &MaeConfig| -> Result<Vec<(&'static str, Option<String>, String)>> {
+        let g = &a.given;
+        let mut v = vec![
+            (
+                "--mask-ratio",
+                m.mask_ratio.map(|r| r.to_string()),
+                run.mask_ratio.to_string(),
+            ),
+            (
+                "--norm-pix-loss",
+                given(g, "norm_pix_loss", m.norm_pix_loss),
+                run.norm_pix_loss.to_string(),
+            ),
+        ];
+        if g.iter().any(|f| f == "config") {
+            let spec = if a.config == "fmnist" {
+                "mae-fmnist"
+            } else {
+                a.config.as_str()
+            };
+            let mut c = MaeConfig::resolve(spec)?;
+            (c.mask_ratio, c.norm_pix_loss) = (run.mask_ratio, run.norm_pix_loss);
+            if serde_json::to_value(&c)? != serde_json::to_value(run)? {
+                v.push((
+                    "--config",
+                    Some(a.config.clone()),
+                    "another model (its checkpoint/config.json)".into(),
+                ));
+            }
+        }
+        Ok(v)
+    };
+    let resumed = resume_run(a, MaeConfig::from_json_file, config_flags, |c| {
         c.init::<TrainBackend>(&device)
     })?;
     let (config, state, model, optim) = if let Some(r) = resumed {
@@ -284,18 +306,16 @@ pub fn train(m: MaeTrainArgs) -> Result<()> {
             }
             model = mm;
         }
-        let recipe = recipe_from(a)?;
+        let recipe = recipe_from(a, config.img_size)?;
         let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
-        (config, fresh_state(recipe, &a.data), model, optim)
+        (config, fresh_state(recipe, a), model, optim)
     };
     let mut state = state;
-    let train_set = load_split(&a.data, Split::Train, a.train_limit)?;
-    let test_set = load_split(&a.data, Split::Test, a.test_limit)?;
+    let train_set = load_split(&a.data, Split::Train, state.train_limit)?;
+    let test_set = load_split(&a.data, Split::Test, state.test_limit)?;
     check_mae_shape(&config, &train_set, &a.data.data)?;
-    if state.normalization.mean.is_empty() {
-        state.normalization = Normalization::from_set(&train_set);
-        state.class_names = train_set.class_names.clone();
-    }
+    check_mae_shape(&config, &test_set, &a.data.data).context("test split")?;
+    state.fill_from(&train_set);
     std::fs::create_dir_all(&a.run_dir)
         .with_context(|| format!("cannot create {}", a.run_dir.display()))?;
     train::save_on_interrupt();
@@ -374,8 +394,13 @@ pub fn train(m: MaeTrainArgs) -> Result<()> {
 }
 
 /// Normalisation stored with MAE weights (else the training split's, with a warning).
-fn stored_norm(meta: &HashMap<String, String>, d: &super::DataArgs) -> Result<Normalization> {
-    Ok(match meta_json::<Normalization>(meta, "normalization") {
+fn stored_norm(
+    meta: &HashMap<String, String>,
+    channels: usize,
+    w: &WeightArgs,
+    d: &super::DataArgs,
+) -> Result<Normalization> {
+    Ok(match stored_normalization(meta, channels, &w.weights)? {
         Some(n) => n,
         None => {
             tracing::warn!(
@@ -401,7 +426,7 @@ pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
     let mut set = data::load(&a.data.data, a.data.format, Split::Test)?;
     set.truncate(a.count.max(1));
     check_mae_shape(c, &set, &a.data.data)?;
-    let norm = stored_norm(&l.meta, &a.data)?;
+    let norm = stored_norm(&l.meta, l.config.in_chans, &a.weights, &a.data)?;
     let batcher = Batcher {
         norm: norm.clone(),
         augment: Augment::none(),
@@ -485,6 +510,16 @@ pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
 /// encoder, or a CRATE's head input `LN(cls)` (classifier or `dino train` teacher) — standardised
 /// with the training split's statistics, softmax regression by AdamW.
 pub fn probe(a: ProbeArgs) -> Result<()> {
+    ensure!(
+        a.epochs > 0 && a.batch_size > 0,
+        "--epochs and --batch-size must be at least 1"
+    );
+    crate::train::optim::check_lr(a.lr, 0.0)?;
+    ensure!(
+        a.weight_decay.is_finite() && a.weight_decay >= 0.0,
+        "--weight-decay must be a finite number ≥ 0, got {}",
+        a.weight_decay
+    );
     let device = Default::default();
     let t0 = Instant::now();
     let train_set = load_split(&a.data, Split::Train, a.train_limit)?;
@@ -492,13 +527,16 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
     let ((ftr, d), (fte, _)) = if is_mae(&a.weights) {
         let l = load_mae::<InferBackend>(&a.weights, &device)?;
         check_mae_shape(&l.config, &train_set, &a.data.data)?;
-        let norm = stored_norm(&l.meta, &a.data)?;
+        check_mae_shape(&l.config, &test_set, &a.data.data).context("test split")?;
+        let norm = stored_norm(&l.meta, l.config.in_chans, &a.weights, &a.data)?;
         let f = |set: &ImageSet| extract_features(set, &norm, &device, |x| l.model.cls_features(x));
         (f(&train_set), f(&test_set))
     } else {
         let l = super::commands::load_weights::<InferBackend>(&a.weights, &device)?;
-        super::commands::check_shape(&l.config, &train_set, &a.data.data)?;
-        let norm = stored_norm(&l.meta, &a.data)?;
+        let shape = super::commands::input_shape(&l.config);
+        super::commands::check_shape(shape, &train_set, &a.data.data)?;
+        super::commands::check_shape(shape, &test_set, &a.data.data).context("test split")?;
+        let norm = stored_norm(&l.meta, l.config.channels, &a.weights, &a.data)?;
         let f = |set: &ImageSet| extract_features(set, &norm, &device, |x| l.model.features(x));
         (f(&train_set), f(&test_set))
     };

@@ -7,6 +7,7 @@ pub mod lm;
 mod mae;
 mod pictures;
 pub mod ssl;
+mod tost;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -162,8 +163,20 @@ pub struct MeasureArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
+    /// What to time: the image classifier (--config), the causal language model (crate-lm
+    /// overcomplete, char vocabulary, 4 layers, 4 heads, d 128) or CRATE-BERT (same size).
+    #[arg(long, value_enum, default_value_t = bench::Task::Image)]
+    pub task: bench::Task,
+    /// Classifier config (preset or JSON) for --task image.
     #[arg(long, default_value = "fmnist")]
     pub config: String,
+    /// Tokens per sequence for --task lm/bert.
+    #[arg(long, default_value_t = 64)]
+    pub context: usize,
+    /// Also print where a training step's time goes: per operation class, forward and
+    /// backward, with the cores each kept busy, and the CPU's model and ISA flags.
+    #[arg(long)]
+    pub profile: bool,
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
     /// Timed iterations (median reported).
@@ -174,6 +187,24 @@ pub struct BenchArgs {
     pub warmup: usize,
     #[arg(long)]
     pub json: bool,
+    /// Time CRATE (MSSA) against ToST (TSSA) at equal width/depth/heads over --sizes
+    /// (RGB images, patch 8: size²/64 tokens); --config is not used.
+    #[arg(long)]
+    pub scaling: bool,
+    /// Image sides of --scaling (64 → 64 tokens, 512 → 4,096 tokens).
+    #[arg(long, value_delimiter = ',', default_value = "64,128,192,256,384,512")]
+    pub sizes: Vec<usize>,
+    /// Width d of both models in --scaling.
+    #[arg(long, default_value_t = 192)]
+    pub dim: usize,
+    /// Depth of both models in --scaling (ToST adds its 2 class-attention blocks).
+    #[arg(long, default_value_t = 4)]
+    pub depth: usize,
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    /// Write the --scaling plot (PNG) here.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -188,10 +219,12 @@ pub struct DataArgs {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Preset name (fmnist, crate-tiny, crate-small, crate-base, crate-large, crate-alpha-B/16, …) or a JSON config.
+    /// Preset name (fmnist, crate-tiny, crate-small, crate-base, crate-large, crate-alpha-B/16, …,
+    /// ToST: tost-fmnist, tost-cab-tiny-12-p16, …) or a JSON config (`"arch": "tost"` for ToST).
     #[arg(long, default_value = "fmnist")]
     pub config: String,
-    /// Override the config's architecture: `crate` or `crate-alpha` (same shape, CRATE-α layers).
+    /// Override the config's architecture: `crate` or `crate-alpha` (same shape, CRATE-α layers);
+    /// `tost` only confirms a ToST config.
     #[arg(long)]
     pub arch: Option<String>,
     #[command(flatten)]
@@ -199,9 +232,16 @@ pub struct TrainArgs {
     /// Run folder: checkpoint/, metrics.jsonl.
     #[arg(long, default_value = "runs/fmnist")]
     pub run_dir: PathBuf,
-    /// Continue the run in --run-dir from its last checkpoint (same schedule, optimizer state and data order).
+    /// Continue the run in --run-dir from its last checkpoint (same schedule, optimizer state and
+    /// data order; flags that define the run, when given, must equal the run's).
     #[arg(long)]
     pub resume: bool,
+    /// Start over in a --run-dir that holds a run: its checkpoint and metrics are removed first.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
+    /// Flags given on the command line (filled in after parsing; `--resume` checks them).
+    #[arg(skip)]
+    pub given: Vec<String>,
     /// Start from these weights (safetensors or .pth); keys that don't fit (e.g. a new head) are reported and skipped.
     #[arg(long)]
     pub init_from: Option<PathBuf>,
@@ -327,10 +367,26 @@ pub struct InfoArgs {
 
 /// Parse the command line and run it; errors come back to `main` for a clean exit code.
 pub fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli =
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let given = given_flags(&matches);
     match cli.command {
         None => commands::train(TrainArgs::default_args()),
-        Some(Command::Train(a)) => commands::train(a),
+        Some(Command::Train(mut a)) => {
+            a.given = given;
+            commands::train(a)
+        }
+        Some(Command::Mae(MaeCommand::Train(mut a))) => {
+            a.train.given = given;
+            mae::train(a)
+        }
+        Some(Command::Lm(lm::LmArgs {
+            command: lm::LmCommand::Train(mut a),
+        })) => {
+            a.given = given;
+            lm::train(a)
+        }
         Some(Command::Eval(a)) => commands::eval(a),
         Some(Command::Predict(a)) => commands::predict(a),
         Some(Command::Forward(a)) => commands::forward(a),
@@ -340,7 +396,6 @@ pub fn run() -> anyhow::Result<()> {
         Some(Command::Attention(a)) => pictures::attention(a),
         Some(Command::Pca(a)) => pictures::pca(a),
         Some(Command::Report(a)) => pictures::report(a),
-        Some(Command::Mae(MaeCommand::Train(a))) => mae::train(a),
         Some(Command::Mae(MaeCommand::Reconstruct(a))) => mae::reconstruct(a),
         Some(Command::Probe(a)) => mae::probe(a),
         Some(Command::Lm(a)) => lm::run(a),
@@ -348,6 +403,18 @@ pub fn run() -> anyhow::Result<()> {
         Some(Command::Dino(c)) => ssl::run(c),
         Some(Command::Knn(a)) => ssl::knn(a),
     }
+}
+
+/// Ids of the arguments of the (innermost) subcommand that were given on the command line.
+fn given_flags(m: &clap::ArgMatches) -> Vec<String> {
+    let mut m = m;
+    while let Some((_, sub)) = m.subcommand() {
+        m = sub;
+    }
+    m.ids()
+        .filter(|id| m.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine))
+        .map(|id| id.to_string())
+        .collect()
 }
 
 impl TrainArgs {

@@ -8,7 +8,9 @@ use image::RgbImage;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
-use super::commands::{load_split, load_weights, meta_json, normalize_chw, read_image, Loaded};
+use super::commands::{
+    load_split, load_weights, normalize_chw, read_image, stored_normalization, Loaded,
+};
 use super::{DataArgs, WeightArgs};
 use crate::data::{Format, Normalization, Split};
 use crate::model::inspect::{inspect_layer, LayerView};
@@ -86,15 +88,17 @@ pub struct ReportArgs {
     pub out: Option<PathBuf>,
 }
 
-fn normalization(l: &Loaded<InferBackend>) -> Normalization {
+fn normalization(l: &Loaded<InferBackend>) -> Result<Normalization> {
     let c = l.config.channels;
-    meta_json::<Normalization>(&l.meta, "normalization").unwrap_or_else(|| {
-        tracing::warn!("no normalisation stored with the weights; using mean 0.5, std 0.5");
-        Normalization {
-            mean: vec![0.5; c],
-            std: vec![0.5; c],
-        }
-    })
+    Ok(
+        stored_normalization(&l.meta, c, &l.path)?.unwrap_or_else(|| {
+            tracing::warn!("no normalisation stored with the weights; using mean 0.5, std 0.5");
+            Normalization {
+                mean: vec![0.5; c],
+                std: vec![0.5; c],
+            }
+        }),
+    )
 }
 
 /// A batch of images (u8 CHW each) through the model up to `layer`, with display copies.
@@ -112,7 +116,7 @@ fn look(
     cell: Option<u32>,
 ) -> Result<Looked> {
     let cfg = l.config.clone();
-    let norm = normalization(&l);
+    let norm = normalization(&l)?;
     let model = at_resolution(l.model, cfg.image_size, size)?;
     let depth = cfg.depth;
     let layer = layer.unwrap_or(depth.saturating_sub(1));
@@ -273,7 +277,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
                 cfg.image_size,
                 cfg.image_size
             );
-            let norm = normalization(&l);
+            let norm = normalization(&l)?;
             let curves = measure_curves(&l.model, &set, &norm, a.measure_images, &device)?;
             final_curves = Some((
                 format!(

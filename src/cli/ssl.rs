@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::commands::{
-    check_shape, fresh_state, load_split, load_weights, meta_json, recipe_from, resume_run_with,
+    check_shape, fresh_state, input_shape, load_split, load_weights, recipe_from, resume_run_with,
+    stored_normalization,
 };
 use super::{DataArgs, TrainArgs, WeightArgs};
 use crate::data::multicrop::MultiCrop;
@@ -257,9 +258,27 @@ pub fn train(d: DinoTrainArgs) -> Result<()> {
     let a = &d.train;
     let device = Default::default();
     let t_start = Instant::now();
+    let _lock = train::checkpoint::RunLock::acquire(&a.run_dir)?;
+    // a --config given on --resume must name the run's backbone
+    let config_flags = |run: &SslRunConfig| -> Result<Vec<(&'static str, Option<String>, String)>> {
+        let given = a.given.iter().any(|g| g == "config");
+        let differs = given
+            && serde_json::to_value(CrateConfig::resolve(&a.config)?).ok()
+                != serde_json::to_value(&run.model.backbone).ok();
+        Ok(if differs {
+            vec![(
+                "--config",
+                Some(a.config.clone()),
+                "another backbone (its checkpoint/config.json)".into(),
+            )]
+        } else {
+            vec![]
+        })
+    };
     let resumed = resume_run_with(
         a,
         SslRunConfig::from_json_file,
+        config_flags,
         |c| c.model.init::<TrainBackend>(&device),
         read_checkpoint_weights,
     )?;
@@ -286,7 +305,7 @@ pub fn train(d: DinoTrainArgs) -> Result<()> {
             );
             model = m;
         }
-        let mut recipe = recipe_from(a)?;
+        let mut recipe = recipe_from(a, config.model.backbone.image_size)?;
         recipe.schedule = LrSchedule::Dino;
         recipe.weight_decay_end = Some(d.weight_decay_end);
         recipe.augment = Augment::none();
@@ -294,16 +313,15 @@ pub fn train(d: DinoTrainArgs) -> Result<()> {
         // the references exclude biases and norms from weight decay
         recipe.optim.no_decay_norm_bias = true;
         let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
-        (config, fresh_state(recipe, &a.data), model, optim)
+        (config, fresh_state(recipe, a), model, optim)
     };
     let mut state = state;
-    let train_set = load_split(&a.data, Split::Train, a.train_limit)?;
-    let test_set = load_split(&a.data, Split::Test, a.test_limit)?;
-    check_shape(&config.model.backbone, &train_set, &a.data.data)?;
-    if state.normalization.mean.is_empty() {
-        state.normalization = Normalization::from_set(&train_set);
-        state.class_names = train_set.class_names.clone();
-    }
+    let train_set = load_split(&a.data, Split::Train, state.train_limit)?;
+    let test_set = load_split(&a.data, Split::Test, state.test_limit)?;
+    let shape = input_shape(&config.model.backbone);
+    check_shape(shape, &train_set, &a.data.data)?;
+    check_shape(shape, &test_set, &a.data.data).context("the test split differs from the model")?;
+    state.fill_from(&train_set);
     std::fs::create_dir_all(&a.run_dir)
         .with_context(|| format!("cannot create {}", a.run_dir.display()))?;
     train::save_on_interrupt();
@@ -405,7 +423,7 @@ pub fn knn(a: KnnArgs) -> Result<()> {
         ),
         (None, Some(spec), false) => {
             let cfg = CrateConfig::resolve(spec)?;
-            check_shape(&cfg, &train_set, &a.data.data)?;
+            check_shape(input_shape(&cfg), &train_set, &a.data.data)?;
             <InferBackend as burn::tensor::backend::Backend>::seed(&device, a.seed);
             (
                 FeatureSource::Crate(cfg.init::<InferBackend>(&device)),
@@ -424,10 +442,10 @@ pub fn knn(a: KnnArgs) -> Result<()> {
                 (FeatureSource::Mae(l.model), l.meta)
             } else {
                 let l = load_weights::<InferBackend>(&w, &device)?;
-                check_shape(&l.config, &train_set, &a.data.data)?;
+                check_shape(input_shape(&l.config), &train_set, &a.data.data)?;
                 (FeatureSource::Crate(l.model), l.meta)
             };
-            let norm = meta_json::<Normalization>(&meta, "normalization")
+            let norm = stored_normalization(&meta, train_set.channels, p)?
                 .unwrap_or_else(|| Normalization::from_set(&train_set));
             (src, norm, p.display().to_string())
         }

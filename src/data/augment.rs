@@ -35,6 +35,25 @@ pub struct Normalization {
 }
 
 impl Normalization {
+    /// One finite mean and one positive finite std per channel (metadata and checkpoints are read
+    /// through this: an empty or zero-std normalisation would index out of bounds or divide by 0).
+    pub fn validate(&self, channels: usize) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.mean.len() == channels && self.std.len() == channels,
+            "normalization has {} mean(s) and {} std(s) but the images have {channels} channel(s)",
+            self.mean.len(),
+            self.std.len()
+        );
+        for (c, (m, s)) in self.mean.iter().zip(&self.std).enumerate() {
+            anyhow::ensure!(m.is_finite(), "normalization mean[{c}] is {m}");
+            anyhow::ensure!(
+                s.is_finite() && *s > 0.0,
+                "normalization std[{c}] is {s}; it must be positive and finite"
+            );
+        }
+        Ok(())
+    }
+
     pub fn from_set(set: &ImageSet) -> Self {
         let (c, hw) = (set.channels, set.height * set.width);
         let mut sum = vec![0f64; c];

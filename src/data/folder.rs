@@ -40,14 +40,9 @@ pub fn decode_image(path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
     Ok((c, h, w, to_chw(&img, c)))
 }
 
-pub fn load(root: &Path, split: Split) -> Result<ImageSet> {
-    let dir = match split {
-        Split::Train => root.join("train"),
-        Split::Test if root.join("test").is_dir() => root.join("test"),
-        Split::Test => root.join("val"),
-    };
-    ensure!(dir.is_dir(), "{}: no such split folder", dir.display());
-    let mut classes: Vec<String> = std::fs::read_dir(&dir)
+/// The class folders of a split folder, sorted by name.
+fn class_dirs(dir: &Path) -> Result<Vec<String>> {
+    let mut classes: Vec<String> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot list {}", dir.display()))?
         .filter_map(|e| e.ok())
         .filter(|e| e.path().is_dir())
@@ -55,6 +50,33 @@ pub fn load(root: &Path, split: Split) -> Result<ImageSet> {
         .collect();
     classes.sort();
     ensure!(!classes.is_empty(), "{}: no class folders", dir.display());
+    Ok(classes)
+}
+
+/// One split of an ImageFolder tree. Classes are numbered from `train/`'s folders for both
+/// splits, so a test folder that lacks a class (or a train class with no images) shifts no
+/// label; a test class that `train/` lacks is an error.
+pub fn load(root: &Path, split: Split) -> Result<ImageSet> {
+    let dir = match split {
+        Split::Train => root.join("train"),
+        Split::Test if root.join("test").is_dir() => root.join("test"),
+        Split::Test => root.join("val"),
+    };
+    ensure!(dir.is_dir(), "{}: no such split folder", dir.display());
+    let train_dir = root.join("train");
+    let classes = if train_dir.is_dir() {
+        class_dirs(&train_dir)?
+    } else {
+        class_dirs(&dir)?
+    };
+    let present = class_dirs(&dir)?;
+    if let Some(extra) = present.iter().find(|c| !classes.contains(c)) {
+        bail!(
+            "{}: class folder {extra:?} is not in {} (classes are numbered from the train split's folders)",
+            dir.display(),
+            train_dir.display()
+        );
+    }
     let mut set = ImageSet {
         pixels: Vec::new(),
         labels: Vec::new(),
@@ -64,6 +86,9 @@ pub fn load(root: &Path, split: Split) -> Result<ImageSet> {
         class_names: classes.clone(),
     };
     for (label, class) in classes.iter().enumerate() {
+        if !present.contains(class) {
+            continue;
+        }
         let mut files: Vec<_> = std::fs::read_dir(dir.join(class))?
             .filter_map(|e| e.ok())
             .map(|e| e.path())

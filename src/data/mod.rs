@@ -56,6 +56,18 @@ impl ImageSet {
         let n = self.image_len();
         &self.pixels[i * n..(i + 1) * n]
     }
+    /// Every label below `num_classes` (the model's classes), else an error naming the first
+    /// image whose label is out of range.
+    pub fn check_labels(&self, num_classes: usize) -> Result<()> {
+        if let Some(i) = self.labels.iter().position(|&l| l as usize >= num_classes) {
+            bail!(
+                "image {i} has label {} but the model has {num_classes} classes (labels 0..{})",
+                self.labels[i],
+                num_classes.saturating_sub(1)
+            );
+        }
+        Ok(())
+    }
     /// The first `n` images (for quick runs).
     pub fn truncate(&mut self, n: usize) {
         if n < self.len() {

@@ -11,13 +11,13 @@ use burn::module::{Module, Param};
 use burn::nn::{
     Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
 };
-use burn::tensor::activation::{gelu, softmax};
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::activation::gelu;
+use burn::tensor::{Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use super::blocks::{Ista, Mssa};
-use super::fused::{layer_norm, merge_heads, CrateBackend};
+use super::fused::{layer_norm, AttnMask, CrateBackend};
 use crate::weights::StateDict;
 
 /// LayerNorm eps of the two pre-norms inside each layer (`nn.LayerNorm(d)`).
@@ -59,6 +59,23 @@ impl Default for BertConfig {
 
 impl BertConfig {
     pub fn validate(&self) -> Result<()> {
+        use super::{MAX_COUNT, MAX_DEPTH, MAX_WIDTH};
+        super::check_sizes(&[
+            ("vocab_size", self.vocab_size, MAX_COUNT),
+            ("hidden_size", self.hidden_size, MAX_WIDTH),
+            ("num_hidden_layers", self.num_hidden_layers, MAX_DEPTH),
+            ("num_attention_heads", self.num_attention_heads, MAX_DEPTH),
+            (
+                "max_position_embeddings",
+                self.max_position_embeddings,
+                1 << 20,
+            ),
+            ("type_vocab_size", self.type_vocab_size, MAX_COUNT),
+        ])?;
+        let (v, d, l) = (self.vocab_size, self.hidden_size, self.num_hidden_layers);
+        let positions = self.max_position_embeddings + self.type_vocab_size;
+        // embeddings + per layer (attention + ISTA dictionary + norms) + LM head, an upper bound
+        super::check_param_count(v * d + positions * d + l * (6 * d * d + 8 * d) + d * d + v)?;
         ensure!(
             self.hidden_size > 0
                 && self.num_attention_heads > 0
@@ -134,33 +151,11 @@ pub struct BertLayer<B: CrateBackend> {
 }
 
 impl<B: CrateBackend> BertLayer<B> {
-    /// `W_o [SSA_k]` with `softmax(w_k w_kᵀ/√p + mask)` on token rows `x` `[b·t, d]`.
-    fn masked_mssa(
-        &self,
-        x: Tensor<B, 2>,
-        b: usize,
-        t: usize,
-        mask: &Tensor<B, 4>,
-    ) -> Tensor<B, 2> {
-        let w = self.mssa.project(x, b, t);
-        let p = self.mssa.dim_head as f64;
-        let scores = w
-            .clone()
-            .matmul(w.clone().swap_dims(2, 3))
-            .mul_scalar(p.powf(-0.5));
-        let attn = softmax(scores + mask.clone(), 3);
-        self.mssa.to_out.forward(merge_heads(attn.matmul(w)))
-    }
-
-    /// `h = x + MSSA(LN_a x)`, `out = ISTA(LN_b h)`.
-    pub fn forward(
-        &self,
-        x: Tensor<B, 2>,
-        b: usize,
-        t: usize,
-        mask: &Tensor<B, 4>,
-    ) -> Tensor<B, 2> {
-        let h = x.clone() + self.masked_mssa(layer_norm(&self.norm_a, x, LAYER_LN_EPS), b, t, mask);
+    /// `h = x + W_o MSSA(LN_a x)` (softmax of `w_k w_kᵀ/√p` with padding keys masked),
+    /// `out = ISTA(LN_b h)`.
+    pub fn forward(&self, x: Tensor<B, 2>, b: usize, t: usize, mask: &AttnMask) -> Tensor<B, 2> {
+        let a = layer_norm(&self.norm_a, x.clone(), LAYER_LN_EPS);
+        let h = x + self.mssa.forward_masked(a, b, t, mask);
         self.ista.forward(layer_norm(&self.norm_b, h, LAYER_LN_EPS))
     }
 }
@@ -203,17 +198,14 @@ impl<B: CrateBackend> CrateBert<B> {
         let raw: Vec<i64> = ids.to_data().convert::<i64>().to_vec().unwrap();
         let pos = position_ids(&raw, t, self.pad_token_id);
         let pos = Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [b, t]), &device);
-        let pad: Tensor<B, 2, Bool> = ids.clone().equal_elem(self.pad_token_id as i64);
         let types = Tensor::<B, 2, Int>::zeros([b, t], &device);
         let x = self.word_embeddings.forward(ids)
             + self.position_embeddings.forward(pos)
             + self.token_type_embeddings.forward(types);
         let d = x.dims()[2];
         let mut x = layer_norm(&self.emb_norm, x.reshape([b * t, d]), self.layer_norm_eps);
-        // additive key mask [b, 1, 1, t]: 0 for tokens, a large negative number for padding
-        let mask = Tensor::<B, 2>::zeros([b, t], &device)
-            .mask_fill(pad, -1e9)
-            .reshape([b, 1, 1, t]);
+        // padding keys get the additive score −1e9 in every attention
+        let mask = AttnMask::padding(raw.iter().map(|&i| i == self.pad_token_id as i64).collect());
         for layer in &self.layers {
             x = layer.forward(x, b, t, &mask);
         }

@@ -1,7 +1,8 @@
-//! The two operators every CRATE variant is built from: MSSA (a gradient step on the
-//! compression term R^c) and one ISTA step (a proximal step on the sparse-coding term).
+//! The operators every white-box variant is built from: MSSA (a gradient step on the
+//! compression term R^c), one ISTA step (a proximal step on the sparse-coding term) and ToST's
+//! TSSA (a step on the variational form of R^c, linear in the number of tokens).
 
-use super::fused::{self, CrateBackend};
+use super::fused::{self, AttnMask, CrateBackend};
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::activation::softmax;
@@ -53,21 +54,42 @@ impl<B: CrateBackend> Mssa<B> {
 
     /// Attention weights `softmax(w wᵀ / √dh)` of every head, `[b, h, n, n]`.
     pub fn attention(&self, w: Tensor<B, 4>) -> Tensor<B, 4> {
-        fused::attention_weights(w, self.scale())
+        fused::attention_weights(w, self.scale(), &AttnMask::None)
     }
 
     /// `MSSA(Z) = W_out [SSA_1(Z); …; SSA_K(Z)] + b`, `SSA_k = U_kᵀZ · softmax((U_kᵀZ)ᵀ(U_kᵀZ)/√dh)`,
-    /// on token rows `x` `[b·n, d]` of `b` sequences of `n` tokens.
+    /// on token rows `x` `[b·n, d]` of `b` sequences of `n` tokens, every token seeing every other.
     pub fn forward(&self, x: Tensor<B, 2>, b: usize, n: usize) -> Tensor<B, 2> {
-        let w = self.project(x, b, n);
+        self.forward_masked(x, b, n, &AttnMask::None)
+    }
+
+    /// [`Mssa::forward`] with `softmax(… + mask)`: causal (language models) or padding keys (BERT).
+    pub fn forward_masked(
+        &self,
+        x: Tensor<B, 2>,
+        b: usize,
+        n: usize,
+        mask: &AttnMask,
+    ) -> Tensor<B, 2> {
+        self.trace(x, b, n, mask).out
+    }
+
+    /// [`Mssa::forward_masked`] with its intermediate rows (what the language models record).
+    pub fn trace(&self, x: Tensor<B, 2>, b: usize, n: usize, mask: &AttnMask) -> MssaTrace<B> {
+        let qkv = fused::linear(&self.qkv, x);
+        let w = fused::split_heads(qkv.clone(), b, n, self.heads);
         let heads_out = if self.dropout.prob > 0.0 {
             // attention dropout needs the weights themselves: the op-by-op path
-            self.dropout.forward(self.attention(w.clone())).matmul(w)
+            let attn = fused::attention_weights(w.clone(), self.scale(), mask);
+            self.dropout.forward(attn).matmul(w)
         } else {
-            fused::ssa(w, self.scale())
+            fused::ssa(w, self.scale(), mask)
         };
-        let out = fused::merge_heads(heads_out);
-        self.dropout.forward(fused::linear(&self.to_out, out))
+        let heads = fused::merge_heads(heads_out);
+        let out = self
+            .dropout
+            .forward(fused::linear(&self.to_out, heads.clone()));
+        MssaTrace { qkv, heads, out }
     }
 
     /// The MSSA output of the first token (cls) of each sequence only, `[b, d]`, from the
@@ -83,6 +105,16 @@ impl<B: CrateBackend> Mssa<B> {
         let out = self.dropout.forward(attn).matmul(w).reshape([b, h * dh]);
         self.dropout.forward(fused::linear(&self.to_out, out))
     }
+}
+
+/// The rows of one MSSA forward, `[b·n, ·]` each.
+pub struct MssaTrace<B: CrateBackend> {
+    /// `U`ᵀz of every head side by side.
+    pub qkv: Tensor<B, 2>,
+    /// `[SSA_1; …; SSA_K]` before the output projection.
+    pub heads: Tensor<B, 2>,
+    /// The MSSA output.
+    pub out: Tensor<B, 2>,
 }
 
 /// One non-negative ISTA step warm-started at the input, with a square dictionary `D` (torch `fn.weight`).
@@ -182,5 +214,107 @@ impl<B: CrateBackend> PatchConv<B> {
         let [b, n, d] = tokens.dims();
         let g = (n as f64).sqrt().round() as usize;
         tokens.swap_dims(1, 2).reshape([b, d, g, n / g])
+    }
+}
+
+/// Token Statistics Self-Attention (ToST, `AttentionTSSA` of `tost_vision/tost.py`): per head a
+/// diagonal second-moment statistic of the projections `w = U_kᵀ z` weighted by a soft assignment
+/// `Π` of tokens to heads; linear in the number of tokens.
+#[derive(Module, Debug)]
+pub struct Tssa<B: CrateBackend> {
+    /// Shared projection `[U_1 … U_K]ᵀ` (torch key `qkv`, square, bias optional).
+    pub qkv: Linear<B>,
+    /// Per-head temperature τ_k of the assignment softmax, `[heads, 1]` (torch `temp`).
+    pub temp: Param<Tensor<B, 2>>,
+    /// Output projection (torch `to_out.0`, with bias).
+    pub to_out: Linear<B>,
+    pub heads: usize,
+}
+
+/// Reshape a per-head `[h, 1]` parameter for broadcasting over `[b, h, n, dh]`.
+fn per_head<B: CrateBackend>(p: &Param<Tensor<B, 2>>) -> Tensor<B, 4> {
+    let h = p.dims()[0];
+    p.val().reshape([1, h, 1, 1])
+}
+
+/// `Π = softmax_k(τ_k · s_k)` over the head axis (dim 1) of per-token scores `s` `[b, h, n, 1]`.
+fn assign_heads<B: CrateBackend>(s: Tensor<B, 4>, temp: &Param<Tensor<B, 2>>) -> Tensor<B, 4> {
+    softmax(s * per_head(temp), 1)
+}
+
+/// `−(w ⊙ Π) ⊙ 1/(1 + D)`: each head's projections shrunk along directions of large second moment `D`.
+fn tssa_output<B: CrateBackend>(
+    w: Tensor<B, 4>,
+    pi: Tensor<B, 4>,
+    dots: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    (w * pi).neg() * dots.add_scalar(1.0).recip()
+}
+
+impl<B: CrateBackend> Tssa<B> {
+    pub fn new(dim: usize, heads: usize, qkv_bias: bool, device: &B::Device) -> Self {
+        Self {
+            qkv: LinearConfig::new(dim, dim).with_bias(qkv_bias).init(device),
+            temp: Initializer::Ones.init([heads, 1], device),
+            to_out: LinearConfig::new(dim, dim).init(device),
+            heads,
+        }
+    }
+
+    /// `TSSA(Z) = W_out[−(w_k ⊙ Π_k) ⊙ 1/(1 + Σ_n Π̂_kn w_kn²)]_k + b` on token rows `x` `[b·n, d]`,
+    /// `w = qkv(x)`, `Π = softmax_heads(τ ⊙ Σ_d (w/‖w‖_tokens)²)`, `Π̂_kn = Π_kn / (Σ_n Π_kn + 1e-8)`.
+    pub fn forward(&self, x: Tensor<B, 2>, b: usize, n: usize) -> Tensor<B, 2> {
+        let w = fused::split_heads(fused::linear(&self.qkv, x), b, n, self.heads);
+        let w_sq = w.clone() * w.clone();
+        // F.normalize over tokens: w / max(‖w‖, 1e-12), so (w/‖w‖)² = w² / max(‖w‖², 1e-24)
+        let norm_sq = w_sq.clone().sum_dim(2).clamp_min(1e-24);
+        let pi = assign_heads((w_sq.clone() / norm_sq).sum_dim(3), &self.temp); // [b, h, n, 1]
+        let pi_hat = pi.clone() / pi.clone().sum_dim(2).add_scalar(1e-8);
+        let dots = (pi_hat * w_sq).sum_dim(2); // [b, h, 1, dh]
+        let out = fused::merge_heads(tssa_output(w, pi, dots));
+        fused::linear(&self.to_out, out)
+    }
+}
+
+/// Causal TSSA (`CausalSelfAttention_TSSA` of `tost_lang/model_TSSA.py`): the statistics of
+/// token t use tokens ≤ t only, as running prefix sums, with a learned per-position `denom_bias`.
+#[derive(Module, Debug)]
+pub struct CausalTssa<B: CrateBackend> {
+    /// Projection `w = c_attn(x)` (square).
+    pub c_attn: Linear<B>,
+    /// Output projection.
+    pub c_proj: Linear<B>,
+    /// Per-head temperature `[n_head, 1]`.
+    pub temp: Param<Tensor<B, 2>>,
+    /// Per-head, per-position bias of the normalised scores, `[n_head, block_size, 1]`.
+    pub denom_bias: Param<Tensor<B, 3>>,
+    pub n_head: usize,
+}
+
+impl<B: CrateBackend> CausalTssa<B> {
+    /// `Π_t = softmax_heads(τ ⊙ Σ_d (w_t² / max(Σ_{s≤t} w_s², 1e-12) + β_t))`,
+    /// `D_t = Σ_{s≤t} Π_s w_s² / (Σ_{s≤t} Π_s + 1e-8)`, `y_t = −(w_t ⊙ Π_t) ⊙ 1/(1 + D_t)`,
+    /// out `= c_proj(y)`, on token rows `x` `[b·n, d]`.
+    pub fn forward(&self, x: Tensor<B, 2>, b: usize, n: usize) -> Tensor<B, 2> {
+        let w = fused::split_heads(fused::linear(&self.c_attn, x), b, n, self.n_head);
+        let w_sq = w.clone() * w.clone();
+        let denom = w_sq.clone().cumsum(2).clamp_min(1e-12);
+        let [h, _, _] = self.denom_bias.dims();
+        let beta = self.denom_bias.val().narrow(1, 0, n).reshape([1, h, n, 1]);
+        let pi = assign_heads((w_sq.clone() / denom + beta).sum_dim(3), &self.temp);
+        let dots = (w_sq * pi.clone()).cumsum(2) / pi.clone().cumsum(2).add_scalar(1e-8);
+        let y = fused::merge_heads(tssa_output(w, pi, dots));
+        fused::linear(&self.c_proj, y)
+    }
+}
+
+impl<B: CrateBackend> crate::weights::OfficialKeys for Tssa<B> {
+    /// burn path → key of `AttentionTSSA` on its own (`qkv.*`, `temp`, `to_out.0.*`).
+    fn official_key(path: &[String]) -> String {
+        let leaf = |l: &String| crate::weights::torch_leaf(l).to_string();
+        match path {
+            [m, l] if m == "to_out" => format!("to_out.0.{}", leaf(l)),
+            _ => path.iter().map(leaf).collect::<Vec<_>>().join("."),
+        }
     }
 }

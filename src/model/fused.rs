@@ -17,6 +17,9 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorPrimitive};
 
 use super::gemm::{self, MatRef};
+pub use super::kernels::PAD_SCORE;
+use super::kernels::{self, softmax_rows, HeadMask};
+use super::profile::{self, Class};
 
 fn wrap<B: Backend, const D: usize>(p: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(p))
@@ -32,14 +35,63 @@ fn normalize<B: Backend>(x: Tensor<B, 2>, eps: f64) -> (Tensor<B, 2>, Tensor<B, 
     ((x - mean) * rstd.clone(), rstd)
 }
 
-/// Attention weights `softmax(s·w wᵀ)` of every head, for `w` `[b, h, n, dh]`.
-pub fn attention_weights<B: Backend>(w: Tensor<B, 4>, scale: f64) -> Tensor<B, 4> {
-    softmax(w.clone().matmul(w.swap_dims(2, 3)).mul_scalar(scale), 3)
+/// Which keys each query of an attention sees.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttnMask {
+    /// Every key (bidirectional).
+    None,
+    /// Keys at or before the query's position (causal language models).
+    Causal,
+    /// Every key, padding keys with score [`PAD_SCORE`]: `pad[i·n + j]` marks key `j` of
+    /// sequence `i` of `b` sequences of `n` tokens.
+    Padding(std::sync::Arc<[bool]>),
 }
 
-/// `softmax(s·w wᵀ)` and `softmax(s·w wᵀ) w` for `w` `[b, h, n, dh]`.
-fn ssa_forward<B: Backend>(w: Tensor<B, 4>, scale: f64) -> (Tensor<B, 4>, Tensor<B, 4>) {
-    let attn = attention_weights(w.clone(), scale);
+impl AttnMask {
+    /// The padding mask of `pad` (`[b·n]`, true = padding); [`AttnMask::None`] when nothing is padding.
+    pub fn padding(pad: Vec<bool>) -> Self {
+        if pad.iter().any(|&p| p) {
+            AttnMask::Padding(pad.into())
+        } else {
+            AttnMask::None
+        }
+    }
+}
+
+/// Attention weights `softmax(s·w wᵀ + mask)` of every head, for `w` `[b, h, n, dh]`.
+pub fn attention_weights<B: Backend>(w: Tensor<B, 4>, scale: f64, mask: &AttnMask) -> Tensor<B, 4> {
+    let [b, h, n, _] = w.dims();
+    let scores = w.clone().matmul(w.swap_dims(2, 3)).mul_scalar(scale);
+    let scores = match mask {
+        AttnMask::None => scores,
+        AttnMask::Causal => {
+            let future = Tensor::<B, 2, burn::tensor::Bool>::tril_mask([n, n], 0, &scores.device())
+                .reshape([1, 1, n, n])
+                .expand([b, h, n, n]);
+            scores.mask_fill(future, f32::NEG_INFINITY)
+        }
+        AttnMask::Padding(pad) => {
+            let add: Vec<f32> = pad
+                .iter()
+                .map(|&p| if p { PAD_SCORE } else { 0.0 })
+                .collect();
+            let add = Tensor::<B, 4>::from_data(
+                burn::tensor::TensorData::new(add, [b, 1, 1, n]),
+                &scores.device(),
+            );
+            scores + add
+        }
+    };
+    softmax(scores, 3)
+}
+
+/// `softmax(s·w wᵀ + mask)` and `softmax(s·w wᵀ + mask) w` for `w` `[b, h, n, dh]`.
+fn ssa_forward<B: Backend>(
+    w: Tensor<B, 4>,
+    scale: f64,
+    mask: &AttnMask,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let attn = attention_weights(w.clone(), scale, mask);
     (attn.clone(), attn.matmul(w))
 }
 
@@ -60,6 +112,25 @@ fn ssa_backward_ops<B: Backend>(
         + d_s.clone().matmul(w.clone())
         + d_s.swap_dims(2, 3).matmul(w);
     unwrap(dw)
+}
+
+/// [`CrateBackend::crate_layer_norm_backward`] op by op (any backend).
+fn layer_norm_backward_ops<B: Backend>(
+    g: FloatTensor<B>,
+    xhat: FloatTensor<B>,
+    rstd: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+) -> [FloatTensor<B>; 3] {
+    let g: Tensor<B, 2> = wrap(g);
+    let (xhat, rstd): (Tensor<B, 2>, Tensor<B, 2>) = (wrap(xhat), wrap(rstd));
+    let d = xhat.dims()[1];
+    let dbeta = g.clone().sum_dim(0).reshape([d]);
+    let dgamma = (g.clone() * xhat.clone()).sum_dim(0).reshape([d]);
+    let gh = g * wrap::<B, 1>(gamma).reshape([1, d]);
+    let mean_g = gh.clone().mean_dim(1);
+    let mean_gx = (gh.clone() * xhat.clone()).mean_dim(1);
+    let dx = (gh - mean_g - xhat * mean_gx) * rstd;
+    [unwrap(dx), unwrap(dgamma), unwrap(dbeta)]
 }
 
 /// [`CrateBackend::crate_gemm`] op by op (any backend).
@@ -121,19 +192,49 @@ pub trait CrateBackend: Backend {
         Self::layer_norm(x, gamma, Some(beta), eps)
     }
 
-    /// Self-attention with q = k = v = `w` `[b, h, n, dh]`: `softmax(s·w wᵀ) w`.
-    fn crate_ssa(w: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
-        Self::crate_ssa_parts(w, scale).1
+    /// `(out, x̂, 1/σ)` of LayerNorm of rows `x` `[r, d]` (`1/σ` as `[r, 1]`): what the backward needs.
+    fn crate_layer_norm_parts(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> [FloatTensor<Self>; 3] {
+        let (xhat, rstd) = normalize::<Self>(wrap(x), eps);
+        let d = xhat.dims()[1];
+        let out = xhat.clone() * wrap::<Self, 1>(gamma).reshape([1, d])
+            + wrap::<Self, 1>(beta).reshape([1, d]);
+        [unwrap(out), unwrap(xhat), unwrap(rstd)]
     }
 
-    /// `(softmax(s·w wᵀ), softmax(s·w wᵀ) w)`: the weights are what the backward needs.
-    fn crate_ssa_parts(w: FloatTensor<Self>, scale: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (a, o) = ssa_forward::<Self>(wrap(w), scale);
+    /// `(dx, dγ, dβ)` of LayerNorm from the output gradient `g` `[r, d]`, `x̂`, `1/σ` `[r, 1]` and `γ`:
+    /// `dx = (1/σ)(ĝ − mean(ĝ) − x̂·mean(ĝ x̂))` with `ĝ = g γ`, `dγ = Σ g x̂`, `dβ = Σ g`.
+    fn crate_layer_norm_backward(
+        g: FloatTensor<Self>,
+        xhat: FloatTensor<Self>,
+        rstd: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 3] {
+        layer_norm_backward_ops::<Self>(g, xhat, rstd, gamma)
+    }
+
+    /// Self-attention with q = k = v = `w` `[b, h, n, dh]`: `softmax(s·w wᵀ + mask) w`.
+    fn crate_ssa(w: FloatTensor<Self>, scale: f64, mask: &AttnMask) -> FloatTensor<Self> {
+        Self::crate_ssa_parts(w, scale, mask).1
+    }
+
+    /// `(softmax(s·w wᵀ + mask), softmax(s·w wᵀ + mask) w)`: the weights are what the backward needs.
+    fn crate_ssa_parts(
+        w: FloatTensor<Self>,
+        scale: f64,
+        mask: &AttnMask,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (a, o) = ssa_forward::<Self>(wrap(w), scale, mask);
         (unwrap(a), unwrap(o))
     }
 
-    /// `dw` of `O = softmax(s·w wᵀ) w`, from `w`, the weights `A` and `dO`:
-    /// `dA = dO wᵀ`, `dS = s·A ⊙ (dA − rowsum(dA ⊙ A))`, `dw = Aᵀ dO + (dS + dSᵀ) w`.
+    /// `dw` of `O = softmax(s·w wᵀ + mask) w`, from `w`, the weights `A` and `dO`:
+    /// `dA = dO wᵀ`, `dS = s·A ⊙ (dA − rowsum(dA ⊙ A))`, `dw = Aᵀ dO + (dS + dSᵀ) w`
+    /// (a masked key has `A = 0`, hence `dS = 0`: the mask needs no term of its own).
     fn crate_ssa_backward(
         w: FloatTensor<Self>,
         attn: FloatTensor<Self>,
@@ -178,25 +279,18 @@ fn swap_heads_f32(src: &[f32], b: usize, outer: usize, inner: usize, dh: usize) 
     dst
 }
 
-/// `A ← softmax(s·A)` row by row, in place, for `A` `[n, n]`.
-fn softmax_rows(a: &mut [f32], n: usize, scale: f32) {
-    for row in a.chunks_exact_mut(n) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for v in row.iter_mut() {
-            *v = ((*v - max) * scale).exp();
-            sum += *v;
-        }
-        let inv = 1.0 / sum;
-        row.iter_mut().for_each(|v| *v *= inv);
-    }
-}
-
-/// One head `w` `[n, dh]`: `A = softmax(s·w wᵀ)` into `a`, `O = A w` into `o`.
-fn ssa_head(w: &[f32], n: usize, dh: usize, scale: f32, a: &mut [f32], o: &mut [f32]) {
+/// One head `w` `[n, dh]`: `A = softmax(s·w wᵀ + mask)` into `a`, `O = A w` into `o`.
+fn ssa_head(
+    w: &[f32],
+    (n, dh): (usize, usize),
+    scale: f32,
+    mask: HeadMask,
+    a: &mut [f32],
+    o: &mut [f32],
+) {
     let w = MatRef::rows(w, n, dh);
     gemm::matmul_into(w, w.t(), a, false); // S = w wᵀ
-    softmax_rows(a, n, scale);
+    softmax_rows(a, n, scale, mask);
     gemm::matmul_into(MatRef::rows(a, n, n), w, o, false); // O = A w
 }
 
@@ -261,13 +355,160 @@ fn heads_f32(t: &burn_flex::FlexTensor) -> Option<(&[f32], [usize; 4])> {
     Some((t.as_slice::<f32>()?, [s[0], s[1], s[2], s[3]]))
 }
 
+/// Rows per rayon task of the row kernels: about 16k floats.
+fn rows_per_task(d: usize) -> usize {
+    (16384 / d.max(1)).max(1)
+}
+
+/// Contiguous f32 data of a flex tensor (None for another dtype).
+fn f32_data(t: &burn_flex::FlexTensor) -> Option<&[f32]> {
+    t.as_slice::<f32>()
+}
+
+type FlexLn = (burn_flex::FlexTensor, Option<[burn_flex::FlexTensor; 2]>);
+
+/// LayerNorm of rows on flex, row blocks in parallel: `out` and, with `keep`, `[x̂, 1/σ]`
+/// (None where the tensors are not f32 matrices).
+fn flex_layer_norm(
+    x: &burn_flex::FlexTensor,
+    gamma: &burn_flex::FlexTensor,
+    beta: &burn_flex::FlexTensor,
+    eps: f64,
+    keep: bool,
+) -> Option<FlexLn> {
+    use rayon::prelude::*;
+    let (xs, gs, bs) = (f32_data(x)?, f32_data(gamma)?, f32_data(beta)?);
+    let d = gs.len();
+    if x.layout().num_dims() != 2 || bs.len() != d || d == 0 || xs.len() % d != 0 {
+        return None;
+    }
+    let r = xs.len() / d;
+    let mut out = vec![0f32; r * d];
+    let (mut xhat, mut rstd) = if keep {
+        (vec![0f32; r * d], vec![0f32; r])
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let k = rows_per_task(d);
+    let (hk, rk) = if keep { (k * d, k) } else { (1, 1) };
+    let mut xhat_chunks: Vec<&mut [f32]> = xhat.chunks_mut(hk).collect();
+    let mut rstd_chunks: Vec<&mut [f32]> = rstd.chunks_mut(rk).collect();
+    xhat_chunks.resize_with(r.div_ceil(k), Default::default);
+    rstd_chunks.resize_with(r.div_ceil(k), Default::default);
+    out.par_chunks_mut(k * d)
+        .zip(xs.par_chunks(k * d))
+        .zip(xhat_chunks.into_par_iter().zip(rstd_chunks))
+        .for_each(|((out, x), (xh, rs))| {
+            kernels::layer_norm_rows(x, gs, bs, eps as f32, out, xh, rs)
+        });
+    let parts = keep.then(|| [flex_f32(xhat, [r, d]), flex_f32(rstd, [r, 1])]);
+    Some((flex_f32(out, [r, d]), parts))
+}
+
 impl CrateBackend for burn::backend::Flex {
+    fn crate_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        let _span = profile::span(Class::LayerNorm);
+        let (x, gamma, beta) = (
+            x.to_contiguous(),
+            gamma.to_contiguous(),
+            beta.to_contiguous(),
+        );
+        match flex_layer_norm(&x, &gamma, &beta, eps, false) {
+            Some((out, _)) => out,
+            None => {
+                <Self as burn::tensor::ops::ModuleOps<Self>>::layer_norm(x, gamma, Some(beta), eps)
+            }
+        }
+    }
+
+    fn crate_layer_norm_parts(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> [FloatTensor<Self>; 3] {
+        let _span = profile::span(Class::LayerNorm);
+        let (x, gamma, beta) = (
+            x.to_contiguous(),
+            gamma.to_contiguous(),
+            beta.to_contiguous(),
+        );
+        if let Some((out, Some([xhat, rstd]))) = flex_layer_norm(&x, &gamma, &beta, eps, true) {
+            return [out, xhat, rstd];
+        }
+        let (xhat, rstd) = normalize::<Self>(wrap(x), eps);
+        let d = xhat.dims()[1];
+        let out = xhat.clone() * wrap::<Self, 1>(gamma).reshape([1, d])
+            + wrap::<Self, 1>(beta).reshape([1, d]);
+        [unwrap(out), unwrap(xhat), unwrap(rstd)]
+    }
+
+    fn crate_layer_norm_backward(
+        g: FloatTensor<Self>,
+        xhat: FloatTensor<Self>,
+        rstd: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+    ) -> [FloatTensor<Self>; 3] {
+        use rayon::prelude::*;
+        let _span = profile::span(Class::LayerNorm);
+        let (g, xhat, rstd, gamma) = (
+            g.to_contiguous(),
+            xhat.to_contiguous(),
+            rstd.to_contiguous(),
+            gamma.to_contiguous(),
+        );
+        let (Some(gs), Some(hs), Some(rs), Some(cs)) = (
+            f32_data(&g),
+            f32_data(&xhat),
+            f32_data(&rstd),
+            f32_data(&gamma),
+        ) else {
+            return layer_norm_backward_ops::<Self>(g, xhat, rstd, gamma);
+        };
+        let d = cs.len();
+        let r = rs.len();
+        if gs.len() != r * d || hs.len() != r * d {
+            return layer_norm_backward_ops::<Self>(g, xhat, rstd, gamma);
+        }
+        let k = rows_per_task(d);
+        let mut dx = vec![0f32; r * d];
+        // each task adds its rows' Σ g x̂, Σ g into its own pair of vectors; then they are summed
+        let (dgamma, dbeta) = dx
+            .par_chunks_mut(k * d)
+            .zip(gs.par_chunks(k * d).zip(hs.par_chunks(k * d)))
+            .zip(rs.par_chunks(k))
+            .map(|((dx, (g, h)), rs)| {
+                let (mut dg, mut db) = (vec![0f32; d], vec![0f32; d]);
+                kernels::layer_norm_backward_rows(g, h, rs, cs, dx, &mut dg, &mut db);
+                (dg, db)
+            })
+            .reduce(
+                || (vec![0f32; d], vec![0f32; d]),
+                |(mut a, mut b), (c, e)| {
+                    a.iter_mut().zip(&c).for_each(|(a, c)| *a += c);
+                    b.iter_mut().zip(&e).for_each(|(b, e)| *b += e);
+                    (a, b)
+                },
+            );
+        [
+            flex_f32(dx, [r, d]),
+            flex_f32(dgamma, [d]),
+            flex_f32(dbeta, [d]),
+        ]
+    }
+
     fn crate_gemm(
         a: FloatTensor<Self>,
         b: FloatTensor<Self>,
         bias: Option<FloatTensor<Self>>,
         ep: Epilogue,
     ) -> FloatTensor<Self> {
+        let _span = profile::span(Class::Gemm);
         use rayon::prelude::*;
         let bias_c = bias.as_ref().map(|t| t.to_contiguous());
         let bias_v = match &bias_c {
@@ -290,8 +531,14 @@ impl CrateBackend for burn::backend::Flex {
                     gemm::matmul_onto(x, y, c, true)
                 };
                 if ep.relu {
-                    c.par_chunks_mut(1 << 14)
-                        .for_each(|ch| ch.iter_mut().for_each(|v| *v = v.max(0.0)));
+                    // `if v < 0` rather than `v.max(0)`: NaN stays NaN, as in torch's relu
+                    c.par_chunks_mut(1 << 14).for_each(|ch| {
+                        ch.iter_mut().for_each(|v| {
+                            if *v < 0.0 {
+                                *v = 0.0
+                            }
+                        })
+                    });
                 }
                 return flex_f32(c, [x.rows, n]);
             }
@@ -299,19 +546,43 @@ impl CrateBackend for burn::backend::Flex {
         gemm_ops::<Self>(a, b, bias, ep)
     }
 
-    fn crate_ssa_parts(w: FloatTensor<Self>, scale: f64) -> (FloatTensor<Self>, FloatTensor<Self>) {
+    fn crate_ssa_parts(
+        w: FloatTensor<Self>,
+        scale: f64,
+        mask: &AttnMask,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let _span = profile::span(Class::Attention);
         use rayon::prelude::*;
         let w = w.to_contiguous();
         let Some((src, [b, h, n, dh])) = heads_f32(&w) else {
-            let (a, o) = ssa_forward::<Self>(wrap(w), scale);
+            let (a, o) = ssa_forward::<Self>(wrap(w), scale, mask);
             return (unwrap(a), unwrap(o));
         };
+        if let AttnMask::Padding(pad) = mask {
+            assert_eq!(
+                pad.len(),
+                b * n,
+                "padding mask of {} keys for {b}×{n}",
+                pad.len()
+            );
+        }
         let mut a = vec![0f32; b * h * n * n];
         let mut o = vec![0f32; b * h * n * dh];
         a.par_chunks_mut(n * n)
             .zip(o.par_chunks_mut(n * dh))
             .zip(src.par_chunks(n * dh))
-            .for_each(|((a, o), w)| ssa_head(w, n, dh, scale as f32, a, o));
+            .enumerate()
+            .for_each(|(head, ((a, o), w))| {
+                let m = match mask {
+                    AttnMask::None => HeadMask::None,
+                    AttnMask::Causal => HeadMask::Causal,
+                    AttnMask::Padding(pad) => {
+                        let i = head / h; // the sequence of this head
+                        HeadMask::Padding(&pad[i * n..(i + 1) * n])
+                    }
+                };
+                ssa_head(w, (n, dh), scale as f32, m, a, o)
+            });
         (flex_f32(a, [b, h, n, n]), flex_f32(o, [b, h, n, dh]))
     }
 
@@ -321,6 +592,7 @@ impl CrateBackend for burn::backend::Flex {
         d_out: FloatTensor<Self>,
         scale: f64,
     ) -> FloatTensor<Self> {
+        let _span = profile::span(Class::Attention);
         use rayon::prelude::*;
         let (w, attn, d_out) = (
             w.to_contiguous(),
@@ -344,6 +616,7 @@ impl CrateBackend for burn::backend::Flex {
     }
 
     fn crate_split_heads(x: FloatTensor<Self>, b: usize, n: usize, h: usize) -> FloatTensor<Self> {
+        let _span = profile::span(Class::Copies);
         let x = x.to_contiguous();
         let dh = x.layout().shape()[1] / h;
         match x.as_slice::<f32>() {
@@ -356,6 +629,7 @@ impl CrateBackend for burn::backend::Flex {
     }
 
     fn crate_merge_heads(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let _span = profile::span(Class::Copies);
         let x = x.to_contiguous();
         let s = x.layout().shape();
         let (b, h, n, dh) = (s[0], s[1], s[2], s[3]);
@@ -384,32 +658,20 @@ impl CrateBackend for burn::backend::Cuda {}
 #[derive(Debug)]
 struct LayerNormBackward;
 
-impl<B: Backend> Backward<B, 3> for LayerNormBackward {
+impl<B: CrateBackend> Backward<B, 3> for LayerNormBackward {
     /// (x̂, 1/σ, γ)
     type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let _span = profile::span(Class::LayerNorm);
         let [node_x, node_gamma, node_beta] = ops.parents;
-        let g: Tensor<B, 2> = wrap(grads.consume::<B>(&ops.node));
+        let g = grads.consume::<B>(&ops.node);
         let (xhat, rstd, gamma) = ops.state;
-        let (xhat, rstd): (Tensor<B, 2>, Tensor<B, 2>) = (wrap(xhat), wrap(rstd));
-        let d = xhat.dims()[1];
-        if let Some(node) = node_beta {
-            grads.register::<B>(node.id, unwrap(g.clone().sum_dim(0).reshape([d])));
-        }
-        if let Some(node) = node_gamma {
-            grads.register::<B>(
-                node.id,
-                unwrap((g.clone() * xhat.clone()).sum_dim(0).reshape([d])),
-            );
-        }
-        if let Some(node) = node_x {
-            // dx = (1/σ)(ĝ − mean(ĝ) − x̂·mean(ĝ x̂)),  ĝ = g γ
-            let gh = g * wrap::<B, 1>(gamma).reshape([1, d]);
-            let mean_g = gh.clone().mean_dim(1);
-            let mean_gx = (gh.clone() * xhat.clone()).mean_dim(1);
-            let dx = (gh - mean_g - xhat * mean_gx) * rstd;
-            grads.register::<B>(node.id, unwrap(dx));
+        let [dx, dgamma, dbeta] = B::crate_layer_norm_backward(g, xhat, rstd, gamma);
+        for (node, grad) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
         }
     }
 }
@@ -422,6 +684,7 @@ impl<B: CrateBackend> Backward<B, 1> for SsaBackward {
     type State = (FloatTensor<B>, FloatTensor<B>, f64);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let _span = profile::span(Class::Attention);
         let [node_w] = ops.parents;
         let d_out = grads.consume::<B>(&ops.node);
         let Some(node) = node_w else { return };
@@ -462,6 +725,7 @@ impl<B: CrateBackend> Backward<B, 2> for GemmBackward {
     type State = GemmState<B>;
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let _span = profile::span(Class::Gemm);
         let [node_a, node_b] = ops.parents;
         let g = grads.consume::<B>(&ops.node);
         let need = [node_a.is_some(), node_b.is_some(), false];
@@ -481,6 +745,7 @@ impl<B: CrateBackend> Backward<B, 3> for GemmBiasBackward {
     type State = GemmState<B>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let _span = profile::span(Class::Gemm);
         let [node_a, node_b, node_bias] = ops.parents;
         let g = grads.consume::<B>(&ops.node);
         let need = [node_a.is_some(), node_b.is_some(), node_bias.is_some()];
@@ -499,6 +764,7 @@ struct SplitHeadsBackward;
 impl<B: CrateBackend> Backward<B, 1> for SplitHeadsBackward {
     type State = ();
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let _span = profile::span(Class::Copies);
         let g = grads.consume::<B>(&ops.node);
         if let [Some(node)] = ops.parents {
             grads.register::<B>(node.id, B::crate_merge_heads(g));
@@ -513,6 +779,7 @@ impl<B: CrateBackend> Backward<B, 1> for MergeHeadsBackward {
     /// (b, n, h)
     type State = (usize, usize, usize);
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let _span = profile::span(Class::Copies);
         let g = grads.consume::<B>(&ops.node);
         let (b, n, h) = ops.state;
         if let [Some(node)] = ops.parents {
@@ -528,6 +795,7 @@ impl<B: CrateBackend, C: CheckpointStrategy> CrateBackend for Autodiff<B, C> {
         bias: Option<FloatTensor<Self>>,
         ep: Epilogue,
     ) -> FloatTensor<Self> {
+        let _span = profile::span(Class::Gemm);
         let run = |bias: Option<FloatTensor<B>>| {
             B::crate_gemm(a.primitive.clone(), b.primitive.clone(), bias, ep)
         };
@@ -562,6 +830,7 @@ impl<B: CrateBackend, C: CheckpointStrategy> CrateBackend for Autodiff<B, C> {
     }
 
     fn crate_split_heads(x: FloatTensor<Self>, b: usize, n: usize, h: usize) -> FloatTensor<Self> {
+        let _span = profile::span(Class::Copies);
         match SplitHeadsBackward
             .prepare::<C>([x.node.clone()])
             .compute_bound()
@@ -573,6 +842,7 @@ impl<B: CrateBackend, C: CheckpointStrategy> CrateBackend for Autodiff<B, C> {
     }
 
     fn crate_merge_heads(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let _span = profile::span(Class::Copies);
         let s = wrap::<B, 4>(x.primitive.clone()).dims();
         match MergeHeadsBackward
             .prepare::<C>([x.node.clone()])
@@ -592,17 +862,20 @@ impl<B: CrateBackend, C: CheckpointStrategy> CrateBackend for Autodiff<B, C> {
         beta: FloatTensor<Self>,
         eps: f64,
     ) -> FloatTensor<Self> {
+        let _span = profile::span(Class::LayerNorm);
         match LayerNormBackward
             .prepare::<C>([x.node.clone(), gamma.node.clone(), beta.node.clone()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (xhat, rstd) = normalize::<B>(wrap(x.primitive), eps);
-                let d = xhat.dims()[1];
-                let out = xhat.clone() * wrap::<B, 1>(gamma.primitive.clone()).reshape([1, d])
-                    + wrap::<B, 1>(beta.primitive).reshape([1, d]);
-                prep.finish((unwrap(xhat), unwrap(rstd), gamma.primitive), unwrap(out))
+                let [out, xhat, rstd] = B::crate_layer_norm_parts(
+                    x.primitive,
+                    gamma.primitive.clone(),
+                    beta.primitive,
+                    eps,
+                );
+                prep.finish((xhat, rstd, gamma.primitive), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::crate_layer_norm(
                 x.primitive,
@@ -613,17 +886,18 @@ impl<B: CrateBackend, C: CheckpointStrategy> CrateBackend for Autodiff<B, C> {
         }
     }
 
-    fn crate_ssa(w: FloatTensor<Self>, scale: f64) -> FloatTensor<Self> {
+    fn crate_ssa(w: FloatTensor<Self>, scale: f64, mask: &AttnMask) -> FloatTensor<Self> {
+        let _span = profile::span(Class::Attention);
         match SsaBackward
             .prepare::<C>([w.node.clone()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let (attn, out) = B::crate_ssa_parts(w.primitive.clone(), scale);
+                let (attn, out) = B::crate_ssa_parts(w.primitive.clone(), scale, mask);
                 prep.finish((w.primitive, attn, scale), out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::crate_ssa(w.primitive, scale)),
+            OpsKind::UnTracked(prep) => prep.finish(B::crate_ssa(w.primitive, scale, mask)),
         }
     }
 }
@@ -668,9 +942,9 @@ pub fn layer_norm<B: CrateBackend>(
     ))
 }
 
-/// `softmax(s·w wᵀ) w` through the fused op.
-pub fn ssa<B: CrateBackend>(w: Tensor<B, 4>, scale: f64) -> Tensor<B, 4> {
-    wrap(B::crate_ssa(unwrap(w), scale))
+/// `softmax(s·w wᵀ + mask) w` through the fused op.
+pub fn ssa<B: CrateBackend>(w: Tensor<B, 4>, scale: f64, mask: &AttnMask) -> Tensor<B, 4> {
+    wrap(B::crate_ssa(unwrap(w), scale, mask))
 }
 
 /// Token rows `[b·n, h·dh]` → contiguous heads `[b, h, n, dh]`.

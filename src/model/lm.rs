@@ -9,16 +9,20 @@
 //!   and a final `ln_f`;
 //! - `gpt` (nanoGPT `model.py`): `X½ = X + c_proj(CausalAttention(LN₁ X))`, `X' = X½ + MLP(LN₂ X½)`,
 //!   final `ln_f`;
+//! - `tost-lm` (ToST `model_TSSA.py`, see `tost_lm.rs`): causal TSSA and an MLP with layer scale,
+//!   final `ln_f`;
 //!
 //! and `logits = X_L wteᵀ` (`lm_head` tied to `wte`).
 
-use super::blocks::Ista;
-use super::fused::{self, layer_norm, matmul, merge_heads, split_heads, CrateBackend};
+use super::blocks::{Ista, Mssa};
+use super::fused::{self, layer_norm, matmul, merge_heads, split_heads, AttnMask, CrateBackend};
+use super::tost_lm::{self, TostLmBlock, ARCH_TOST_LM};
 use super::Activations;
 use anyhow::{bail, ensure, Context, Result};
 use burn::module::{Module, Param};
 use burn::nn::{
-    Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
+    DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear,
+    LinearConfig,
 };
 use burn::tensor::activation::{gelu, log_softmax, relu, softmax};
 use burn::tensor::{Bool, Int, Tensor, TensorData};
@@ -34,7 +38,7 @@ pub const LN_EPS: f64 = 1e-5;
 const INIT_STD: f64 = 0.02;
 
 /// The three architectures on one code path.
-pub const ARCHS: [&str; 3] = ["crate-lm", "crate-lm-overcomplete", "gpt"];
+pub const ARCHS: [&str; 4] = ["crate-lm", "crate-lm-overcomplete", "gpt", ARCH_TOST_LM];
 
 /// Names accepted by `--config` besides a JSON file (crate-lm's `from_pretrained` table, plus a
 /// small character-level default whose vocabulary comes from the corpus).
@@ -124,8 +128,12 @@ impl LmConfig {
         super::read_json_config(path, Self::from_json)
     }
 
+    /// A config JSON; nanoGPT's `"TSSA": true` (ToST's `GPTConfig`) reads as `"arch": "tost-lm"`.
     pub fn from_json(text: &str) -> Result<Self> {
-        let cfg: Self = serde_json::from_str(text).context("not a valid language-model config")?;
+        let mut v: serde_json::Value =
+            serde_json::from_str(text).context("not a valid language-model config")?;
+        tost_lm::take_tssa_flag(&mut v)?;
+        let cfg: Self = serde_json::from_value(v).context("not a valid language-model config")?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -137,15 +145,14 @@ impl LmConfig {
             self.arch,
             ARCHS.join(", ")
         );
-        for (name, v) in [
-            ("vocab_size", self.vocab_size),
-            ("block_size", self.block_size),
-            ("n_layer", self.n_layer),
-            ("n_head", self.n_head),
-            ("n_embd", self.n_embd),
-        ] {
-            ensure!(v > 0, "{name} must be positive");
-        }
+        use super::{MAX_COUNT, MAX_DEPTH, MAX_WIDTH};
+        super::check_sizes(&[
+            ("vocab_size", self.vocab_size, MAX_COUNT),
+            ("block_size", self.block_size, 1 << 20),
+            ("n_layer", self.n_layer, MAX_DEPTH),
+            ("n_head", self.n_head, MAX_DEPTH),
+            ("n_embd", self.n_embd, MAX_WIDTH),
+        ])?;
         ensure!(
             self.n_embd.is_multiple_of(self.n_head),
             "n_embd {} is not divisible by n_head {}",
@@ -158,10 +165,11 @@ impl LmConfig {
             self.dropout
         );
         ensure!(
-            self.bias || self.arch != "gpt",
-            "gpt with bias=false is not supported"
+            self.bias || !(self.is_gpt() || self.is_tost()),
+            "{} with bias=false is not supported",
+            self.arch
         );
-        Ok(())
+        super::check_param_count(self.param_count())
     }
 
     pub fn overcomplete(&self) -> bool {
@@ -170,12 +178,17 @@ impl LmConfig {
     pub fn is_gpt(&self) -> bool {
         self.arch == "gpt"
     }
+    pub fn is_tost(&self) -> bool {
+        self.arch == ARCH_TOST_LM
+    }
 
     /// Parameter count (tied `lm_head` counted once).
     pub fn param_count(&self) -> usize {
         let (d, v, t) = (self.n_embd, self.vocab_size, self.block_size);
         let ln = 2 * d;
-        let layer = if self.is_gpt() {
+        let layer = if self.is_tost() {
+            tost_lm::layer_params(d, self.n_head, t)
+        } else if self.is_gpt() {
             2 * ln + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d)
         } else {
             let ista = if self.overcomplete() {
@@ -200,7 +213,15 @@ impl LmConfig {
         let proj_std = INIT_STD / ((2 * self.n_layer) as f64).sqrt();
         let h = (0..self.n_layer)
             .map(|_| {
-                if self.is_gpt() {
+                if self.is_tost() {
+                    LmBlock::Tost(TostLmBlock::new(
+                        d,
+                        self.n_head,
+                        self.block_size,
+                        proj_std,
+                        device,
+                    ))
+                } else if self.is_gpt() {
                     LmBlock::Gpt(GptBlock::new(d, self.n_head, proj_std, device))
                 } else {
                     LmBlock::Crate(CrateLmBlock::new(
@@ -232,7 +253,7 @@ fn ln<B: CrateBackend>(d: usize, device: &B::Device) -> LayerNorm<B> {
 }
 
 /// nanoGPT `_init_weights`: weight N(0, std), bias zero.
-fn linear<B: CrateBackend>(
+pub(crate) fn linear<B: CrateBackend>(
     d_in: usize,
     d_out: usize,
     bias: bool,
@@ -249,8 +270,8 @@ fn linear<B: CrateBackend>(
     l
 }
 
-/// Causal `softmax(q kᵀ·s) v` per head, `[b, h, n, dh]`: key positions after the query are −∞.
-pub fn causal_attention<B: CrateBackend>(
+/// Causal `softmax(q kᵀ·s) v` per head, `[b, h, n, dh]` (separate q, k, v: the GPT baseline).
+fn causal_attention<B: CrateBackend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
@@ -264,31 +285,20 @@ pub fn causal_attention<B: CrateBackend>(
     softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3).matmul(v)
 }
 
-/// Causal MSSA with the shared projection `c_attn` (Q = K = V = `U`ᵀz) and output `c_proj`.
-#[derive(Module, Debug)]
-pub struct CausalMssa<B: CrateBackend> {
-    pub c_attn: Linear<B>,
-    pub c_proj: Linear<B>,
-    pub n_head: usize,
-}
-
-impl<B: CrateBackend> CausalMssa<B> {
-    /// `c_proj([SSA_1; …; SSA_K])` with `SSA_k = causal softmax(w_k w_kᵀ/√dh) w_k`, `w = c_attn(x)`.
-    fn forward(&self, x: Tensor<B, 2>, b: usize, n: usize, rec: &mut Recorder<B>) -> Tensor<B, 2> {
-        let qkv = fused::linear(&self.c_attn, x);
-        rec.push("qkv", &qkv);
-        let dh = qkv.dims()[1] / self.n_head;
-        let w = split_heads(qkv, b, n, self.n_head);
-        let y = merge_heads(causal_attention(
-            w.clone(),
-            w.clone(),
-            w,
-            (dh as f64).powf(-0.5),
-        ));
-        rec.push("attn_y", &y);
-        let out = fused::linear(&self.c_proj, y);
-        rec.push("mssa", &out);
-        out
+/// Causal MSSA of crate-lm (`CausalSelfAttention` of `crate.py`): the shared projection `c_attn`
+/// (Q = K = V = `U`ᵀz, no bias) is [`Mssa::qkv`] and the output `c_proj` is [`Mssa::to_out`].
+fn causal_mssa<B: CrateBackend>(
+    d: usize,
+    n_head: usize,
+    proj_std: f64,
+    dev: &B::Device,
+) -> Mssa<B> {
+    Mssa {
+        qkv: linear(d, d, false, INIT_STD, dev),
+        to_out: linear(d, d, true, proj_std, dev),
+        dropout: DropoutConfig::new(0.0).init(),
+        heads: n_head,
+        dim_head: d / n_head,
     }
 }
 
@@ -356,7 +366,7 @@ impl<B: CrateBackend> IstaStep<B> {
 #[derive(Module, Debug)]
 pub struct CrateLmBlock<B: CrateBackend> {
     pub prenorm_1: LayerNorm<B>,
-    pub attn: CausalMssa<B>,
+    pub attn: Mssa<B>,
     pub prenorm_2: LayerNorm<B>,
     pub ista: IstaStep<B>,
 }
@@ -365,11 +375,7 @@ impl<B: CrateBackend> CrateLmBlock<B> {
     fn new(d: usize, n_head: usize, proj_std: f64, overcomplete: bool, dev: &B::Device) -> Self {
         Self {
             prenorm_1: ln(d, dev),
-            attn: CausalMssa {
-                c_attn: linear(d, d, false, INIT_STD, dev),
-                c_proj: linear(d, d, true, proj_std, dev),
-                n_head,
-            },
+            attn: causal_mssa(d, n_head, proj_std, dev),
             prenorm_2: ln(d, dev),
             ista: if overcomplete {
                 IstaStep::Overcomplete(OvercompleteIsta::new(d, dev))
@@ -382,7 +388,12 @@ impl<B: CrateBackend> CrateLmBlock<B> {
     fn forward(&self, x: Tensor<B, 2>, b: usize, n: usize, rec: &mut Recorder<B>) -> Tensor<B, 2> {
         let a = layer_norm(&self.prenorm_1, x.clone(), LN_EPS);
         rec.push("ln1", &a);
-        let half = x + self.attn.forward(a, b, n, rec);
+        // SSA_k = causal softmax(w_k w_kᵀ/√dh) w_k,  w = c_attn(x)
+        let mssa = self.attn.trace(a, b, n, &AttnMask::Causal);
+        rec.push("qkv", &mssa.qkv);
+        rec.push("attn_y", &mssa.heads);
+        rec.push("mssa", &mssa.out);
+        let half = x + mssa.out;
         rec.push("attn", &half);
         let z = layer_norm(&self.prenorm_2, half, LN_EPS);
         rec.push("ln2", &z);
@@ -411,11 +422,18 @@ impl<B: CrateBackend> CausalSelfAttention<B> {
     }
 }
 
-/// nanoGPT `MLP`: `c_proj(GELU(c_fc x))`, hidden width 4d.
+/// nanoGPT `MLP`: `c_proj(GELU(c_fc x))`, hidden width 4d (timm's `Mlp` with `fc1`, `fc2`).
 #[derive(Module, Debug)]
 pub struct Mlp<B: CrateBackend> {
     pub c_fc: Linear<B>,
     pub c_proj: Linear<B>,
+}
+
+impl<B: CrateBackend> Mlp<B> {
+    /// `c_proj(GELU(c_fc x))` on token rows.
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        fused::linear(&self.c_proj, gelu(fused::linear(&self.c_fc, x)))
+    }
 }
 
 /// nanoGPT `Block`: `X½ = X + attn(LN₁ X)`, `X' = X½ + MLP(LN₂ X½)`.
@@ -448,7 +466,7 @@ impl<B: CrateBackend> GptBlock<B> {
         let half = x.clone() + self.attn.forward(layer_norm(&self.ln_1, x, LN_EPS), b, n);
         rec.push("attn", &half);
         let h = layer_norm(&self.ln_2, half.clone(), LN_EPS);
-        let out = half + fused::linear(&self.mlp.c_proj, gelu(fused::linear(&self.mlp.c_fc, h)));
+        let out = half + self.mlp.forward(h);
         rec.push("mlp", &out);
         out
     }
@@ -460,6 +478,7 @@ impl<B: CrateBackend> GptBlock<B> {
 pub enum LmBlock<B: CrateBackend> {
     Crate(CrateLmBlock<B>),
     Gpt(GptBlock<B>),
+    Tost(TostLmBlock<B>),
 }
 
 /// A causal language model (`transformer.*` of the official files; `lm_head` is `wte`).
@@ -521,6 +540,12 @@ impl<B: CrateBackend> CausalLm<B> {
             x = match block {
                 LmBlock::Crate(blk) => blk.forward(x, b, n, &mut rec),
                 LmBlock::Gpt(blk) => blk.forward(x, b, n, &mut rec),
+                LmBlock::Tost(blk) => {
+                    let (half, out) = blk.forward(x, b, n);
+                    rec.push("attn", &half);
+                    rec.push("mlp", &out);
+                    out
+                }
             };
         }
         if let Some(ln_f) = &self.ln_f {
@@ -538,6 +563,10 @@ impl<B: CrateBackend> CausalLm<B> {
     /// Logits at every position, `[b, n, vocab]`, recording the official activations into `acts`.
     pub fn forward_with(&self, idx: Tensor<B, 2, Int>, acts: &mut Activations<B>) -> Tensor<B, 3> {
         let [b, n] = idx.dims();
+        if b * n == 0 {
+            // an empty batch has empty logits (flex's matmul faults on zero rows)
+            return Tensor::zeros([b, n, self.wte.weight.dims()[0]], &idx.device());
+        }
         let logits = self.head(self.hidden(idx, acts));
         let v = logits.dims()[1];
         logits.reshape([b, n, v])
@@ -616,6 +645,16 @@ pub struct Sampling {
 }
 
 impl Sampling {
+    /// A temperature that is finite and ≥ 0 (0 = greedy); NaN or a negative value would sample
+    /// garbage without a word.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.temperature.is_finite() && self.temperature >= 0.0,
+            "--temperature must be a finite number ≥ 0 (0 = greedy), got {}",
+            self.temperature
+        );
+        Ok(())
+    }
     /// Draw a token from last-position logits (`torch.multinomial` of the softmax after top-k).
     pub fn sample(&self, logits: &[f32], rng: &mut impl rand::Rng) -> usize {
         let argmax = || {
@@ -668,13 +707,17 @@ pub fn cross_entropy<B: CrateBackend>(
 
 impl<B: CrateBackend> crate::weights::OfficialKeys for CausalLm<B> {
     /// burn path → crate-lm / nanoGPT key (`transformer.` + the same field names; enum variants and
-    /// burn's LayerNorm `gamma`/`beta` names removed).
+    /// burn's LayerNorm `gamma`/`beta` names removed; [`Mssa`]'s `qkv`/`to_out` are `c_attn`/`c_proj`).
     fn official_key(path: &[String]) -> String {
         let parts: Vec<&str> = path
             .iter()
             .map(|s| s.as_str())
-            .filter(|s| !matches!(*s, "Crate" | "Gpt" | "Complete" | "Overcomplete"))
-            .map(crate::weights::torch_leaf)
+            .filter(|s| !matches!(*s, "Crate" | "Gpt" | "Tost" | "Complete" | "Overcomplete"))
+            .map(|s| match s {
+                "qkv" => "c_attn",
+                "to_out" => "c_proj",
+                s => crate::weights::torch_leaf(s),
+            })
             .collect();
         format!("transformer.{}", parts.join("."))
     }

@@ -164,18 +164,17 @@ impl MaeConfig {
             "arch {:?} is not \"{ARCH_MAE}\"",
             self.arch
         );
-        for (name, v) in [
-            ("img_size", self.img_size),
-            ("patch_size", self.patch_size),
-            ("in_chans", self.in_chans),
-            ("embed_dim", self.embed_dim),
-            ("depth", self.depth),
-            ("num_heads", self.num_heads),
-            ("decoder_depth", self.decoder_depth),
-            ("decoder_num_heads", self.decoder_num_heads),
-        ] {
-            ensure!(v > 0, "{name} must be positive");
-        }
+        use super::{MAX_DEPTH, MAX_WIDTH};
+        super::check_sizes(&[
+            ("img_size", self.img_size, 1 << 14),
+            ("patch_size", self.patch_size, 1 << 14),
+            ("in_chans", self.in_chans, 64),
+            ("embed_dim", self.embed_dim, MAX_WIDTH),
+            ("depth", self.depth, MAX_DEPTH),
+            ("num_heads", self.num_heads, MAX_DEPTH),
+            ("decoder_depth", self.decoder_depth, MAX_DEPTH),
+            ("decoder_num_heads", self.decoder_num_heads, MAX_DEPTH),
+        ])?;
         ensure!(
             self.img_size.is_multiple_of(self.patch_size),
             "img_size {} is not divisible by patch_size {}",
@@ -203,8 +202,11 @@ impl MaeConfig {
             self.embed_dim
         );
         check_mask_ratio(self.mask_ratio)?;
-        ensure!(self.lambd >= 0.0, "lambd must be non-negative");
-        Ok(())
+        ensure!(
+            self.lambd >= 0.0 && self.lambd.is_finite(),
+            "lambd must be a finite number ≥ 0"
+        );
+        super::check_param_count(self.param_count())
     }
 
     pub fn grid(&self) -> usize {

@@ -1,4 +1,4 @@
-//! CRATE models. `blocks` holds the shared operators (MSSA, ISTA); each variant is one file.
+//! CRATE and ToST models. `blocks` holds the shared operators (MSSA, ISTA, TSSA); each variant is one file.
 
 pub mod alpha;
 pub mod bert;
@@ -6,10 +6,14 @@ pub mod blocks;
 pub mod fused;
 pub mod gemm;
 pub mod inspect;
+pub mod kernels;
 pub mod lm;
 pub mod mae;
 pub mod posembed;
+pub mod profile;
 pub mod ssl;
+pub mod tost;
+pub mod tost_lm;
 pub mod vision;
 
 pub use fused::{CrateAutodiff, CrateBackend};
@@ -101,4 +105,33 @@ pub fn read_json_config<C>(
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read config {}", path.display()))?;
     parse(&text).with_context(|| format!("config {}", path.display()))
+}
+
+/// Largest width (model dimension, head dimension, heads × head dimension) a config may ask for.
+pub const MAX_WIDTH: usize = 1 << 16;
+/// Largest number of layers or heads.
+pub const MAX_DEPTH: usize = 1 << 10;
+/// Largest number of classes, vocabulary entries, positions or pixels per side.
+pub const MAX_COUNT: usize = 1 << 24;
+/// Largest parameter count a config may describe (8.6 billion; ~34 GB of f32 weights).
+pub const MAX_PARAMS: usize = 1 << 33;
+
+/// Every size of a config positive and within its limit (`(name, value, limit)`), so that the
+/// parameter-count arithmetic cannot overflow and an absurd size is an error, not an abort on
+/// allocation.
+pub fn check_sizes(sizes: &[(&str, usize, usize)]) -> anyhow::Result<()> {
+    for &(name, v, limit) in sizes {
+        anyhow::ensure!(v > 0, "{name} must be positive");
+        anyhow::ensure!(v <= limit, "{name} = {v} exceeds the limit of {limit}");
+    }
+    Ok(())
+}
+
+/// A parameter count within [`MAX_PARAMS`] (call after [`check_sizes`]).
+pub fn check_param_count(n: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        n <= MAX_PARAMS,
+        "the config describes {n} parameters, more than the limit of {MAX_PARAMS}"
+    );
+    Ok(())
 }

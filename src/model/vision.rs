@@ -191,18 +191,18 @@ impl CrateConfig {
             "arch {:?} is not a classifier (expected \"{ARCH_CRATE}\", \"{ARCH_ALPHA}\" or \"{ARCH_MAE_ENCODER}\")",
             self.arch
         );
-        for (name, v) in [
-            ("image_size", self.image_size),
-            ("patch_size", self.patch_size),
-            ("num_classes", self.num_classes),
-            ("dim", self.dim),
-            ("depth", self.depth),
-            ("heads", self.heads),
-            ("channels", self.channels),
-            ("dim_head", self.dim_head),
-        ] {
-            ensure!(v > 0, "{name} must be positive");
-        }
+        use super::{MAX_COUNT, MAX_DEPTH, MAX_WIDTH};
+        super::check_sizes(&[
+            ("image_size", self.image_size, 1 << 14),
+            ("patch_size", self.patch_size, 1 << 14),
+            ("num_classes", self.num_classes, MAX_COUNT),
+            ("dim", self.dim, MAX_WIDTH),
+            ("depth", self.depth, MAX_DEPTH),
+            ("heads", self.heads, MAX_DEPTH),
+            ("channels", self.channels, 64),
+            ("dim_head", self.dim_head, MAX_WIDTH),
+        ])?;
+        super::check_sizes(&[("heads × dim_head", self.heads * self.dim_head, MAX_WIDTH)])?;
         ensure!(
             self.image_size.is_multiple_of(self.patch_size),
             "image_size {} is not divisible by patch_size {}",
@@ -218,8 +218,15 @@ impl CrateConfig {
             (0.0..1.0).contains(&self.dropout) && (0.0..1.0).contains(&self.emb_dropout),
             "dropout must be in [0, 1)"
         );
-        ensure!(self.ista > 0.0, "ista (the step size) must be positive");
-        Ok(())
+        ensure!(
+            self.ista > 0.0 && self.ista.is_finite(),
+            "ista (the step size) must be positive and finite"
+        );
+        ensure!(
+            self.lambd.is_none_or(|l| l.is_finite() && l >= 0.0),
+            "lambd must be a finite number ≥ 0"
+        );
+        super::check_param_count(self.param_count())
     }
 
     pub fn grid(&self) -> usize {
@@ -448,6 +455,10 @@ impl<B: CrateBackend> Crate<B> {
     /// Logits for an NCHW batch, recording the official activations into `acts` when it is on.
     /// Tokens are kept as a `[b·n, d]` matrix between layers so every linear map is one GEMM.
     pub fn forward_with(&self, x: Tensor<B, 4>, acts: &mut Activations<B>) -> Tensor<B, 2> {
+        if x.dims()[0] == 0 {
+            // an empty batch has empty logits (flex's matmul faults on zero rows)
+            return Tensor::zeros([0, self.head.weight.dims()[1]], &x.device());
+        }
         let normed = self.features_with(x, acts);
         fused::linear(&self.head, normed)
     }

@@ -36,6 +36,28 @@ impl Tokenizer {
         })
     }
 
+    /// A character vocabulary that is non-empty, sorted and without repeats (ids are found by
+    /// binary search), with at most 65535 entries (tokens are stored as u16).
+    pub fn validate(&self) -> Result<()> {
+        if let Tokenizer::Char { chars } = self {
+            let v: Vec<char> = chars.chars().collect();
+            ensure!(!v.is_empty(), "the character vocabulary is empty");
+            ensure!(
+                v.len() <= u16::MAX as usize,
+                "the character vocabulary has {} entries, more than u16 token ids hold",
+                v.len()
+            );
+            if let Some(w) = v.windows(2).find(|w| w[0] >= w[1]) {
+                bail!(
+                    "the character vocabulary is not sorted without repeats ({:?} before {:?})",
+                    w[0],
+                    w[1]
+                );
+            }
+        }
+        Ok(())
+    }
+
     pub fn vocab_size(&self) -> usize {
         match self {
             Tokenizer::Char { chars } => chars.chars().count(),
@@ -231,8 +253,12 @@ pub fn read_meta(dir: &Path) -> Result<DataMeta> {
             dir.display()
         )
     })?;
-    serde_json::from_str(&text)
-        .with_context(|| format!("{}: not valid token metadata", p.display()))
+    let meta: DataMeta = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid token metadata", p.display()))?;
+    meta.tokenizer
+        .validate()
+        .with_context(|| format!("{}: tokenizer", p.display()))?;
+    Ok(meta)
 }
 
 /// A memory-mapped token file (little-endian u16).
@@ -276,6 +302,24 @@ impl TokenFile {
     pub fn get(&self, i: usize) -> u16 {
         let m = self.map.as_ref().expect("non-empty token file");
         u16::from_le_bytes([m[2 * i], m[2 * i + 1]])
+    }
+
+    /// Every token below `vocab` (a token file that does not belong to the tokenizer would
+    /// index outside the embedding).
+    pub fn check_vocab(&self, vocab: usize) -> Result<()> {
+        if let Some(m) = &self.map {
+            let max = m
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .max()
+                .unwrap_or(0);
+            ensure!(
+                (max as usize) < vocab,
+                "{}: token id {max} is outside the tokenizer's vocabulary of {vocab}",
+                self.path.display()
+            );
+        }
+        Ok(())
     }
 
     /// Tokens `start..start+n` as i64.

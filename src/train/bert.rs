@@ -52,6 +52,28 @@ pub struct BertRecipe {
     pub seed: u64,
 }
 
+impl BertRecipe {
+    /// Values training can run with; each error names the flag.
+    pub fn validate(&self) -> Result<()> {
+        for (flag, v) in [
+            ("--max-iters", self.max_iters),
+            ("--batch-size", self.batch_size),
+            ("--seq-len", self.seq_len),
+            ("--eval-interval", self.eval_interval),
+            ("--eval-iters", self.eval_iters),
+        ] {
+            ensure!(v > 0, "{flag} must be at least 1");
+        }
+        ensure!(
+            self.mask_rate > 0.0 && self.mask_rate < 1.0,
+            "--mask-rate must be in (0, 1), got {}",
+            self.mask_rate
+        );
+        super::optim::check_lr(self.lr, self.min_lr)?;
+        self.optim.validate()
+    }
+}
+
 /// Where a CRATE-BERT run stands, saved as `state.json` next to the weights.
 pub type BertState = TokenRunState<BertRecipe>;
 
@@ -131,8 +153,9 @@ pub fn save_checkpoint<B: CrateAutodiff>(
     model: &CrateBert<B>,
     optim: &TrainOptimizer<CrateBert<B>, B>,
     state: &BertState,
+    metrics: Option<&serde_json::Value>,
 ) -> Result<()> {
-    write_checkpoint(run_dir, config, optim, state, |path| {
+    write_checkpoint(run_dir, config, optim, state, metrics, |path| {
         write_safetensors(
             path,
             &collect_state_dict(&model.valid()),
@@ -176,7 +199,7 @@ pub fn fit_bert<B: CrateAutodiff>(
     while state.step < stop_at {
         if INTERRUPTED.load(Ordering::SeqCst) {
             bar.abandon_with_message("interrupted: checkpoint saved");
-            save_checkpoint(&run.run_dir, config, &model, &optim, &state)?;
+            save_checkpoint(&run.run_dir, config, &model, &optim, &state, None)?;
             anyhow::bail!(
                 "interrupted at iteration {}; resume with --resume",
                 state.step
@@ -185,11 +208,11 @@ pub fn fit_bert<B: CrateAutodiff>(
         let (x, y) = train_batch(run.train, &r, vocab, state.step);
         let loss = model.mlm_loss(ids(x, r.batch_size, r.seq_len), &y);
         let loss_val: f64 = loss.clone().into_scalar().elem();
-        ensure!(
-            loss_val.is_finite(),
-            "loss became {loss_val} at iteration {}; lower --lr",
-            state.step
-        );
+        if !loss_val.is_finite() {
+            bar.abandon();
+            let at = format!("iteration {}", state.step);
+            return Err(super::diverged(&run.run_dir, &at, "loss", loss_val));
+        }
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let lr = schedule::warmup_cosine(state.step, r.warmup_iters, r.max_iters, r.lr, r.min_lr);
         model = optim.step(lr, model, grads); // clips to the recipe's norm first
@@ -207,12 +230,17 @@ pub fn fit_bert<B: CrateAutodiff>(
                     "iter {iter}: train loss {loss_val:.4}  val masked-LM loss {v:.4}  {secs:.0}s"
                 )
             });
-            append_jsonl(
-                &metrics,
-                &json!({"iter": iter, "train_loss": loss_val, "val_loss": v, "lr": lr, "seconds": secs}),
-            )?;
+            if !v.is_finite() {
+                return Err(super::diverged(
+                    &run.run_dir,
+                    &format!("iteration {iter}"),
+                    "validation loss",
+                    v,
+                ));
+            }
+            let m = json!({"iter": iter, "train_loss": loss_val, "val_loss": v, "lr": lr, "seconds": secs});
             state.best_val_loss = Some(state.best_val_loss.map_or(v, |b| b.min(v)));
-            save_checkpoint(&run.run_dir, config, &model, &optim, &state)?;
+            save_checkpoint(&run.run_dir, config, &model, &optim, &state, Some(&m))?;
             last_val = Some(v);
         }
         if out_of_time {

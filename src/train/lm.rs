@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::checkpoint::{read_state, write_checkpoint};
-use super::{append_jsonl, schedule, OptimSettings, TrainOptimizer, INTERRUPTED};
+use super::{schedule, OptimSettings, TrainOptimizer, INTERRUPTED};
 use crate::model::lm::{cross_entropy, official_state_dict, CausalLm, LmConfig};
 use crate::model::{CrateAutodiff, CrateBackend};
 use crate::text::{TokenFile, Tokenizer};
@@ -40,6 +40,23 @@ pub struct LmRecipe {
     pub seed: u64,
 }
 
+impl LmRecipe {
+    /// Values training can run with; each error names the flag.
+    pub fn validate(&self) -> Result<()> {
+        for (flag, v) in [
+            ("--max-iters", self.max_iters),
+            ("--batch-size", self.batch_size),
+            ("--grad-accum", self.grad_accum),
+            ("--eval-interval", self.eval_interval),
+            ("--eval-iters", self.eval_iters),
+        ] {
+            ensure!(v > 0, "{flag} must be at least 1");
+        }
+        super::optim::check_lr(self.lr, self.min_lr)?;
+        self.optim.validate()
+    }
+}
+
 /// Where a run on a token stream stands (language models, CRATE-BERT), saved as `state.json`
 /// next to the weights; `R` is the trainer's recipe.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +69,12 @@ pub struct TokenRunState<R> {
     pub seconds: f64,
     pub data: String,
     pub best_val_loss: Option<f64>,
+    /// Loss sum and iterations since the last evaluation when interrupted, so the resumed
+    /// interval's `train_loss` covers all of it.
+    #[serde(default)]
+    pub interval_loss_sum: f64,
+    #[serde(default)]
+    pub interval_steps: usize,
 }
 
 impl<R> TokenRunState<R> {
@@ -64,6 +87,8 @@ impl<R> TokenRunState<R> {
             seconds: 0.0,
             data: data.display().to_string(),
             best_val_loss: None,
+            interval_loss_sum: 0.0,
+            interval_steps: 0,
         }
     }
 }
@@ -218,8 +243,9 @@ pub fn save_checkpoint<B: CrateAutodiff>(
     model: &CausalLm<B>,
     optim: &TrainOptimizer<CausalLm<B>, B>,
     state: &LmState,
+    metrics: Option<&LmMetrics>,
 ) -> Result<()> {
-    write_checkpoint(run_dir, config, optim, state, |path| {
+    write_checkpoint(run_dir, config, optim, state, metrics, |path| {
         save_lm(path, config, &model.valid(), &state.tokenizer)
     })
 }
@@ -244,20 +270,21 @@ pub fn fit_lm<B: CrateAutodiff>(
     );
     let t = context_len(config, run.train)?;
     let tv = context_len(config, run.val)?;
-    let metrics_path = run.run_dir.join("metrics.jsonl");
     let stop_at = run
         .stop_after
         .map_or(r.max_iters, |k| (state.step + k).min(r.max_iters));
     let bar = progress_bar(run.show_progress, r.max_iters as u64);
     bar.set_position(state.step as u64);
-    let (mut loss_sum, mut loss_n, mut tokens) = (0.0f64, 0usize, 0usize);
+    // an interval resumed after an interrupt carries the loss of its first iterations
+    let (mut loss_sum, mut loss_n, mut tokens) = (state.interval_loss_sum, state.interval_steps, 0);
     let mut t0 = Instant::now();
     let mut secs_at_t0 = state.seconds;
     let mut last = None;
     while state.step < stop_at {
         if INTERRUPTED.load(Ordering::SeqCst) {
             bar.abandon_with_message("interrupted: checkpoint saved");
-            save_checkpoint(&run.run_dir, config, &model, &optim, &state)?;
+            (state.interval_loss_sum, state.interval_steps) = (loss_sum, loss_n);
+            save_checkpoint(&run.run_dir, config, &model, &optim, &state, None)?;
             anyhow::bail!(
                 "interrupted at iteration {}; resume with --resume",
                 state.step
@@ -270,11 +297,11 @@ pub fn fit_lm<B: CrateAutodiff>(
             let (x, y) = get_batch::<B>(run.train, r.batch_size, t, &mut rng, device);
             let loss = cross_entropy(model.forward(x), y);
             let l: f64 = loss.clone().into_scalar().elem();
-            ensure!(
-                l.is_finite(),
-                "loss became {l} at iteration {}; lower --lr",
-                state.step
-            );
+            if !l.is_finite() {
+                bar.abandon();
+                let at = format!("iteration {}", state.step);
+                return Err(super::diverged(&run.run_dir, &at, "loss", l));
+            }
             step_loss += l / r.grad_accum as f64;
             let grads = loss.div_scalar(r.grad_accum as f64).backward();
             acc.accumulate(&model, GradientsParams::from_grads(grads, &model));
@@ -324,9 +351,18 @@ pub fn fit_lm<B: CrateAutodiff>(
                     m.seconds
                 )
             });
+            if !val_loss.is_finite() {
+                let at = format!("iteration {}", state.step);
+                return Err(super::diverged(
+                    &run.run_dir,
+                    &at,
+                    "validation loss",
+                    val_loss,
+                ));
+            }
             state.best_val_loss = Some(state.best_val_loss.map_or(val_loss, |b| b.min(val_loss)));
-            append_jsonl(&metrics_path, &m)?;
-            save_checkpoint(&run.run_dir, config, &model, &optim, &state)?;
+            (state.interval_loss_sum, state.interval_steps) = (0.0, 0);
+            save_checkpoint(&run.run_dir, config, &model, &optim, &state, Some(&m))?;
             last = Some(m);
             // evaluation and saving are not training time
             (loss_sum, loss_n, tokens) = (0.0, 0, 0);

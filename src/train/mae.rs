@@ -26,6 +26,10 @@ pub fn evaluate_mae<B: CrateBackend>(
     device: &B::Device,
 ) -> Result<EvalResult> {
     ensure!(!set.is_empty(), "cannot evaluate on an empty split");
+    ensure!(
+        batch_size > 0,
+        "the evaluation batch size must be at least 1"
+    );
     let batcher = Batcher {
         norm: norm.clone(),
         augment: Augment::none(),

@@ -10,6 +10,7 @@ pub mod mae;
 pub mod optim;
 pub mod schedule;
 pub mod ssl;
+pub mod tost;
 
 use anyhow::{ensure, Result};
 use burn::module::AutodiffModule;
@@ -34,7 +35,8 @@ pub use optim::{OptimSettings, OptimizerKind, TrainOptimizer};
 /// Set by the Ctrl-C handler; the loop saves a checkpoint at the next batch and stops.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// Make Ctrl-C set [`INTERRUPTED`]: the training loops save a checkpoint at the next batch and stop.
+/// Make Ctrl-C, SIGTERM and SIGHUP set [`INTERRUPTED`]: the training loops save a checkpoint at
+/// the next batch and stop (`kill PID` behaves like Ctrl-C; only `kill -9` loses the current epoch).
 pub fn save_on_interrupt() {
     ctrlc::set_handler(|| INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst)).ok();
 }
@@ -70,6 +72,28 @@ pub enum LrSchedule {
 }
 
 impl Recipe {
+    /// Values training can run with, for images of `image_size` pixels; each error names the flag.
+    pub fn validate(&self, image_size: usize) -> Result<()> {
+        ensure!(self.epochs > 0, "--epochs must be at least 1");
+        ensure!(self.batch_size > 0, "--batch-size must be at least 1");
+        optim::check_lr(self.lr, self.min_lr)?;
+        ensure!(
+            self.warmup_epochs.is_finite() && self.warmup_epochs >= 0.0,
+            "--warmup-epochs must be a finite number ≥ 0, got {}",
+            self.warmup_epochs
+        );
+        ensure!(
+            (0.0..1.0).contains(&self.label_smoothing),
+            "--label-smoothing must be in [0, 1), got {}",
+            self.label_smoothing
+        );
+        ensure!(
+            self.augment.crop_padding < image_size,
+            "--crop-padding {} must be smaller than the image size {image_size}",
+            self.augment.crop_padding
+        );
+        self.optim.validate()
+    }
     pub fn steps_per_epoch(&self, n: usize) -> usize {
         n.div_ceil(self.batch_size)
     }
@@ -104,7 +128,22 @@ pub fn evaluate<B: CrateBackend>(
     batch_size: usize,
     device: &B::Device,
 ) -> Result<EvalResult> {
+    evaluate_with(|x| model.forward(x), set, norm, batch_size, device)
+}
+
+/// [`evaluate`] for any classifier given as its inference `forward` (NCHW batch → logits).
+pub fn evaluate_with<B: CrateBackend>(
+    forward: impl Fn(Tensor<B, 4>) -> Tensor<B, 2>,
+    set: &ImageSet,
+    norm: &Normalization,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<EvalResult> {
     ensure!(!set.is_empty(), "cannot evaluate on an empty split");
+    ensure!(
+        batch_size > 0,
+        "the evaluation batch size must be at least 1"
+    );
     let batcher = Batcher {
         norm: norm.clone(),
         augment: Augment::none(),
@@ -115,7 +154,7 @@ pub fn evaluate<B: CrateBackend>(
     let mut rng = batch_rng(0, 0, 0);
     for chunk in idx.chunks(batch_size) {
         let (x, y) = batcher.batch::<B>(set, chunk, &mut rng, device);
-        let logits = model.forward(x);
+        let logits = forward(x);
         let loss: f64 = ce.forward(logits.clone(), y.clone()).into_scalar().elem();
         loss_sum += loss * chunk.len() as f64;
         let (a1, a5) = topk_hits(logits, y);
@@ -207,15 +246,17 @@ pub trait Task<B: CrateAutodiff> {
     fn epoch_terms(&self) -> Option<std::collections::BTreeMap<String, f64>> {
         None
     }
-    /// Write the checkpoint folder (default: every parameter under its official key).
+    /// Write the checkpoint folder (default: every parameter under its official key) with the
+    /// epoch's metrics line (`None` after an interrupt).
     fn save_checkpoint(
         &self,
         run_dir: &Path,
         model: &Self::Model,
         optim: &TrainOptimizer<Self::Model, B>,
         state: &TrainState,
+        metrics: Option<&EpochMetrics>,
     ) -> Result<()> {
-        Checkpoint::save(run_dir, self.config(), model, optim, state)
+        Checkpoint::save(run_dir, self.config(), model, optim, state, metrics)
     }
     fn evaluate(
         &self,
@@ -234,6 +275,10 @@ pub trait Task<B: CrateAutodiff> {
         _device: &B::Device,
     ) -> Result<Option<LayerCurves>> {
         Ok(None)
+    }
+    /// Whether [`Task::evaluate`] computes a loss (k-NN evaluation has none and reports NaN).
+    fn has_eval_loss(&self) -> bool {
+        true
     }
     /// One line for the log after an evaluation.
     fn describe(&self, r: &EvalResult) -> String {
@@ -254,14 +299,22 @@ pub struct Classify<B: CrateAutodiff> {
 
 impl<B: CrateAutodiff> Classify<B> {
     pub fn new(config: CrateConfig, label_smoothing: f64, device: &B::Device) -> Self {
-        let smoothing = (label_smoothing > 0.0).then_some(label_smoothing as f32);
         Self {
             config,
-            ce: CrossEntropyLossConfig::new()
-                .with_smoothing(smoothing)
-                .init::<B>(device),
+            ce: smoothed_cross_entropy(label_smoothing, device),
         }
     }
+}
+
+/// Cross-entropy with label smoothing `label_smoothing` (0 = none), the classifiers' loss.
+pub fn smoothed_cross_entropy<B: CrateAutodiff>(
+    label_smoothing: f64,
+    device: &B::Device,
+) -> CrossEntropyLoss<B> {
+    let smoothing = (label_smoothing > 0.0).then_some(label_smoothing as f32);
+    CrossEntropyLossConfig::new()
+        .with_smoothing(smoothing)
+        .init::<B>(device)
 }
 
 impl<B: CrateAutodiff> Task<B> for Classify<B> {
@@ -315,6 +368,41 @@ pub struct TrainRun<'a> {
     pub measure_images: usize,
 }
 
+impl<'a> TrainRun<'a> {
+    /// Train on `train`, evaluate on `test` after every epoch, checkpoints in `run_dir`; no
+    /// progress bar, no measures, every epoch of the recipe.
+    pub fn new(run_dir: &Path, train: &'a ImageSet, test: &'a ImageSet) -> Self {
+        Self {
+            run_dir: run_dir.to_path_buf(),
+            train,
+            test,
+            show_progress: false,
+            stop_after: None,
+            measure_every: 0,
+            measure_images: 0,
+        }
+    }
+}
+
+/// The error of a run that diverged at `at`: the value, and the checkpoint it can go back to.
+pub(crate) fn diverged(run_dir: &Path, at: &str, what: &str, value: f64) -> anyhow::Error {
+    let back = match Checkpoint::find(run_dir) {
+        Some(dir) => match checkpoint::read_state::<serde_json::Value>(&dir, "state") {
+            Ok(s) => format!(
+                "the last checkpoint, {} (step {}), is intact",
+                dir.display(),
+                s.get("step").and_then(|v| v.as_u64()).unwrap_or(0)
+            ),
+            Err(_) => format!("the last checkpoint is {}", dir.display()),
+        },
+        None => "no checkpoint was saved yet".to_string(),
+    };
+    anyhow::anyhow!(
+        "training diverged: {what} became {value} at {at}; nothing was saved after it and {back}. \
+         --resume would repeat the same steps: start a new run with a lower --lr"
+    )
+}
+
 pub(crate) fn append_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
@@ -342,7 +430,6 @@ pub fn fit<B: CrateAutodiff, T: Task<B>>(
         norm: state.normalization.clone(),
         augment: recipe.augment,
     };
-    let metrics_path = run.run_dir.join("metrics.jsonl");
     let mut last = None;
     let stop_at = run
         .stop_after
@@ -353,12 +440,15 @@ pub fn fit<B: CrateAutodiff, T: Task<B>>(
         let bar = progress_bar(run.show_progress, spe as u64, epoch, recipe.epochs);
         bar.set_position(state.batch as u64);
         let t0 = Instant::now();
-        let (mut loss_sum, mut seen) = (0.0f64, 0usize);
+        // an epoch resumed after an interrupt carries the loss of its first batches
+        let (mut loss_sum, mut seen) = (state.epoch_loss_sum, state.epoch_seen);
+        let seen_before = seen;
         let mut lr = 0.0;
         while state.batch < spe {
             if INTERRUPTED.load(Ordering::SeqCst) {
                 bar.abandon_with_message("interrupted: checkpoint saved");
-                task.save_checkpoint(&run.run_dir, &model, &optim, &state)?;
+                (state.epoch_loss_sum, state.epoch_seen) = (loss_sum, seen);
+                task.save_checkpoint(&run.run_dir, &model, &optim, &state, None)?;
                 anyhow::bail!(
                     "interrupted at epoch {} batch {}; resume with --resume",
                     epoch + 1,
@@ -377,11 +467,20 @@ pub fn fit<B: CrateAutodiff, T: Task<B>>(
             };
             let loss = task.loss(&model, x, y, &mut rng, at);
             let loss_val: f64 = loss.clone().into_scalar().elem();
-            ensure!(
-                loss_val.is_finite(),
-                "loss became {loss_val} at step {}; lower --lr",
-                state.step
-            );
+            if !loss_val.is_finite() {
+                bar.abandon();
+                return Err(diverged(
+                    &run.run_dir,
+                    &format!(
+                        "step {} (epoch {}, batch {})",
+                        state.step,
+                        epoch + 1,
+                        state.batch
+                    ),
+                    "loss",
+                    loss_val,
+                ));
+            }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             lr = recipe.lr_at(state.step, warmup, total);
             if let Some(end) = recipe.weight_decay_end {
@@ -401,7 +500,7 @@ pub fn fit<B: CrateAutodiff, T: Task<B>>(
                 "loss {:.4}  lr {:.2e}  {:.0} img/s",
                 loss_sum / seen as f64,
                 lr,
-                seen as f64 / secs
+                (seen - seen_before) as f64 / secs
             ));
             bar.inc(1);
         }
@@ -409,7 +508,16 @@ pub fn fit<B: CrateAutodiff, T: Task<B>>(
         bar.finish_and_clear();
         state.epoch += 1;
         state.batch = 0;
+        (state.epoch_loss_sum, state.epoch_seen) = (0.0, 0);
         let eval = task.evaluate(&model.valid(), run.test, &state.normalization, device)?;
+        if !eval.loss.is_finite() && !(eval.loss.is_nan() && !task.has_eval_loss()) {
+            return Err(diverged(
+                &run.run_dir,
+                &format!("the end of epoch {} (step {})", state.epoch, state.step),
+                "test loss",
+                eval.loss,
+            ));
+        }
         let measures = if run.measure_every > 0 && state.epoch.is_multiple_of(run.measure_every) {
             task.measure(
                 &model.valid(),
@@ -434,7 +542,7 @@ pub fn fit<B: CrateAutodiff, T: Task<B>>(
             test_loss: eval.loss,
             test_acc: eval.top1,
             test_top5: eval.top5,
-            train_img_s: seen as f64 / train_secs,
+            train_img_s: (seen - seen_before) as f64 / train_secs,
             seconds: state.seconds,
             measures,
             terms: task.epoch_terms(),
@@ -455,8 +563,7 @@ pub fn fit<B: CrateAutodiff, T: Task<B>>(
                 c.sparsity_mean
             );
         }
-        append_jsonl(&metrics_path, &m)?;
-        task.save_checkpoint(&run.run_dir, &model, &optim, &state)?;
+        task.save_checkpoint(&run.run_dir, &model, &optim, &state, Some(&m))?;
         last = Some(m);
     }
     Ok(last)

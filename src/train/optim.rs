@@ -33,6 +33,96 @@ pub struct OptimSettings {
     pub clip_grad_norm: Option<f64>,
 }
 
+impl OptimSettings {
+    /// Values the optimizers can run with; each error names the flag.
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(
+            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
+            "--weight-decay must be a finite number ≥ 0, got {}",
+            self.weight_decay
+        );
+        for (flag, b) in [("--beta1", self.beta1), ("--beta2", self.beta2)] {
+            anyhow::ensure!((0.0..1.0).contains(&b), "{flag} must be in [0, 1), got {b}");
+        }
+        if let Some(c) = self.clip_grad_norm {
+            anyhow::ensure!(
+                c.is_finite() && c > 0.0,
+                "--clip-grad-norm must be a finite number > 0 (0 = off), got {c}"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `--clip-grad-norm` as a setting: 0 = off; negative or NaN is an error.
+pub fn clip_setting(v: f64) -> Result<Option<f64>> {
+    anyhow::ensure!(
+        v.is_finite() && v >= 0.0,
+        "--clip-grad-norm must be a finite number ≥ 0 (0 = off), got {v}"
+    );
+    Ok((v > 0.0).then_some(v))
+}
+
+/// A peak learning rate and its final value: finite, peak > 0, 0 ≤ final ≤ peak.
+pub fn check_lr(lr: f64, min_lr: f64) -> Result<()> {
+    anyhow::ensure!(
+        lr.is_finite() && lr > 0.0,
+        "--lr must be a finite number > 0, got {lr}"
+    );
+    anyhow::ensure!(
+        min_lr.is_finite() && (0.0..=lr).contains(&min_lr),
+        "--min-lr must lie in [0, --lr = {lr}], got {min_lr}"
+    );
+    Ok(())
+}
+
+/// First bytes of an optimizer state written per parameter in key-id order.
+const SORTED_MAGIC: &[u8; 8] = b"wbopt-v2";
+
+/// The optimizer's per-parameter records in ascending parameter-id order (`magic`, then per
+/// record: id u64, length u64, msgpack bytes): burn records them as a `HashMap`, whose order
+/// changes from run to run, so two identical runs would write different files.
+fn sorted_records_bytes<B: burn::tensor::backend::Backend, R: burn::record::Record<B>>(
+    recs: impl IntoIterator<Item = (ParamId, R)>,
+) -> Result<Vec<u8>> {
+    let rec = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
+    let mut recs: Vec<(ParamId, R)> = recs.into_iter().collect();
+    recs.sort_by_key(|(id, _)| id.val());
+    let mut out = SORTED_MAGIC.to_vec();
+    for (id, r) in recs {
+        let bytes = Recorder::<B>::record(&rec, r, ())?;
+        out.extend(id.val().to_le_bytes());
+        out.extend((bytes.len() as u64).to_le_bytes());
+        out.extend(bytes);
+    }
+    Ok(out)
+}
+
+/// Records written by [`sorted_records_bytes`] (or, from older checkpoints, one msgpack map).
+fn records_from_bytes<B, R, Map>(bytes: Vec<u8>, device: &B::Device) -> Result<Map>
+where
+    B: burn::tensor::backend::Backend,
+    R: burn::record::Record<B>,
+    Map: burn::record::Record<B> + FromIterator<(ParamId, R)>,
+{
+    let rec = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
+    let Some(mut rest) = bytes.strip_prefix(SORTED_MAGIC.as_slice()) else {
+        return Ok(Recorder::<B>::load(&rec, bytes, device)?);
+    };
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        anyhow::ensure!(rest.len() >= 16, "truncated record header");
+        let id = u64::from_le_bytes(rest[..8].try_into().unwrap());
+        let n = u64::from_le_bytes(rest[8..16].try_into().unwrap());
+        let n = usize::try_from(n).ok().filter(|&n| n <= rest.len() - 16);
+        let n = n.context("record length beyond the end of the file")?;
+        let r: R = Recorder::<B>::load(&rec, rest[16..16 + n].to_vec(), device)?;
+        out.push((ParamId::from(id), r));
+        rest = &rest[16 + n..];
+    }
+    Ok(out.into_iter().collect())
+}
+
 enum Inner<M: AutodiffModule<B>, B: AutodiffBackend> {
     AdamW(OptimizerAdaptor<AdamW, M, B>),
     Lion(OptimizerAdaptor<Lion, M, B>),
@@ -71,19 +161,19 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> Inner<M, B> {
         }
     }
     fn to_bytes(&self) -> Result<Vec<u8>> {
-        let rec = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
-        Ok(match self {
-            Inner::AdamW(o) => Recorder::<B>::record(&rec, o.to_record(), ())?,
-            Inner::Lion(o) => Recorder::<B>::record(&rec, o.to_record(), ())?,
-        })
+        match self {
+            Inner::AdamW(o) => sorted_records_bytes::<B, _>(o.to_record()),
+            Inner::Lion(o) => sorted_records_bytes::<B, _>(o.to_record()),
+        }
     }
     fn load_bytes(self, bytes: Vec<u8>, device: &B::Device) -> Result<Self> {
-        let rec = NamedMpkBytesRecorder::<FullPrecisionSettings>::new();
         Ok(match self {
             Inner::AdamW(o) => {
-                Inner::AdamW(o.load_record(Recorder::<B>::load(&rec, bytes, device)?))
+                Inner::AdamW(o.load_record(records_from_bytes::<B, _, _>(bytes, device)?))
             }
-            Inner::Lion(o) => Inner::Lion(o.load_record(Recorder::<B>::load(&rec, bytes, device)?)),
+            Inner::Lion(o) => {
+                Inner::Lion(o.load_record(records_from_bytes::<B, _, _>(bytes, device)?))
+            }
         })
     }
 }

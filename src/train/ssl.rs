@@ -608,6 +608,10 @@ impl<B: CrateAutodiff> Task<B> for SelfDistillTask<'_, B> {
         })
     }
 
+    fn has_eval_loss(&self) -> bool {
+        false
+    }
+
     fn describe(&self, r: &EvalResult) -> String {
         let s = &self.config.settings;
         format!(
@@ -628,12 +632,13 @@ impl<B: CrateAutodiff> Task<B> for SelfDistillTask<'_, B> {
         model: &SelfDistill<B>,
         optim: &TrainOptimizer<SelfDistill<B>, B>,
         state: &TrainState,
+        metrics: Option<&super::EpochMetrics>,
     ) -> Result<()> {
         let sd = collect_state_dict(&model.valid());
         let (train, teacher): (StateDict, StateDict) =
             sd.into_iter().partition(|(k, _)| is_training_key(k));
         let backbone = &self.config.model.backbone;
-        write_checkpoint(run_dir, &self.config, optim, state, |path| {
+        write_checkpoint(run_dir, &self.config, optim, state, metrics, |path| {
             let meta = model_metadata(backbone, &state.normalization, &state.class_names);
             write_safetensors(path, &teacher, Some(meta))?;
             write_safetensors(&path.with_file_name(TRAINING_STATE_FILE), &train, None)

@@ -230,3 +230,76 @@ pub fn draw_training_curves<DB: DrawingBackend>(
     }];
     panel(&right, "Accuracy", "epoch", "%", x0, &acc)
 }
+
+/// One measured series of [`draw_scaling`]: label and `(tokens, milliseconds per image)` points.
+pub struct ScalingSeries {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Time per image against the number of tokens, both axes logarithmic, one line per series.
+pub fn draw_scaling<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    title: &str,
+    series: &[ScalingSeries],
+) -> Result<()> {
+    root.fill(&WHITE).map_err(err)?;
+    let pts = || series.iter().flat_map(|s| s.points.iter());
+    let (x_lo, x_hi) = pts().fold((f64::INFINITY, 0f64), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (y_lo, y_hi) = pts().fold((f64::INFINITY, 0f64), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    anyhow::ensure!(
+        x_lo > 0.0 && y_lo > 0.0 && x_hi.is_finite() && y_hi.is_finite(),
+        "scaling plot needs positive, finite points"
+    );
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 20))
+        .margin(14)
+        .x_label_area_size(44)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (x_lo / 1.2..x_hi * 1.2).log_scale(),
+            (y_lo / 1.5..y_hi * 1.5).log_scale(),
+        )
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("tokens per image")
+        .y_desc("ms per image")
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| match *y {
+            y if y >= 10.0 => format!("{y:.0}"),
+            y if y >= 1.0 => format!("{y:.1}"),
+            y => format!("{y:.2}"),
+        })
+        .draw()
+        .map_err(err)?;
+    for (k, s) in series.iter().enumerate() {
+        let color = series_color(k);
+        let dashed = s.label.contains("forward");
+        let style = color.stroke_width(if dashed { 1 } else { 2 });
+        chart
+            .draw_series(LineSeries::new(s.points.clone(), style))
+            .map_err(err)?
+            .label(s.label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+        chart
+            .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+            .map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK.mix(0.3))
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
+/// Write the scaling plot as PNG.
+pub fn save_scaling(path: &Path, title: &str, series: &[ScalingSeries]) -> Result<()> {
+    save_png(
+        path,
+        &render_png(900, 560, |r| draw_scaling(r, title, series))?,
+    )
+}

@@ -1,7 +1,7 @@
 //! Weight files: safetensors (read/write) and PyTorch `torch.save` files (read only, through
 //! burn-store's pickle reader, which never executes pickle code).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use burn::tensor::{DType, TensorData};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
@@ -35,7 +35,29 @@ pub fn read_state_dict(path: &Path) -> Result<StateDict> {
     if sd.is_empty() {
         bail!("{}: holds no float tensors", path.display());
     }
+    for (k, t) in &sd {
+        check_finite(t).with_context(|| format!("{}: tensor {k}", path.display()))?;
+    }
     Ok(sd)
+}
+
+/// Refuse a float tensor holding NaN or ±Inf (weights, inputs, outputs): the error says how many
+/// values and where the first one is, so a diverged run is never loaded or saved as if it were fine.
+pub fn check_finite(t: &TensorData) -> Result<()> {
+    if !matches!(t.dtype, DType::F32 | DType::F64 | DType::F16 | DType::BF16) {
+        return Ok(());
+    }
+    let v = t.clone().convert::<f32>();
+    let v = v.as_slice::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    if let Some(first) = v.iter().position(|x| !x.is_finite()) {
+        let count = v.iter().filter(|x| !x.is_finite()).count();
+        bail!(
+            "holds {count} non-finite value(s) (first: {} at flat index {first} of {})",
+            v[first],
+            v.len()
+        );
+    }
+    Ok(())
 }
 
 /// Every tensor of a safetensors file, floats converted to f32, ints kept as they are.
@@ -99,6 +121,30 @@ pub fn read_safetensors_all(
     Ok((out, meta))
 }
 
+/// Tensor `name` of the safetensors file `path` as an input batch: shape `[N, want…]` with
+/// N ≥ 1 and every value finite (float inputs).
+pub fn read_input_tensor(path: &Path, name: &str, want: &[usize]) -> Result<TensorData> {
+    let (mut tensors, _) = read_safetensors_all(path)?;
+    let t = tensors
+        .remove(name)
+        .with_context(|| format!("{}: no tensor named `{name}`", path.display()))?;
+    let shape = t.shape.to_vec();
+    let dims: Vec<String> = want.iter().map(|d| d.to_string()).collect();
+    ensure!(
+        shape.len() == want.len() + 1 && shape[1..] == *want,
+        "{}: `{name}` has shape {shape:?}, expected [N, {}]",
+        path.display(),
+        dims.join(", ")
+    );
+    ensure!(
+        shape[0] > 0,
+        "{}: `{name}` holds no examples (N = 0)",
+        path.display()
+    );
+    check_finite(&t).with_context(|| format!("{}: `{name}`", path.display()))?;
+    Ok(t)
+}
+
 fn half_to_f32(h: u16) -> f32 {
     let sign = ((h >> 15) as u32) << 31;
     let exp = ((h >> 10) & 0x1f) as i32;
@@ -118,13 +164,78 @@ fn half_to_f32(h: u16) -> f32 {
 
 fn read_safetensors(path: &Path) -> Result<HashMap<String, TensorData>> {
     let (all, _) = read_safetensors_all(path)?;
+    for (k, t) in &all {
+        check_float_param(path, k, t.dtype)?;
+    }
     Ok(all
         .into_iter()
         .filter(|(_, t)| t.dtype == DType::F32)
         .collect())
 }
 
+/// Integer tensors are skipped as buffers (position ids, counters), but one named like a
+/// parameter (`….weight`, `….bias`) is an error that says so, not a "missing key" later.
+fn check_float_param(path: &Path, key: &str, dtype: DType) -> Result<()> {
+    let float = matches!(dtype, DType::F32 | DType::F64 | DType::F16 | DType::BF16);
+    if !float && (key.ends_with(".weight") || key.ends_with(".bias")) {
+        bail!(
+            "{}: tensor {key} holds integers; parameters must be floating point",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Check a torch file before burn-store reads it: its pickle nests within bounds and, in the zip
+/// format, every tensor storage it refers to is present and long enough (burn-store would read a
+/// missing storage as zeros). Nothing in the pickle is executed, here or in burn-store.
+pub fn check_torch_file(path: &Path) -> Result<()> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let ctx = || format!("{}: not a readable PyTorch checkpoint", path.display());
+    if let Ok(mut zip) = zip::ZipArchive::new(std::io::BufReader::new(file)) {
+        let names: Vec<String> = zip.file_names().map(str::to_string).collect();
+        let pkl = ["data.pkl", "archive/data.pkl"]
+            .into_iter()
+            .map(str::to_string)
+            .find(|n| names.contains(n))
+            .or_else(|| names.iter().find(|n| n.ends_with("data.pkl")).cloned())
+            .with_context(|| format!("{}: no data.pkl in the zip archive", path.display()))?;
+        let mut bytes = Vec::new();
+        zip.by_name(&pkl)?
+            .read_to_end(&mut bytes)
+            .with_context(ctx)?;
+        let (storages, _) = super::pickle_scan::scan(&bytes, 1)
+            .with_context(|| format!("{}: {pkl}", path.display()))?;
+        let prefix = pkl.strip_suffix("data.pkl").unwrap_or("");
+        for st in storages {
+            let entry = format!("{prefix}data/{}", st.key);
+            let size = zip.by_name(&entry).map(|f| f.size()).map_err(|_| {
+                anyhow::anyhow!(
+                    "{}: tensor storage {entry} is missing from the archive",
+                    path.display()
+                )
+            })?;
+            if let (Some(n), Some(e)) = (st.numel, st.element_size()) {
+                ensure!(
+                    size >= n.saturating_mul(e),
+                    "{}: tensor storage {entry} holds {size} bytes, its pickle says {n} elements of {e} bytes",
+                    path.display()
+                );
+            }
+        }
+        return Ok(());
+    }
+    let bytes = std::fs::read(path).with_context(ctx)?;
+    if bytes.first() == Some(&0x80) {
+        // legacy format: magic number, protocol, sys info and the data, four pickles in a row
+        super::pickle_scan::scan(&bytes, 4).with_context(ctx)?;
+    }
+    Ok(())
+}
+
 fn read_torch(path: &Path) -> Result<HashMap<String, TensorData>> {
+    check_torch_file(path)?;
     let reader = burn_store::pytorch::PytorchReader::new(path).map_err(|e| {
         anyhow::anyhow!("{}: not a readable PyTorch checkpoint: {e}", path.display())
     })?;
@@ -134,6 +245,7 @@ fn read_torch(path: &Path) -> Result<HashMap<String, TensorData>> {
             snap.dtype,
             DType::F32 | DType::F64 | DType::F16 | DType::BF16
         ) {
+            check_float_param(path, &name, snap.dtype)?;
             continue;
         }
         let data = snap
@@ -213,7 +325,41 @@ pub fn safetensors_bytes<'a>(
             Ok((k.clone(), view))
         })
         .collect::<Result<_>>()?;
-    safetensors::serialize(views, &metadata).map_err(|e| anyhow::anyhow!("safetensors: {e}"))
+    let bytes = safetensors::serialize(views, &metadata)
+        .map_err(|e| anyhow::anyhow!("safetensors: {e}"))?;
+    Ok(sorted_header(bytes))
+}
+
+/// The same safetensors bytes with the JSON header's keys (tensors and `__metadata__`) in sorted
+/// order: the crate writes its metadata map in random order, so two identical runs would give
+/// files that differ byte for byte.
+fn sorted_header(bytes: Vec<u8>) -> Vec<u8> {
+    fn sort(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut items: Vec<_> = m.into_iter().collect();
+                items.sort_by(|a, b| a.0.cmp(&b.0));
+                serde_json::Value::Object(items.into_iter().map(|(k, v)| (k, sort(v))).collect())
+            }
+            other => other,
+        }
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let Ok(header) = serde_json::from_slice::<serde_json::Value>(&bytes[8..8 + n]) else {
+        return bytes;
+    };
+    let mut text = serde_json::to_string(&sort(header))
+        .unwrap_or_default()
+        .into_bytes();
+    // the data starts 8-aligned, as the crate writes it
+    while !(8 + text.len()).is_multiple_of(8) {
+        text.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + n..]);
+    out
 }
 
 /// Write a state dict as safetensors, atomically.
@@ -222,6 +368,10 @@ pub fn write_safetensors(
     sd: &StateDict,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
+    for (k, t) in sd {
+        check_finite(t)
+            .with_context(|| format!("refusing to write {}: tensor {k}", path.display()))?;
+    }
     let bytes = safetensors_bytes(sd.iter(), metadata)?;
     write_atomic(path, &bytes)
 }

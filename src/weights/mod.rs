@@ -3,9 +3,11 @@
 
 mod files;
 mod names;
+pub mod pickle_scan;
 
 pub use files::{
-    read_safetensors_all, read_state_dict, safetensors_bytes, write_atomic, write_safetensors,
+    check_finite, check_torch_file, read_input_tensor, read_safetensors_all, read_state_dict,
+    safetensors_bytes, write_atomic, write_safetensors,
 };
 pub use names::{
     apply_state_dict, canonical_ids, collect_gradients, collect_state_dict,

@@ -96,6 +96,39 @@ pub fn write_idx(dir: &Path, prefix: &str, n: usize, gzip: bool) {
     std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte{ext}")), lab).unwrap();
 }
 
+/// A learnable MNIST-style folder: `n` images of 28×28, label i % 10; an image of class c is a
+/// stripe pattern at angle c·18° (every patch shows it, whatever the per-patch LayerNorm
+/// removes), its phase set by the index and `offset` (give the test split another offset).
+pub fn write_idx_classes(dir: &Path, prefix: &str, n: usize, offset: usize) {
+    let mut pixels = Vec::with_capacity(n * 784);
+    for i in 0..n {
+        pixels.extend(stripes(i % 10, ((i * 7 + offset) % 13) as f64));
+    }
+    let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+    std::fs::write(
+        dir.join(format!("{prefix}-images-idx3-ubyte")),
+        idx_bytes(&[n as u32, 28, 28], &pixels),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join(format!("{prefix}-labels-idx1-ubyte")),
+        idx_bytes(&[n as u32], &labels),
+    )
+    .unwrap();
+}
+
+/// The 28×28 stripes of class `c` (see [`write_idx_classes`]) with phase `phase`.
+pub fn stripes(c: usize, phase: f64) -> Vec<u8> {
+    let th = c as f64 * std::f64::consts::PI / 10.0;
+    (0..784)
+        .map(|p| {
+            let (y, x) = ((p / 28) as f64, (p % 28) as f64);
+            let t = 2.0 * std::f64::consts::PI * (x * th.cos() + y * th.sin()) / 5.0 + phase;
+            (128.0 + 100.0 * t.sin()) as u8
+        })
+        .collect()
+}
+
 /// Run the `whitebox` binary.
 pub fn whitebox(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_whitebox"))
