@@ -510,7 +510,7 @@ pub fn fit<B: CrateAutodiff, T: Task<B>>(
         state.batch = 0;
         (state.epoch_loss_sum, state.epoch_seen) = (0.0, 0);
         let eval = task.evaluate(&model.valid(), run.test, &state.normalization, device)?;
-        if !eval.loss.is_finite() && !(eval.loss.is_nan() && !task.has_eval_loss()) {
+        if !eval.loss.is_finite() && (task.has_eval_loss() || !eval.loss.is_nan()) {
             return Err(diverged(
                 &run.run_dir,
                 &format!("the end of epoch {} (step {})", state.epoch, state.step),
