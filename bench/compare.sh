@@ -29,7 +29,8 @@ PY="$VENV/bin/python"
 FORMS="official algebra bf16"
 timed() { # out-prefix cmd...: run under /usr/bin/time -v, JSON to $TMP/<prefix>.json
   local out=$1; shift
-  /usr/bin/time -v "$@" > "$TMP/$out.json" 2> "$TMP/$out.time"
+  # a failed run is reported and left out of the medians (a shared machine may kill one)
+  /usr/bin/time -v "$@" > "$TMP/$out.json" 2> "$TMP/$out.time" || { echo "compare.sh: failed: $* (see $TMP/$out.time)" >&2; rm -f "$TMP/$out.json"; }
 }
 row() { # name config batch
   local name=$1 cfg=$2 bs=$3
@@ -44,15 +45,18 @@ row() { # name config batch
   python3 - "$name" "$bs" "$TMP" "$ROUNDS" "$FORMS" <<'PY'
 import json, re, statistics, sys
 name, bs, tmp, rounds, forms = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5].split()
+import os
+def ok(p):  # the rounds whose run succeeded
+    return [r for r in range(1, rounds + 1) if os.path.exists(f"{tmp}/{p}{r}.json")]
 def side(p, key):
-    js = [json.loads(open(f"{tmp}/{p}{r}.json").read().strip().splitlines()[-1]) for r in range(1, rounds + 1)]
+    js = [json.loads(open(f"{tmp}/{p}{r}.json").read().strip().splitlines()[-1]) for r in ok(p)]
     return statistics.median(j[key] for j in js)
 def rss(p):
     return max(int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", open(f"{tmp}/{p}{r}.time").read()).group(1)) / 1024
-               for r in range(1, rounds + 1))
+               for r in ok(p))
 def cpu(p):  # median CPU % of /usr/bin/time over the rounds
     return statistics.median(int(re.search(r"Percent of CPU this job got: (\d+)%", open(f"{tmp}/{p}{r}.time").read()).group(1))
-                             for r in range(1, rounds + 1))
+                             for r in ok(p))
 for key, what in (("train_img_s", "train"), ("infer_img_s", "infer")):
     w = side("wb", key)
     pts = [side(f"pt_{f}", key) for f in forms]
@@ -70,12 +74,15 @@ lm_row() { # LM training step: whitebox bench --task lm vs bench/lm_torch.py (f3
   python3 - "$TMP" "$ROUNDS" <<'PY'
 import json, re, statistics, sys
 tmp, rounds = sys.argv[1], int(sys.argv[2])
+import os
+def ok(p):
+    return [r for r in range(1, rounds + 1) if os.path.exists(f"{tmp}/{p}{r}.json")]
 def side(p):
     return statistics.median(json.loads(open(f"{tmp}/{p}{r}.json").read().strip().splitlines()[-1])["train_tok_s"]
-                             for r in range(1, rounds + 1))
+                             for r in ok(p))
 def cpu(p):
     return statistics.median(int(re.search(r"Percent of CPU this job got: (\d+)%", open(f"{tmp}/{p}{r}.time").read()).group(1))
-                             for r in range(1, rounds + 1))
+                             for r in ok(p))
 w, f, b = side("lwb"), side("lpt_f32"), side("lpt_bf16")
 print(f"| causal CRATE (crate-lm-overcomplete, 4 layers, 4 heads, d 128, context 64) | 16 | {w:.0f} | {f:.0f} | {w / f:.2f} | {b:.0f} | {w / b:.2f} | {cpu('lwb')} % |")
 PY
