@@ -196,9 +196,14 @@ pub struct EpochMetrics {
     pub epoch: usize,
     pub step: usize,
     pub lr: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub train_loss: f64,
+    /// NaN (written as JSON `null`) where the task's evaluation has no loss (k-NN).
+    #[serde(deserialize_with = "nan_if_null")]
     pub test_loss: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub test_acc: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub test_top5: f64,
     pub train_img_s: f64,
     pub seconds: f64,
@@ -208,6 +213,11 @@ pub struct EpochMetrics {
     /// Epoch means of a task's loss terms (e.g. SimDINO's compression and expansion).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub terms: Option<std::collections::BTreeMap<String, f64>>,
+}
+
+/// serde_json writes a non-finite f64 as `null`; read it back as NaN.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Where the training loop stands when a batch is processed.
@@ -603,4 +613,31 @@ fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> indicatif:
     );
     bar.set_prefix(format!("epoch {}/{}", epoch + 1, epochs));
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EpochMetrics;
+
+    #[test]
+    fn metrics_without_test_loss_read_back() {
+        let m = EpochMetrics {
+            epoch: 1,
+            step: 4,
+            lr: 1e-3,
+            train_loss: 0.5,
+            test_loss: f64::NAN,
+            test_acc: 0.75,
+            test_top5: 1.0,
+            train_img_s: 10.0,
+            seconds: 2.0,
+            measures: None,
+            terms: None,
+        };
+        let line = serde_json::to_string(&m).unwrap();
+        assert!(line.contains("\"test_loss\":null"), "{line}");
+        let back: EpochMetrics = serde_json::from_str(&line).unwrap();
+        assert!(back.test_loss.is_nan());
+        assert_eq!((back.test_acc, back.train_loss, back.step), (0.75, 0.5, 4));
+    }
 }
