@@ -242,6 +242,18 @@ pub(super) fn given<T: ToString>(a: &[String], id: &str, v: T) -> Option<String>
     a.iter().any(|g| g == id).then(|| v.to_string())
 }
 
+/// A run-defining flag for `--resume`: `name` (clap id: `--weight-decay` → `weight_decay`) with
+/// its command-line value `cli` when it was given, against the run's value `run`.
+pub(super) fn flag(
+    g: &[String],
+    name: &'static str,
+    cli: impl ToString,
+    run: impl ToString,
+) -> (&'static str, Option<String>, String) {
+    let id = name.trim_start_matches("--").replace('-', "_");
+    (name, given(g, &id, cli), run.to_string())
+}
+
 /// `--resume`: every run-defining flag given on the command line must equal the run's value
 /// (`(flag, given value, the run's value)`); a run continues only as it was started.
 pub fn check_resume_flags(
@@ -280,73 +292,35 @@ fn recipe_flags(a: &TrainArgs, s: &TrainState) -> Vec<(&'static str, Option<Stri
             a.init_from.as_ref().map(|p| p.display().to_string()),
             "no --init-from on resume".into(),
         ),
-        (
-            "--epochs",
-            given(g, "epochs", a.epochs),
-            r.epochs.to_string(),
-        ),
-        (
-            "--batch-size",
-            given(g, "batch_size", a.batch_size),
-            r.batch_size.to_string(),
-        ),
-        ("--lr", given(g, "lr", a.lr), r.lr.to_string()),
-        (
-            "--min-lr",
-            given(g, "min_lr", a.min_lr),
-            r.min_lr.to_string(),
-        ),
-        (
-            "--warmup-epochs",
-            given(g, "warmup_epochs", a.warmup_epochs),
-            r.warmup_epochs.to_string(),
-        ),
+        flag(g, "--epochs", a.epochs, r.epochs),
+        flag(g, "--batch-size", a.batch_size, r.batch_size),
+        flag(g, "--lr", a.lr, r.lr),
+        flag(g, "--min-lr", a.min_lr, r.min_lr),
+        flag(g, "--warmup-epochs", a.warmup_epochs, r.warmup_epochs),
         (
             "--optimizer",
             given(g, "optimizer", format!("{:?}", a.optimizer)),
             format!("{:?}", r.optim.kind),
         ),
-        (
-            "--weight-decay",
-            given(g, "weight_decay", a.weight_decay),
-            r.optim.weight_decay.to_string(),
-        ),
-        (
-            "--beta1",
-            given(g, "beta1", a.beta1),
-            r.optim.beta1.to_string(),
-        ),
-        (
-            "--beta2",
-            given(g, "beta2", a.beta2),
-            r.optim.beta2.to_string(),
-        ),
-        (
+        flag(g, "--weight-decay", a.weight_decay, r.optim.weight_decay),
+        flag(g, "--beta1", a.beta1, r.optim.beta1),
+        flag(g, "--beta2", a.beta2, r.optim.beta2),
+        flag(
+            g,
             "--no-decay-norm-bias",
-            given(g, "no_decay_norm_bias", a.no_decay_norm_bias),
-            r.optim.no_decay_norm_bias.to_string(),
+            a.no_decay_norm_bias,
+            r.optim.no_decay_norm_bias,
         ),
-        (
-            "--label-smoothing",
-            given(g, "label_smoothing", a.label_smoothing),
-            r.label_smoothing.to_string(),
-        ),
-        (
+        flag(g, "--label-smoothing", a.label_smoothing, r.label_smoothing),
+        flag(
+            g,
             "--clip-grad-norm",
-            given(g, "clip_grad_norm", a.clip_grad_norm),
-            r.optim.clip_grad_norm.unwrap_or(0.0).to_string(),
+            a.clip_grad_norm,
+            r.optim.clip_grad_norm.unwrap_or(0.0),
         ),
-        (
-            "--crop-padding",
-            given(g, "crop_padding", a.crop_padding),
-            r.augment.crop_padding.to_string(),
-        ),
-        (
-            "--hflip",
-            given(g, "hflip", a.hflip),
-            r.augment.hflip.to_string(),
-        ),
-        ("--seed", given(g, "seed", a.seed), r.seed.to_string()),
+        flag(g, "--crop-padding", a.crop_padding, r.augment.crop_padding),
+        flag(g, "--hflip", a.hflip, r.augment.hflip),
+        flag(g, "--seed", a.seed, r.seed),
         (
             "--train-limit",
             given(g, "train_limit", limit(a.train_limit)),

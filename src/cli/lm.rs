@@ -7,7 +7,7 @@ use rand::{rngs::StdRng, SeedableRng};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::commands::{check_resume_flags, given};
+use super::commands::{check_resume_flags, flag, given};
 use super::{ForwardArgs, WeightArgs};
 use crate::model::lm::{self, CausalLm, LmConfig, Sampling};
 use crate::model::{Activations, CrateBackend};
@@ -243,63 +243,33 @@ fn resume_flags(
             a.block_size.map(|v| v.to_string()),
             c.block_size.to_string(),
         ),
-        (
-            "--max-iters",
-            given(g, "max_iters", a.max_iters),
-            r.max_iters.to_string(),
-        ),
-        (
-            "--batch-size",
-            given(g, "batch_size", a.batch_size),
-            r.batch_size.to_string(),
-        ),
-        (
-            "--grad-accum",
-            given(g, "grad_accum", a.grad_accum),
-            r.grad_accum.to_string(),
-        ),
-        ("--lr", given(g, "lr", a.lr), r.lr.to_string()),
+        flag(g, "--max-iters", a.max_iters, r.max_iters),
+        flag(g, "--batch-size", a.batch_size, r.batch_size),
+        flag(g, "--grad-accum", a.grad_accum, r.grad_accum),
+        flag(g, "--lr", a.lr, r.lr),
         (
             "--min-lr",
             a.min_lr.map(|v| v.to_string()),
             r.min_lr.to_string(),
         ),
-        (
+        flag(
+            g,
             "--warmup-iters",
-            given(g, "warmup_iters", a.warmup_iters.min(r.max_iters)),
-            r.warmup_iters.to_string(),
+            a.warmup_iters.min(r.max_iters),
+            r.warmup_iters,
         ),
-        (
-            "--weight-decay",
-            given(g, "weight_decay", a.weight_decay),
-            r.optim.weight_decay.to_string(),
-        ),
-        (
-            "--beta1",
-            given(g, "beta1", a.beta1),
-            r.optim.beta1.to_string(),
-        ),
-        (
-            "--beta2",
-            given(g, "beta2", a.beta2),
-            r.optim.beta2.to_string(),
-        ),
-        (
+        flag(g, "--weight-decay", a.weight_decay, r.optim.weight_decay),
+        flag(g, "--beta1", a.beta1, r.optim.beta1),
+        flag(g, "--beta2", a.beta2, r.optim.beta2),
+        flag(
+            g,
             "--clip-grad-norm",
-            given(g, "clip_grad_norm", a.clip_grad_norm),
-            r.optim.clip_grad_norm.unwrap_or(0.0).to_string(),
+            a.clip_grad_norm,
+            r.optim.clip_grad_norm.unwrap_or(0.0),
         ),
-        (
-            "--eval-interval",
-            given(g, "eval_interval", a.eval_interval),
-            r.eval_interval.to_string(),
-        ),
-        (
-            "--eval-iters",
-            given(g, "eval_iters", a.eval_iters),
-            r.eval_iters.to_string(),
-        ),
-        ("--seed", given(g, "seed", a.seed), r.seed.to_string()),
+        flag(g, "--eval-interval", a.eval_interval, r.eval_interval),
+        flag(g, "--eval-iters", a.eval_iters, r.eval_iters),
+        flag(g, "--seed", a.seed, r.seed),
     ];
     if g.iter().any(|f| f == "config") {
         let same = LmConfig::resolve(&a.config).is_ok_and(|mut p| {
