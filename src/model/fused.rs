@@ -114,6 +114,20 @@ fn ssa_backward_ops<B: Backend>(
     unwrap(dw)
 }
 
+/// [`CrateBackend::crate_layer_norm`] op by op (any backend): `[x̂γ + β, x̂, 1/σ]`.
+fn layer_norm_ops<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    beta: FloatTensor<B>,
+    eps: f64,
+) -> [FloatTensor<B>; 3] {
+    let (xhat, rstd) = normalize::<B>(wrap(x), eps);
+    let d = xhat.dims()[1];
+    let out =
+        xhat.clone() * wrap::<B, 1>(gamma).reshape([1, d]) + wrap::<B, 1>(beta).reshape([1, d]);
+    [unwrap(out), unwrap(xhat), unwrap(rstd)]
+}
+
 /// [`CrateBackend::crate_layer_norm_backward`] op by op (any backend).
 fn layer_norm_backward_ops<B: Backend>(
     g: FloatTensor<B>,
@@ -199,11 +213,7 @@ pub trait CrateBackend: Backend {
         beta: FloatTensor<Self>,
         eps: f64,
     ) -> [FloatTensor<Self>; 3] {
-        let (xhat, rstd) = normalize::<Self>(wrap(x), eps);
-        let d = xhat.dims()[1];
-        let out = xhat.clone() * wrap::<Self, 1>(gamma).reshape([1, d])
-            + wrap::<Self, 1>(beta).reshape([1, d]);
-        [unwrap(out), unwrap(xhat), unwrap(rstd)]
+        layer_norm_ops::<Self>(x, gamma, beta, eps)
     }
 
     /// `(dx, dγ, dβ)` of LayerNorm from the output gradient `g` `[r, d]`, `x̂`, `1/σ` `[r, 1]` and `γ`:
@@ -441,11 +451,7 @@ impl CrateBackend for burn::backend::Flex {
         if let Some((out, Some([xhat, rstd]))) = flex_layer_norm(&x, &gamma, &beta, eps, true) {
             return [out, xhat, rstd];
         }
-        let (xhat, rstd) = normalize::<Self>(wrap(x), eps);
-        let d = xhat.dims()[1];
-        let out = xhat.clone() * wrap::<Self, 1>(gamma).reshape([1, d])
-            + wrap::<Self, 1>(beta).reshape([1, d]);
-        [unwrap(out), unwrap(xhat), unwrap(rstd)]
+        layer_norm_ops::<Self>(x, gamma, beta, eps)
     }
 
     fn crate_layer_norm_backward(
