@@ -237,6 +237,15 @@ pub(super) fn fresh_state(recipe: Recipe, a: &TrainArgs) -> TrainState {
 /// A run restored for `--resume`: config, state, weights and optimizer.
 pub type Resumed<C, M> = (C, TrainState, M, TrainOptimizer<M, TrainBackend>);
 
+/// Whether `path` is a JSON file whose `"arch"` is `arch` (how a config names its model family).
+pub(super) fn json_file_has_arch(path: &Path, arch: &str) -> bool {
+    path.is_file()
+        && std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v["arch"] == arch)
+}
+
 /// A flag as given on the command line (`None` when it was left at its default).
 pub(super) fn given<T: ToString>(a: &[String], id: &str, v: T) -> Option<String> {
     a.iter().any(|g| g == id).then(|| v.to_string())

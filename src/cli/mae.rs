@@ -78,12 +78,7 @@ pub fn mae_config_spec(spec: &str) -> Result<Option<MaeConfig>> {
         return Ok(Some(c));
     }
     let path = Path::new(spec);
-    let is_mae = path.is_file()
-        && std::fs::read_to_string(path)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|v| v["arch"] == ARCH_MAE);
-    Ok(if is_mae {
+    Ok(if super::commands::json_file_has_arch(path, ARCH_MAE) {
         Some(MaeConfig::from_json_file(path)?)
     } else {
         None

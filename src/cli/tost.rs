@@ -25,12 +25,7 @@ pub fn config_spec(spec: &str) -> Result<Option<TostConfig>> {
         return Ok(Some(c));
     }
     let path = Path::new(spec);
-    let is_tost = path.is_file()
-        && std::fs::read_to_string(path)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|v| is_tost_json(&v));
-    Ok(if is_tost {
+    Ok(if super::commands::json_file_has_arch(path, ARCH_TOST) {
         Some(TostConfig::from_json_file(path)?)
     } else {
         None
@@ -42,10 +37,10 @@ pub fn config_spec(spec: &str) -> Result<Option<TostConfig>> {
 pub fn wants_tost(a: &TrainArgs) -> Result<bool> {
     if a.resume {
         if let Some(dir) = Checkpoint::find(&a.run_dir) {
-            return Ok(std::fs::read_to_string(dir.join("config.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .is_some_and(|v| is_tost_json(&v)));
+            return Ok(super::commands::json_file_has_arch(
+                &dir.join("config.json"),
+                ARCH_TOST,
+            ));
         }
     }
     Ok(a.arch.as_deref() == Some(ARCH_TOST) || config_spec(&a.config)?.is_some())
