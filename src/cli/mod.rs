@@ -8,12 +8,14 @@ mod mae;
 mod pictures;
 pub mod ssl;
 mod tost;
+mod values;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 use crate::data::Format;
 use crate::train::OptimizerKind;
+use values::{FormatChoice, OptimizerChoice};
 
 #[derive(Parser, Debug)]
 #[command(name = "whitebox", version, about = "CRATE white-box transformers: train, evaluate, load official weights, run inference", long_about = None)]
@@ -142,7 +144,7 @@ pub struct MeasureArgs {
     /// Data folder: the first --limit test images are measured (normalised as at training).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = Format::Auto)]
+    #[arg(long, value_parser = FormatChoice::parser(), default_value = "auto")]
     pub format: Format,
     /// Number of images measured from --data.
     #[arg(long, default_value_t = 256)]
@@ -213,7 +215,7 @@ pub struct DataArgs {
     #[arg(long, default_value = crate::data::DEFAULT_DATA)]
     pub data: PathBuf,
     /// Layout of the data folder.
-    #[arg(long, value_enum, default_value_t = Format::Auto)]
+    #[arg(long, value_parser = FormatChoice::parser(), default_value = "auto")]
     pub format: Format,
 }
 
@@ -258,7 +260,7 @@ pub struct TrainArgs {
     /// Linear warm-up length in epochs (stepped per iteration).
     #[arg(long, default_value_t = 1.0)]
     pub warmup_epochs: f64,
-    #[arg(long, value_enum, default_value_t = OptimizerKind::Adamw)]
+    #[arg(long, value_parser = OptimizerChoice::parser(), default_value = "adamw")]
     pub optimizer: OptimizerKind,
     #[arg(long, default_value_t = 0.05)]
     pub weight_decay: f64,

@@ -42,7 +42,7 @@ pub struct PictureArgs {
     /// Take the first --count test images of this data folder instead of image files.
     #[arg(long, conflicts_with = "images")]
     pub data: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = Format::Auto)]
+    #[arg(long, value_parser = super::values::FormatChoice::parser(), default_value = "auto")]
     pub format: Format,
     /// Number of test images taken from --data.
     #[arg(long, default_value_t = 4)]

@@ -38,7 +38,7 @@ pub struct DinoTrainArgs {
     #[command(flatten)]
     pub train: TrainArgs,
     /// Objective: SimDINO (coding rate) or DINO (centring and sharpening).
-    #[arg(long, value_enum, default_value_t = SslLoss::Simdino)]
+    #[arg(long, value_parser = super::values::SslLossChoice::parser(), default_value = "simdino")]
     pub loss: SslLoss,
     /// Number of local crops (the references use 8).
     #[arg(long, default_value_t = 6)]

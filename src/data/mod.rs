@@ -78,7 +78,7 @@ impl ImageSet {
 }
 
 /// On-disk layouts the readers understand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// Detect from the folder's contents.
     Auto,

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::{Crate, CrateBackend, CrateConfig};
 
 /// Which self-supervised objective a run trains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SslLoss {
     /// SimDINO: coding-rate expansion + cosine compression (`MCRLoss`), no prototypes.

@@ -15,7 +15,7 @@ use std::path::Path;
 use super::lion::Lion;
 use crate::weights::write_atomic;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OptimizerKind {
     Adamw,
     Lion,
