@@ -11,13 +11,11 @@
 //! port hard-codes 3 input channels in `conv1`; here the conv takes `channels`.
 
 use burn::module::{Module, Param};
-use burn::nn::{DropoutConfig, Initializer, LayerNormConfig, LinearConfig};
+use burn::nn::Initializer;
 use burn::tensor::activation::relu;
 use burn::tensor::Tensor;
 
-use super::blocks::{Mssa, PatchConv};
 use super::fused::CrateBackend;
-use super::vision::{Crate, CrateConfig, CrateLayer, Sparsify, ARCH_ALPHA, LN_EPS};
 
 /// Overcomplete ratio `s / d` (fixed to 4 in the official code).
 pub const OVERCOMPLETE: usize = 4;
@@ -101,9 +99,10 @@ fn variant(name: &str) -> Option<(usize, usize, usize)> {
     })
 }
 
-/// Presets named as in the CRATE-α repository: `crate-alpha-B/16`, `crate-alpha-L/14`, …
-/// (224 px, 1000 classes, `dim_head = d / heads`).
-pub fn preset(name: &str) -> Option<CrateConfig> {
+/// `(dim, depth, heads, patch)` of a preset named as in the CRATE-α repository:
+/// `crate-alpha-B/16`, `crate-alpha-L/14`, … (224 px, 1000 classes, `dim_head = d / heads`;
+/// `vision::CrateConfig::preset` builds the config).
+pub fn preset_shape(name: &str) -> Option<(usize, usize, usize, usize)> {
     let rest = name.strip_prefix("crate-alpha-")?;
     let (v, p) = rest.split_once('/')?;
     let (dim, depth, heads) = variant(v)?;
@@ -111,49 +110,11 @@ pub fn preset(name: &str) -> Option<CrateConfig> {
     if patch == 0 || !224usize.is_multiple_of(patch) {
         return None;
     }
-    Some(CrateConfig {
-        arch: ARCH_ALPHA.into(),
-        patch_size: patch,
-        ..CrateConfig::factory(dim, depth, heads)
-    })
+    Some((dim, depth, heads, patch))
 }
 
-/// Parameters of a CRATE-α classifier (matches `Module::num_params`).
-pub fn param_count(c: &CrateConfig) -> usize {
-    let (d, inner, n) = (c.dim, c.heads * c.dim_head, c.num_patches() + 1);
-    let embed = c.patch_dim() * d + d + d + n * d;
-    let layer = 2 * d + 2 * inner * d + 2 * d + 2 * d * OVERCOMPLETE * d;
-    embed + c.depth * layer + 2 * d + d * c.num_classes + c.num_classes
-}
-
-/// A CRATE-α classifier with torch-like initial weights.
-pub fn init<B: CrateBackend>(c: &CrateConfig, device: &B::Device) -> Crate<B> {
-    let d = c.dim;
-    let ln = |n: usize, eps: f64| LayerNormConfig::new(n).with_epsilon(eps).init(device);
-    let randn = Initializer::Normal {
-        mean: 0.0,
-        std: 1.0,
-    };
-    Crate {
-        patch_norm: None,
-        patch_linear: None,
-        embed_norm: None,
-        conv1: Some(PatchConv::new(c.channels, d, c.patch_size, device)),
-        cls_token: randn.init([1, 1, d], device),
-        pos_embedding: randn.init([1, c.num_patches() + 1, d], device),
-        emb_dropout: DropoutConfig::new(c.emb_dropout).init(),
-        layers: (0..c.depth)
-            .map(|_| CrateLayer {
-                norm1: ln(d, PRENORM_EPS),
-                mssa: Mssa::new(d, c.heads, c.dim_head, false, c.dropout, device),
-                norm2: ln(d, PRENORM_EPS),
-                ista: Sparsify::Overcomplete(OvercompleteIsta::new(d, device)),
-                ln_eps: PRENORM_EPS,
-            })
-            .collect(),
-        head_norm: ln(d, LN_EPS),
-        head: LinearConfig::new(d, c.num_classes).init(device),
-        patch_size: c.patch_size,
-        mean_pool: c.pool == "mean",
-    }
+/// Parameters of one CRATE-α layer of width `d` and attention width `inner` (two pre-norms,
+/// MSSA without output bias, both dictionaries).
+pub fn layer_params(d: usize, inner: usize) -> usize {
+    2 * d + 2 * inner * d + 2 * d + 2 * d * OVERCOMPLETE * d
 }

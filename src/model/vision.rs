@@ -152,8 +152,12 @@ impl CrateConfig {
     }
 
     pub fn preset(name: &str) -> Option<Self> {
-        if let Some(c) = alpha::preset(name) {
-            return Some(c);
+        if let Some((dim, depth, heads, patch_size)) = alpha::preset_shape(name) {
+            return Some(Self {
+                arch: ARCH_ALPHA.into(),
+                patch_size,
+                ..Self::factory(dim, depth, heads)
+            });
         }
         Some(match name {
             "fmnist" | "default" => Self::fmnist(),
@@ -242,7 +246,11 @@ impl CrateConfig {
     /// Parameter count from the official formula (matches `Module::num_params` of the built model).
     pub fn param_count(&self) -> usize {
         if self.is_alpha() {
-            return alpha::param_count(self);
+            // conv tokenizer, CRATE-α layers
+            let (d, n) = (self.dim, self.num_patches() + 1);
+            let embed = self.patch_dim() * d + d + d + n * d;
+            let layer = alpha::layer_params(d, self.heads * self.dim_head);
+            return embed + self.depth * layer + 2 * d + d * self.num_classes + self.num_classes;
         }
         if self.arch == ARCH_MAE_ENCODER {
             // conv tokenizer instead of LN-Linear-LN: C·P²·d + d instead of 2·C·P² + C·P²·d + 3d
@@ -263,7 +271,7 @@ impl CrateConfig {
 
     pub fn init<B: CrateBackend>(&self, device: &B::Device) -> Crate<B> {
         if self.is_alpha() {
-            return alpha::init(self, device);
+            return self.init_alpha(device);
         }
         if self.arch == ARCH_MAE_ENCODER {
             let mut m = self.clone().with_arch_unchecked(ARCH_CRATE).init(device);
@@ -305,6 +313,39 @@ impl CrateConfig {
                 })
                 .collect(),
             head_norm: ln(d),
+            head: LinearConfig::new(d, self.num_classes).init(device),
+            patch_size: self.patch_size,
+            mean_pool: self.pool == "mean",
+        }
+    }
+
+    /// A CRATE-α classifier (conv tokenizer, layers with pre-norm eps 1e-6, MSSA without output
+    /// bias and the overcomplete ISTA of `alpha.rs`) with torch-like initial weights.
+    fn init_alpha<B: CrateBackend>(&self, device: &B::Device) -> Crate<B> {
+        let d = self.dim;
+        let ln = |n: usize, eps: f64| LayerNormConfig::new(n).with_epsilon(eps).init(device);
+        let randn = Initializer::Normal {
+            mean: 0.0,
+            std: 1.0,
+        };
+        Crate {
+            patch_norm: None,
+            patch_linear: None,
+            embed_norm: None,
+            conv1: Some(PatchConv::new(self.channels, d, self.patch_size, device)),
+            cls_token: randn.init([1, 1, d], device),
+            pos_embedding: randn.init([1, self.num_patches() + 1, d], device),
+            emb_dropout: DropoutConfig::new(self.emb_dropout).init(),
+            layers: (0..self.depth)
+                .map(|_| CrateLayer {
+                    norm1: ln(d, alpha::PRENORM_EPS),
+                    mssa: Mssa::new(d, self.heads, self.dim_head, false, self.dropout, device),
+                    norm2: ln(d, alpha::PRENORM_EPS),
+                    ista: Sparsify::Overcomplete(OvercompleteIsta::new(d, device)),
+                    ln_eps: alpha::PRENORM_EPS,
+                })
+                .collect(),
+            head_norm: ln(d, LN_EPS),
             head: LinearConfig::new(d, self.num_classes).init(device),
             patch_size: self.patch_size,
             mean_pool: self.pool == "mean",
