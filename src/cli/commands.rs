@@ -68,7 +68,7 @@ fn resolve_config(w: &WeightArgs, meta: &HashMap<String, String>) -> Result<Crat
     }
     if let Some(c) = meta.get("config") {
         ensure!(
-            !c.contains(&format!("\"arch\":\"{}\"", crate::model::tost::ARCH_TOST)),
+            !c.contains(&format!("\"arch\":\"{}\"", crate::model::Arch::Tost)),
             "{} is a ToST model: this command is for CRATE classifiers (ToST runs with train, \
              eval, predict, forward, info)",
             w.weights.display()
@@ -238,12 +238,12 @@ pub(super) fn fresh_state(recipe: Recipe, a: &TrainArgs) -> TrainState {
 pub type Resumed<C, M> = (C, TrainState, M, TrainOptimizer<M, TrainBackend>);
 
 /// Whether `path` is a JSON file whose `"arch"` is `arch` (how a config names its model family).
-pub(super) fn json_file_has_arch(path: &Path, arch: &str) -> bool {
+pub(super) fn json_file_has_arch(path: &Path, arch: crate::model::Arch) -> bool {
     path.is_file()
         && std::fs::read_to_string(path)
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|v| v["arch"] == arch)
+            .is_some_and(|v| v["arch"] == arch.name())
 }
 
 /// A flag as given on the command line (`None` when it was left at its default).
@@ -401,7 +401,7 @@ pub fn resume_run_with<
 fn config_from_flags(a: &TrainArgs) -> Result<CrateConfig> {
     let mut config = CrateConfig::resolve(&a.config)?;
     if let Some(arch) = &a.arch {
-        config = config.with_arch(arch)?;
+        config = config.with_arch(arch.parse()?)?;
     }
     Ok(config)
 }
@@ -414,7 +414,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     }
     let config_flags = |run: &CrateConfig| -> Result<Vec<(&'static str, Option<String>, String)>> {
         let same = |c: &CrateConfig| serde_json::to_value(c).ok() == serde_json::to_value(run).ok();
-        let mut v = vec![("--arch", a.arch.clone(), run.arch.clone())];
+        let mut v = vec![("--arch", a.arch.clone(), run.arch.to_string())];
         if a.given.iter().any(|g| g == "config") && !same(&config_from_flags(&a)?) {
             v.push((
                 "--config",

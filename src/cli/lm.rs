@@ -202,7 +202,7 @@ pub fn prepare(a: PrepareArgs) -> Result<text::DataMeta> {
 fn train_config(a: &LmTrainArgs, tokenizer: &Tokenizer) -> Result<LmConfig> {
     let mut c = LmConfig::resolve(&a.config)?;
     if let Some(arch) = &a.arch {
-        c.arch = arch.clone();
+        c.arch = arch.parse()?;
     }
     c.vocab_size = tokenizer.vocab_size();
     c.n_layer = a.n_layer.unwrap_or(c.n_layer);
@@ -222,7 +222,7 @@ fn resume_flags(
     let (g, r) = (&a.given, &s.recipe);
     let mut v = vec![
         ("--data", given(g, "data", a.data.display()), s.data.clone()),
-        ("--arch", a.arch.clone(), c.arch.clone()),
+        ("--arch", a.arch.clone(), c.arch.to_string()),
         (
             "--n-layer",
             a.n_layer.map(|v| v.to_string()),
@@ -423,6 +423,7 @@ pub fn lm_config(w: &WeightArgs) -> Result<Option<LmConfig>> {
         let is_lm = v.get("vocab_size").is_some()
             || v.get("arch")
                 .and_then(|a| a.as_str())
+                .and_then(|a| a.parse().ok())
                 .is_some_and(|a| lm::ARCHS.contains(&a));
         if is_lm {
             Ok(Some(LmConfig::from_json(text)?))
@@ -498,18 +499,19 @@ fn nanogpt_model_args(path: &Path) -> Result<Option<LmConfig>> {
 }
 
 /// crate-lm complete (ISTA W d×d), overcomplete (4d×d), ToST (`denom_bias`) or nanoGPT GPT (an MLP).
-pub fn infer_arch(sd: &StateDict, d: usize) -> Option<String> {
+pub fn infer_arch(sd: &StateDict, d: usize) -> Option<crate::model::Arch> {
+    use crate::model::Arch;
     if sd.contains_key("transformer.h.0.attn.denom_bias") {
-        return Some(lm::ARCHS[3].into()); // ToST's causal TSSA
+        return Some(Arch::TostLm); // ToST's causal TSSA
     }
     if sd.contains_key("transformer.h.0.mlp.c_fc.weight") {
-        return Some("gpt".into());
+        return Some(Arch::Gpt);
     }
     let w = sd.get("transformer.h.0.ista.weight")?;
     Some(if w.shape[0] == 4 * d {
-        "crate-lm-overcomplete".into()
+        Arch::CrateLmOvercomplete
     } else {
-        "crate-lm".into()
+        Arch::CrateLm
     })
 }
 

@@ -18,7 +18,8 @@ use super::commands::{
 };
 use super::{ForwardArgs, MaeTrainArgs, ProbeArgs, ReconstructArgs, WeightArgs};
 use crate::data::{self, batch_rng, Augment, Batcher, ImageSet, Normalization, Split};
-use crate::model::mae::{unpatchify, CrateMae, MaeConfig, ARCH_MAE};
+use crate::model::mae::{unpatchify, CrateMae, MaeConfig};
+use crate::model::Arch;
 use crate::model::{Activations, CrateBackend};
 use crate::train::mae::{evaluate_mae, Reconstruct};
 use crate::train::ssl::extract_features;
@@ -56,7 +57,7 @@ pub fn is_mae(w: &WeightArgs) -> bool {
             return true;
         }
     }
-    config_json(w).is_some_and(|v| v["arch"] == ARCH_MAE)
+    config_json(w).is_some_and(|v| v["arch"] == Arch::CrateMae.name())
 }
 
 /// The MAE config stored with MAE weights at `path` (metadata or `config.json` beside them).
@@ -78,11 +79,13 @@ pub fn mae_config_spec(spec: &str) -> Result<Option<MaeConfig>> {
         return Ok(Some(c));
     }
     let path = Path::new(spec);
-    Ok(if super::commands::json_file_has_arch(path, ARCH_MAE) {
-        Some(MaeConfig::from_json_file(path)?)
-    } else {
-        None
-    })
+    Ok(
+        if super::commands::json_file_has_arch(path, Arch::CrateMae) {
+            Some(MaeConfig::from_json_file(path)?)
+        } else {
+            None
+        },
+    )
 }
 
 pub struct LoadedMae<B: CrateBackend> {

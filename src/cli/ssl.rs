@@ -185,11 +185,11 @@ fn fresh_config(d: &DinoTrainArgs) -> Result<SslRunConfig> {
     let a = &d.train;
     let mut backbone = CrateConfig::resolve(&a.config)?;
     if let Some(arch) = &a.arch {
-        backbone = backbone.with_arch(arch)?;
+        backbone = backbone.with_arch(arch.parse()?)?;
     }
     ensure!(
-        backbone.pool == "cls",
-        "--config: self-distillation reads the cls feature; the config has pool = {:?}",
+        backbone.pool == crate::model::Pool::Cls,
+        "--config: self-distillation reads the cls feature; the config has pool = \"{}\"",
         backbone.pool
     );
     let head = HeadConfig {

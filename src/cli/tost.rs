@@ -7,7 +7,10 @@ use std::path::Path;
 
 use super::commands::{fresh_state, recipe_from, resume_run, run_classifier, Classifier};
 use super::{TrainArgs, WeightArgs};
-use crate::model::tost::{self, Tost, TostConfig, ARCH_TOST};
+use crate::model::tost::{self, Tost, TostConfig};
+use crate::model::Arch;
+
+const ARCH_TOST: &str = Arch::Tost.name();
 use crate::model::CrateBackend;
 use crate::train::tost::ClassifyTost;
 use crate::train::{Checkpoint, TrainOptimizer};
@@ -25,7 +28,7 @@ pub fn config_spec(spec: &str) -> Result<Option<TostConfig>> {
         return Ok(Some(c));
     }
     let path = Path::new(spec);
-    Ok(if super::commands::json_file_has_arch(path, ARCH_TOST) {
+    Ok(if super::commands::json_file_has_arch(path, Arch::Tost) {
         Some(TostConfig::from_json_file(path)?)
     } else {
         None
@@ -39,7 +42,7 @@ pub fn wants_tost(a: &TrainArgs) -> Result<bool> {
         if let Some(dir) = Checkpoint::find(&a.run_dir) {
             return Ok(super::commands::json_file_has_arch(
                 &dir.join("config.json"),
-                ARCH_TOST,
+                Arch::Tost,
             ));
         }
     }

@@ -16,8 +16,8 @@
 
 use super::blocks::{Ista, Mssa};
 use super::fused::{self, layer_norm, matmul, merge_heads, split_heads, AttnMask, CrateBackend};
-use super::tost_lm::{self, TostLmBlock, ARCH_TOST_LM};
-use super::Activations;
+use super::tost_lm::{self, TostLmBlock};
+use super::{Activations, Arch};
 use anyhow::{bail, ensure, Context, Result};
 use burn::module::{Module, Param};
 use burn::nn::{
@@ -37,8 +37,13 @@ pub const LN_EPS: f64 = 1e-5;
 /// Standard deviation of the nanoGPT initialisation of every Linear and Embedding.
 const INIT_STD: f64 = 0.02;
 
-/// The three architectures on one code path.
-pub const ARCHS: [&str; 4] = ["crate-lm", "crate-lm-overcomplete", "gpt", ARCH_TOST_LM];
+/// The architectures on one code path.
+pub const ARCHS: [Arch; 4] = [
+    Arch::CrateLm,
+    Arch::CrateLmOvercomplete,
+    Arch::Gpt,
+    Arch::TostLm,
+];
 
 /// Names accepted by `--config` besides a JSON file (crate-lm's `from_pretrained` table, plus a
 /// small character-level default whose vocabulary comes from the corpus).
@@ -56,7 +61,7 @@ pub const PRESETS: [&str; 6] = [
 #[serde(deny_unknown_fields)]
 pub struct LmConfig {
     #[serde(default = "default_arch")]
-    pub arch: String,
+    pub arch: Arch,
     pub vocab_size: usize,
     pub block_size: usize,
     pub n_layer: usize,
@@ -70,8 +75,8 @@ pub struct LmConfig {
     pub bias: bool,
 }
 
-fn default_arch() -> String {
-    "crate-lm-overcomplete".into()
+fn default_arch() -> Arch {
+    Arch::CrateLmOvercomplete
 }
 fn default_bias() -> bool {
     true
@@ -140,10 +145,10 @@ impl LmConfig {
 
     pub fn validate(&self) -> Result<()> {
         ensure!(
-            ARCHS.contains(&self.arch.as_str()),
-            "arch {:?} is not a language model (expected one of {})",
+            ARCHS.contains(&self.arch),
+            "arch \"{}\" is not a language model (expected one of {})",
             self.arch,
-            ARCHS.join(", ")
+            ARCHS.map(Arch::name).join(", ")
         );
         use super::{MAX_COUNT, MAX_DEPTH, MAX_WIDTH};
         super::check_sizes(&[
@@ -173,13 +178,13 @@ impl LmConfig {
     }
 
     pub fn overcomplete(&self) -> bool {
-        self.arch == "crate-lm-overcomplete"
+        self.arch == Arch::CrateLmOvercomplete
     }
     pub fn is_gpt(&self) -> bool {
-        self.arch == "gpt"
+        self.arch == Arch::Gpt
     }
     pub fn is_tost(&self) -> bool {
-        self.arch == ARCH_TOST_LM
+        self.arch == Arch::TostLm
     }
 
     /// Parameter count (tied `lm_head` counted once).
@@ -198,7 +203,7 @@ impl LmConfig {
             };
             2 * ln + d * d + (d * d + d) + ista
         };
-        let ln_f = if self.arch == "crate-lm" { 0 } else { ln };
+        let ln_f = if self.arch == Arch::CrateLm { 0 } else { ln };
         v * d + t * d + self.n_layer * layer + ln_f
     }
 
@@ -238,7 +243,7 @@ impl LmConfig {
             wte: embedding(self.vocab_size),
             wpe: embedding(self.block_size),
             h,
-            ln_f: (self.arch != "crate-lm").then(|| ln(d, device)),
+            ln_f: (self.arch != Arch::CrateLm).then(|| ln(d, device)),
             block_size: self.block_size,
         }
     }

@@ -21,12 +21,10 @@ use std::path::Path;
 
 use super::blocks::{Ista, Mssa, PatchConv};
 use super::fused::{layer_norm, CrateBackend};
-use super::vision::{patchify, CrateConfig, CrateLayer, Sparsify, ARCH_MAE_ENCODER, LN_EPS};
-use super::Activations;
+use super::vision::{patchify, CrateConfig, CrateLayer, Sparsify, LN_EPS};
+use super::{Activations, Arch, Pool};
 use crate::weights::StateDict;
 
-/// `arch` of CRATE-MAE in a config JSON.
-pub const ARCH_MAE: &str = "crate-mae";
 /// eps of the two outer norms (`norm`, `decoder_norm`): `partial(nn.LayerNorm, eps=1e-6)`.
 pub const OUTER_EPS: f64 = 1e-6;
 /// ISTA step size of the encoder blocks (`crate_encoder.FeedForward` default).
@@ -38,7 +36,7 @@ pub const ENCODER_STEP: f64 = 0.1;
 #[serde(deny_unknown_fields)]
 pub struct MaeConfig {
     #[serde(default = "default_arch")]
-    pub arch: String,
+    pub arch: Arch,
     pub img_size: usize,
     pub patch_size: usize,
     #[serde(default = "default_in_chans")]
@@ -67,8 +65,8 @@ pub struct MaeConfig {
     pub mask_ratio: f64,
 }
 
-fn default_arch() -> String {
-    ARCH_MAE.into()
+fn default_arch() -> Arch {
+    Arch::CrateMae
 }
 fn default_in_chans() -> usize {
     3
@@ -160,9 +158,10 @@ impl MaeConfig {
 
     pub fn validate(&self) -> Result<()> {
         ensure!(
-            self.arch == ARCH_MAE,
-            "arch {:?} is not \"{ARCH_MAE}\"",
-            self.arch
+            self.arch == Arch::CrateMae,
+            "arch \"{}\" is not \"{}\"",
+            self.arch,
+            Arch::CrateMae
         );
         use super::{MAX_DEPTH, MAX_WIDTH};
         super::check_sizes(&[
@@ -650,14 +649,14 @@ impl MaeConfig {
     /// depth, heads and λ, a new `num_classes` head. The MAE's `norm` becomes the head LayerNorm.
     pub fn encoder_classifier(&self, num_classes: usize) -> CrateConfig {
         CrateConfig {
-            arch: ARCH_MAE_ENCODER.into(),
+            arch: Arch::CrateMaeEncoder,
             image_size: self.img_size,
             patch_size: self.patch_size,
             num_classes,
             dim: self.embed_dim,
             depth: self.depth,
             heads: self.num_heads,
-            pool: "cls".into(),
+            pool: Pool::Cls,
             channels: self.in_chans,
             dim_head: self.embed_dim / self.num_heads,
             dropout: 0.0,

@@ -1,6 +1,7 @@
 //! CRATE and ToST models. `blocks` holds the shared operators (MSSA, ISTA, TSSA); each variant is one file.
 
 pub mod alpha;
+pub mod arch;
 pub mod bert;
 pub mod blocks;
 pub mod fused;
@@ -16,6 +17,7 @@ pub mod tost;
 pub mod tost_lm;
 pub mod vision;
 
+pub use arch::{Arch, Pool};
 pub use fused::{CrateAutodiff, CrateBackend};
 pub use vision::{Crate, CrateConfig};
 

@@ -12,6 +12,7 @@
 use super::blocks::Tssa;
 use super::fused::{self, layer_norm, split_heads, CrateBackend};
 use super::lm::{linear, Mlp};
+use super::Arch;
 use anyhow::{ensure, Context, Result};
 use burn::module::{Module, Param, RunningState};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear};
@@ -20,8 +21,6 @@ use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// `arch` of the ToST classifier.
-pub const ARCH_TOST: &str = "tost";
 /// LayerNorm epsilon of every norm (`partial(nn.LayerNorm, eps=1e-6)`).
 pub const LN_EPS: f64 = 1e-6;
 /// BatchNorm epsilon and momentum (torch defaults).
@@ -47,7 +46,7 @@ pub const PRESETS: [&str; 6] = [
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TostConfig {
-    pub arch: String,
+    pub arch: Arch,
     #[serde(default = "default_img_size")]
     pub img_size: usize,
     #[serde(default = "default_patch_size")]
@@ -113,7 +112,7 @@ impl TostConfig {
     /// An official `tost_cab_*_p16` factory: 224 px, patch 16, mlp 4, qkv bias, tokens_norm.
     pub(crate) fn factory(embed_dim: usize, depth: usize, num_heads: usize, eta: f64) -> Self {
         Self {
-            arch: ARCH_TOST.into(),
+            arch: Arch::Tost,
             img_size: 224,
             patch_size: 16,
             in_chans: 3,
@@ -172,9 +171,10 @@ impl TostConfig {
 
     pub fn validate(&self) -> Result<()> {
         ensure!(
-            self.arch == ARCH_TOST,
-            "arch {:?} is not ToST (expected \"{ARCH_TOST}\")",
-            self.arch
+            self.arch == Arch::Tost,
+            "arch \"{}\" is not ToST (expected \"{}\")",
+            self.arch,
+            Arch::Tost
         );
         use super::{MAX_COUNT, MAX_DEPTH, MAX_WIDTH};
         super::check_sizes(&[

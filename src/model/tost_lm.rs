@@ -14,8 +14,8 @@ use burn::module::{Module, Param};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig};
 use burn::tensor::Tensor;
 
-/// `arch` of the causal ToST language model.
-pub const ARCH_TOST_LM: &str = "tost-lm";
+/// `arch` of the causal ToST language model, as the config JSON spells it.
+const ARCH_TOST_LM: &str = super::Arch::TostLm.name();
 /// The GPTConfig flag that selects TSSA in the official file (`"TSSA": true`).
 pub const TSSA_FIELD: &str = "TSSA";
 /// Layer-scale initial value, hard-coded in the official `Block`.

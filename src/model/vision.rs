@@ -16,22 +16,22 @@ use std::path::Path;
 
 use super::alpha::{self, OvercompleteIsta};
 use super::blocks::{Ista, Mssa, PatchConv};
-use super::Activations;
+use super::{Activations, Arch, Pool};
 
 /// Constructor arguments of the official `CRATE` class (same names, same defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CrateConfig {
     #[serde(default = "default_arch")]
-    pub arch: String,
+    pub arch: Arch,
     pub image_size: usize,
     pub patch_size: usize,
     pub num_classes: usize,
     pub dim: usize,
     pub depth: usize,
     pub heads: usize,
-    #[serde(default = "default_pool")]
-    pub pool: String,
+    #[serde(default)]
+    pub pool: Pool,
     #[serde(default = "default_channels")]
     pub channels: usize,
     #[serde(default = "default_dim_head")]
@@ -48,11 +48,8 @@ pub struct CrateConfig {
     pub lambd: Option<f64>,
 }
 
-fn default_arch() -> String {
-    "crate".into()
-}
-fn default_pool() -> String {
-    "cls".into()
+fn default_arch() -> Arch {
+    Arch::Crate
 }
 fn default_channels() -> usize {
     3
@@ -69,13 +66,10 @@ pub const ISTA_LAMBDA: f64 = 0.1;
 /// LayerNorm epsilon of every norm in the official classifier (torch default).
 pub const LN_EPS: f64 = 1e-5;
 
-/// `arch` of the plain CRATE classifier.
-pub const ARCH_CRATE: &str = "crate";
-/// `arch` of CRATE-α (overcomplete ISTA with a decoding dictionary, conv patch embedding).
-pub const ARCH_ALPHA: &str = "crate-alpha";
-/// `arch` of a classifier on a CRATE-MAE encoder (conv patch embedding, CRATE layers with the
-/// encoder's λ); `whitebox train --init-from MAE_CKPT` builds it.
-pub const ARCH_MAE_ENCODER: &str = "crate-mae-encoder";
+/// The `arch`s a [`CrateConfig`] describes: CRATE, CRATE-α, and a classifier on a CRATE-MAE
+/// encoder (conv patch embedding, CRATE layers with the encoder's λ; `whitebox train --init-from
+/// MAE_CKPT` builds it).
+pub const CLASSIFIER_ARCHS: [Arch; 3] = [Arch::Crate, Arch::CrateAlpha, Arch::CrateMaeEncoder];
 
 /// Names accepted by `--config` besides a JSON path.
 pub const PRESETS: [&str; 8] = [
@@ -100,7 +94,7 @@ impl CrateConfig {
             dim,
             depth,
             heads,
-            pool: default_pool(),
+            pool: Pool::Cls,
             channels: 3,
             dim_head: dim / heads,
             dropout: 0.0,
@@ -125,36 +119,30 @@ impl CrateConfig {
     /// The Fashion-MNIST model shape with CRATE-α layers (same width, depth, heads and patch).
     pub fn fmnist_alpha() -> Self {
         Self {
-            arch: ARCH_ALPHA.into(),
+            arch: Arch::CrateAlpha,
             ..Self::fmnist()
         }
     }
 
     /// This configuration with another `arch` (`--arch` on the command line).
-    pub fn with_arch(self, arch: &str) -> Result<Self> {
-        let cfg = Self {
-            arch: arch.to_string(),
-            ..self
-        };
+    pub fn with_arch(self, arch: Arch) -> Result<Self> {
+        let cfg = Self { arch, ..self };
         cfg.validate()?;
         Ok(cfg)
     }
 
-    fn with_arch_unchecked(self, arch: &str) -> Self {
-        Self {
-            arch: arch.to_string(),
-            ..self
-        }
+    fn with_arch_unchecked(self, arch: Arch) -> Self {
+        Self { arch, ..self }
     }
 
     pub fn is_alpha(&self) -> bool {
-        self.arch == ARCH_ALPHA
+        self.arch == Arch::CrateAlpha
     }
 
     pub fn preset(name: &str) -> Option<Self> {
         if let Some((dim, depth, heads, patch_size)) = alpha::preset_shape(name) {
             return Some(Self {
-                arch: ARCH_ALPHA.into(),
+                arch: Arch::CrateAlpha,
                 patch_size,
                 ..Self::factory(dim, depth, heads)
             });
@@ -191,9 +179,12 @@ impl CrateConfig {
 
     pub fn validate(&self) -> Result<()> {
         ensure!(
-            [ARCH_CRATE, ARCH_ALPHA, ARCH_MAE_ENCODER].contains(&self.arch.as_str()),
-            "arch {:?} is not a classifier (expected \"{ARCH_CRATE}\", \"{ARCH_ALPHA}\" or \"{ARCH_MAE_ENCODER}\")",
-            self.arch
+            CLASSIFIER_ARCHS.contains(&self.arch),
+            "arch \"{}\" is not a classifier (expected \"{}\", \"{}\" or \"{}\")",
+            self.arch,
+            CLASSIFIER_ARCHS[0],
+            CLASSIFIER_ARCHS[1],
+            CLASSIFIER_ARCHS[2]
         );
         use super::{MAX_COUNT, MAX_DEPTH, MAX_WIDTH};
         super::check_sizes(&[
@@ -212,11 +203,6 @@ impl CrateConfig {
             "image_size {} is not divisible by patch_size {}",
             self.image_size,
             self.patch_size
-        );
-        ensure!(
-            self.pool == "cls" || self.pool == "mean",
-            "pool must be \"cls\" or \"mean\", got {:?}",
-            self.pool
         );
         ensure!(
             (0.0..1.0).contains(&self.dropout) && (0.0..1.0).contains(&self.emb_dropout),
@@ -252,9 +238,9 @@ impl CrateConfig {
             let layer = alpha::layer_params(d, self.heads * self.dim_head);
             return embed + self.depth * layer + 2 * d + d * self.num_classes + self.num_classes;
         }
-        if self.arch == ARCH_MAE_ENCODER {
+        if self.arch == Arch::CrateMaeEncoder {
             // conv tokenizer instead of LN-Linear-LN: C·P²·d + d instead of 2·C·P² + C·P²·d + 3d
-            return self.clone().with_arch_unchecked(ARCH_CRATE).param_count()
+            return self.clone().with_arch_unchecked(Arch::Crate).param_count()
                 - 2 * self.patch_dim()
                 - 2 * self.dim;
         }
@@ -273,8 +259,8 @@ impl CrateConfig {
         if self.is_alpha() {
             return self.init_alpha(device);
         }
-        if self.arch == ARCH_MAE_ENCODER {
-            let mut m = self.clone().with_arch_unchecked(ARCH_CRATE).init(device);
+        if self.arch == Arch::CrateMaeEncoder {
+            let mut m = self.clone().with_arch_unchecked(Arch::Crate).init(device);
             (m.patch_norm, m.patch_linear, m.embed_norm) = (None, None, None);
             m.conv1 = Some(PatchConv::new(
                 self.channels,
@@ -315,7 +301,7 @@ impl CrateConfig {
             head_norm: ln(d),
             head: LinearConfig::new(d, self.num_classes).init(device),
             patch_size: self.patch_size,
-            mean_pool: self.pool == "mean",
+            mean_pool: self.pool == Pool::Mean,
         }
     }
 
@@ -348,7 +334,7 @@ impl CrateConfig {
             head_norm: ln(d, LN_EPS),
             head: LinearConfig::new(d, self.num_classes).init(device),
             patch_size: self.patch_size,
-            mean_pool: self.pool == "mean",
+            mean_pool: self.pool == Pool::Mean,
         }
     }
 }
