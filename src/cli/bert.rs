@@ -19,7 +19,7 @@ use crate::text::{self, TokenFile, Tokenizer};
 use crate::train::bert::{fit_bert, ids, load_state, vocab_size, BertRecipe, BertState};
 pub use crate::train::bert::{FIRST_CHAR, MASK, PAD};
 use crate::train::{Checkpoint, OptimSettings, OptimizerKind, TrainOptimizer};
-use crate::weights::{apply_state_dict, canonical_ids, read_safetensors_all, read_state_dict};
+use crate::weights::{apply_state_dict, canonical_ids, read_state_dict};
 use crate::{InferBackend, TrainBackend};
 
 #[derive(Args, Debug)]
@@ -368,35 +368,20 @@ pub fn encode_masked(tok: &Tokenizer, text: &str) -> Result<Vec<i64>> {
     Ok(out)
 }
 
-fn load(path: &Path) -> Result<(CrateBert<InferBackend>, Tokenizer)> {
-    let (_, meta) = read_safetensors_all(path)?;
-    ensure!(
-        meta.get("arch").map(String::as_str) == Some("crate-bert"),
-        "{}: not CRATE-BERT weights written by `whitebox bert train`",
-        path.display()
-    );
-    let cfg: BertConfig = serde_json::from_str(
-        meta.get("config")
-            .with_context(|| format!("{}: no config metadata", path.display()))?,
-    )
-    .with_context(|| format!("{}: bad config metadata", path.display()))?;
-    cfg.validate()
-        .with_context(|| format!("{}: config metadata", path.display()))?;
-    let tok: Tokenizer = serde_json::from_str(
-        meta.get("tokenizer")
-            .with_context(|| format!("{}: no tokenizer metadata", path.display()))?,
-    )
-    .with_context(|| format!("{}: bad tokenizer metadata", path.display()))?;
-    tok.validate()
-        .with_context(|| format!("{}: tokenizer metadata", path.display()))?;
-    let sd = untie_state_dict(read_state_dict(path)?)?;
-    let (model, _) = apply_state_dict(cfg.init::<InferBackend>(&Default::default()), &sd, true)
-        .with_context(|| format!("loading {}", path.display()))?;
-    Ok((model, tok))
+/// CRATE-BERT weights and the character tokenizer stored with them.
+fn load(w: &WeightArgs) -> Result<(CrateBert<InferBackend>, Tokenizer)> {
+    let l = super::commands::load(w)?.into_bert()?;
+    let tok = l.stored_tokenizer()?.with_context(|| {
+        format!(
+            "{}: no tokenizer metadata (weights written by `whitebox bert train` carry it)",
+            l.path.display()
+        )
+    })?;
+    Ok((l.model, tok))
 }
 
 pub fn fill_mask(a: FillMaskArgs) -> Result<()> {
-    let (model, tok) = load(&a.weights.weights)?;
+    let (model, tok) = load(&a.weights)?;
     let x = encode_masked(&tok, &a.text)?;
     let masks: Vec<usize> = (0..x.len()).filter(|&i| x[i] == MASK).collect();
     ensure!(!masks.is_empty(), "the text has no <mask>");

@@ -4,158 +4,79 @@ use anyhow::{bail, ensure, Context, Result};
 
 use burn::tensor::{Tensor, TensorData};
 use serde_json::json;
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
 use super::{EvalArgs, ForwardArgs, InfoArgs, MeasureArgs, PredictArgs, TrainArgs, WeightArgs};
 use crate::data::{self, Augment, Normalization, Split};
-use crate::model::{Activations, Crate, CrateBackend, CrateConfig};
+use crate::model::{Activations, CrateBackend, CrateConfig};
 use crate::train::{self, Checkpoint, OptimSettings, Recipe, TrainOptimizer, TrainRun, TrainState};
 use crate::weights::{
-    apply_state_dict, canonical_ids, read_input_tensor, read_safetensors_all, read_state_dict,
-    safetensors_bytes, write_atomic, StateDict,
+    self, apply_state_dict, canonical_ids, read_input_tensor, read_state_dict, safetensors_bytes,
+    write_atomic, Loaded, ModelConfig, StateDict,
 };
 use crate::{InferBackend, TrainBackend};
 
 pub fn info(a: InfoArgs) -> Result<()> {
-    if let Some(mae) = super::mae::mae_config_spec(&a.config)? {
-        println!("{}", serde_json::to_string_pretty(&mae)?);
-        println!(
+    let config = ModelConfig::resolve(&a.config)?;
+    println!("{}", config.to_json_pretty());
+    match &config {
+        ModelConfig::Mae(mae) => println!(
             "tokens: {} patches + cls ({} visible at mask ratio {}), patch dim {}",
             mae.num_patches(),
             mae.len_keep(),
             mae.mask_ratio,
             mae.patch_dim()
-        );
-        println!("parameters: {}", mae.param_count());
-        return Ok(());
-    }
-    if let Some(cfg) = super::tost::config_spec(&a.config)? {
-        println!("{}", serde_json::to_string_pretty(&cfg)?);
-        println!(
+        ),
+        ModelConfig::Tost(cfg) => println!(
             "tokens: {} ({}×{} grid after the conv stem) + cls in the class-attention blocks",
             cfg.num_patches(),
             cfg.grid(),
             cfg.grid()
-        );
-        println!("parameters: {}", cfg.param_count());
-        return Ok(());
+        ),
+        ModelConfig::Crate(cfg) => println!(
+            "tokens: {} patches + cls, patch dim {}",
+            cfg.num_patches(),
+            cfg.patch_dim()
+        ),
+        ModelConfig::Lm(cfg) => println!(
+            "context: {} tokens, vocabulary {}",
+            cfg.block_size, cfg.vocab_size
+        ),
+        ModelConfig::Bert(cfg) => println!(
+            "context: {} tokens, vocabulary {}",
+            cfg.max_len(),
+            cfg.vocab_size
+        ),
     }
-    let cfg = CrateConfig::resolve(&a.config)?;
-    println!("{}", serde_json::to_string_pretty(&cfg)?);
-    println!(
-        "tokens: {} patches + cls, patch dim {}",
-        cfg.num_patches(),
-        cfg.patch_dim()
-    );
-    println!("parameters: {}", cfg.param_count());
+    println!("parameters: {}", config.param_count());
     Ok(())
 }
 
-/// Config and metadata of a weights file: `--config`, else the safetensors metadata, else a
-/// `config.json` beside the file.
-fn resolve_config(w: &WeightArgs, meta: &HashMap<String, String>) -> Result<CrateConfig> {
-    if super::mae::is_mae(w) {
-        bail!(
-            "{} is a CRATE-MAE, not a classifier: use `whitebox forward`, `mae reconstruct`, `probe`, \
-             or `train --init-from` to fine-tune its encoder",
-            w.weights.display()
-        );
-    }
-    if let Some(spec) = &w.config {
-        return CrateConfig::resolve(spec);
-    }
-    if let Some(c) = meta.get("config") {
-        ensure!(
-            !c.contains(&format!("\"arch\":\"{}\"", crate::model::Arch::Tost)),
-            "{} is a ToST model: this command is for CRATE classifiers (ToST runs with train, \
-             eval, predict, forward, info)",
-            w.weights.display()
-        );
-        let cfg: CrateConfig = serde_json::from_str(c)
-            .with_context(|| format!("{}: bad config metadata", w.weights.display()))?;
-        cfg.validate()?;
-        return Ok(cfg);
-    }
-    let beside = w.weights.with_file_name("config.json");
-    if beside.exists() {
-        return CrateConfig::from_json_file(&beside);
-    }
-    bail!(
-        "{}: no config stored with these weights; pass --config PRESET|FILE.json",
-        w.weights.display()
+/// The model in `--weights` with its config (`--config`, else the one stored with the weights).
+pub(super) fn load(w: &WeightArgs) -> Result<Loaded<InferBackend>> {
+    weights::load(
+        &w.weights,
+        w.config.as_deref(),
+        w.strict,
+        &Default::default(),
     )
 }
 
-/// u64 header length then the JSON header (the length's low byte can be 0x80, like a pickle's first byte).
-pub(crate) fn is_safetensors(path: &Path) -> bool {
-    let mut b = [0u8; 9];
-    std::fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .is_ok()
-        && b[8] == b'{'
-}
-
-/// Load weights into a model for inference.
-pub struct Loaded<B: CrateBackend> {
-    pub config: CrateConfig,
-    pub model: Crate<B>,
-    pub meta: HashMap<String, String>,
-    /// The weights file.
-    pub path: std::path::PathBuf,
-}
-
-pub fn load_weights<B: CrateBackend>(w: &WeightArgs, device: &B::Device) -> Result<Loaded<B>> {
-    // the weights first: a missing, empty or unreadable file is reported as such, not as a
-    // missing config
-    let sd = read_state_dict(&w.weights)?;
-    let meta = if is_safetensors(&w.weights) {
-        read_safetensors_all(&w.weights)?.1
-    } else {
-        HashMap::new()
-    };
-    let config = resolve_config(w, &meta)?;
-    let (model, report) = apply_state_dict(config.init::<B>(device), &sd, w.strict)
-        .with_context(|| format!("loading {}", w.weights.display()))?;
-    if !report.is_clean() {
-        tracing::warn!(
-            "non-strict load of {}: {}",
-            w.weights.display(),
-            report.describe()
-        );
-    }
-    Ok(Loaded {
-        config,
-        model,
-        meta,
-        path: w.weights.clone(),
+/// The normalisation stored with weights, else (with a warning) the training split's statistics.
+pub(super) fn norm_or_train(
+    stored: Option<Normalization>,
+    d: &super::DataArgs,
+) -> Result<Normalization> {
+    Ok(match stored {
+        Some(n) => n,
+        None => {
+            tracing::warn!(
+                "no normalisation stored with the weights; using the train split's statistics"
+            );
+            Normalization::from_set(&load_split(d, Split::Train, None)?)
+        }
     })
-}
-
-/// Metadata entry `key` parsed as JSON (`None` when absent; an error when malformed).
-pub(super) fn meta_json<T: serde::de::DeserializeOwned>(
-    meta: &HashMap<String, String>,
-    key: &str,
-) -> Result<Option<T>> {
-    meta.get(key)
-        .map(|s| serde_json::from_str(s).with_context(|| format!("metadata `{key}` is malformed")))
-        .transpose()
-}
-
-/// The normalisation stored with weights, checked against the model's `channels`.
-pub(super) fn stored_normalization(
-    meta: &HashMap<String, String>,
-    channels: usize,
-    weights: &Path,
-) -> Result<Option<Normalization>> {
-    let n: Option<Normalization> =
-        meta_json(meta, "normalization").with_context(|| weights.display().to_string())?;
-    if let Some(n) = &n {
-        n.validate(channels)
-            .with_context(|| format!("{}: metadata `normalization`", weights.display()))?;
-    }
-    Ok(n)
 }
 
 pub(super) fn load_split(
@@ -236,15 +157,6 @@ pub(super) fn fresh_state(recipe: Recipe, a: &TrainArgs) -> TrainState {
 
 /// A run restored for `--resume`: config, state, weights and optimizer.
 pub type Resumed<C, M> = (C, TrainState, M, TrainOptimizer<M, TrainBackend>);
-
-/// Whether `path` is a JSON file whose `"arch"` is `arch` (how a config names its model family).
-pub(super) fn json_file_has_arch(path: &Path, arch: crate::model::Arch) -> bool {
-    path.is_file()
-        && std::fs::read_to_string(path)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|v| v["arch"] == arch.name())
-}
 
 /// A flag as given on the command line (`None` when it was left at its default).
 pub(super) fn given<T: ToString>(a: &[String], id: &str, v: T) -> Option<String> {
@@ -409,7 +321,7 @@ fn config_from_flags(a: &TrainArgs) -> Result<CrateConfig> {
 pub fn train(a: TrainArgs) -> Result<()> {
     let device = Default::default();
     let _lock = train::checkpoint::RunLock::acquire(&a.run_dir)?;
-    if super::tost::wants_tost(&a)? {
+    if super::tost::wants_tost(&a) {
         return super::tost::train(a);
     }
     let config_flags = |run: &CrateConfig| -> Result<Vec<(&'static str, Option<String>, String)>> {
@@ -438,7 +350,13 @@ pub fn train(a: TrainArgs) -> Result<()> {
         if let Some((p, sd)) = init.as_mut() {
             if crate::model::mae::is_mae_state_dict(sd) {
                 // fine-tune from a CRATE-MAE encoder: its shape, a new head of --config's classes
-                config = super::mae::mae_config_of(p)?.encoder_classifier(config.num_classes);
+                let ModelConfig::Mae(mae) = weights::load::config_of(p, None)? else {
+                    bail!(
+                        "{}: CRATE-MAE keys but no CRATE-MAE config stored with them",
+                        p.display()
+                    );
+                };
+                config = mae.encoder_classifier(config.num_classes);
                 *sd = crate::model::mae::encoder_state_dict(sd);
                 tracing::info!(
                     "--init-from {}: CRATE-MAE encoder → {} classifier",
@@ -563,40 +481,17 @@ pub(super) fn run_classifier<T: train::Task<TrainBackend>>(
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
-    if let Some(l) = super::tost::load_if_tost::<InferBackend>(&a.weights)? {
-        let (shape, classes) = (l.config.input_shape(), l.config.num_classes);
-        return eval_classifier(&a, shape, classes, &l.meta, |x| l.model.forward(x));
-    }
-    let l = load_weights::<InferBackend>(&a.weights, &Default::default())?;
-    let (shape, classes) = (input_shape(&l.config), l.config.num_classes);
-    eval_classifier(&a, shape, classes, &l.meta, |x| l.model.forward(x))
-}
-
-/// Top-1/top-5/loss of a classifier's inference `forward` on the test split, printed.
-fn eval_classifier(
-    a: &EvalArgs,
-    shape: [usize; 3],
-    num_classes: usize,
-    meta: &HashMap<String, String>,
-    forward: impl Fn(Tensor<InferBackend, 4>) -> Tensor<InferBackend, 2>,
-) -> Result<()> {
+    let l = load(&a.weights)?.into_image_classifier()?;
     let device = Default::default();
     let t0 = Instant::now();
     ensure!(a.batch_size > 0, "--batch-size must be at least 1");
+    let shape = l.config.input;
     let test = load_split(&a.data, Split::Test, a.test_limit)?;
     check_shape(shape, &test, &a.data.data)?;
-    test.check_labels(num_classes)
+    test.check_labels(l.config.num_classes)
         .with_context(|| format!("{}: test split", a.data.data.display()))?;
-    let norm = match stored_normalization(meta, shape[0], &a.weights.weights)? {
-        Some(n) => n,
-        None => {
-            tracing::warn!(
-                "no normalisation stored with the weights; using the train split's statistics"
-            );
-            Normalization::from_set(&load_split(&a.data, Split::Train, None)?)
-        }
-    };
-    let r = train::evaluate_with(forward, &test, &norm, a.batch_size, &device)?;
+    let norm = norm_or_train(l.normalization(shape[0])?, &a.data)?;
+    let r = train::evaluate_with(|x| l.model.forward(x), &test, &norm, a.batch_size, &device)?;
     println!(
         "top-1 {:.2}%  top-5 {:.2}%  loss {:.4}  ({} images)",
         100.0 * r.top1,
@@ -641,40 +536,25 @@ pub(super) fn normalize_chw(px: &[u8], norm: &Normalization) -> Vec<f32> {
         .collect()
 }
 
+/// Top-k labels of a classifier (CRATE or ToST) per image.
 pub fn predict(a: PredictArgs) -> Result<()> {
-    if let Some(l) = super::tost::load_if_tost::<InferBackend>(&a.weights)? {
-        let (shape, k) = (l.config.input_shape(), l.config.num_classes);
-        return predict_with(&a, shape, k, &l.meta, |x| l.model.forward(x));
-    }
-    let l = load_weights::<InferBackend>(&a.weights, &Default::default())?;
-    let (shape, k) = (input_shape(&l.config), l.config.num_classes);
-    predict_with(&a, shape, k, &l.meta, |x| l.model.forward(x))
-}
-
-/// Top-k labels of a classifier's inference `forward` (input `shape`, `num_classes`) per image.
-fn predict_with(
-    a: &PredictArgs,
-    shape: [usize; 3],
-    num_classes: usize,
-    meta: &HashMap<String, String>,
-    forward: impl Fn(Tensor<InferBackend, 4>) -> Tensor<InferBackend, 2>,
-) -> Result<()> {
+    let l = load(&a.weights)?.into_image_classifier()?;
     let device = Default::default();
-    let [c, s, _] = shape;
-    let norm = stored_normalization(meta, c, &a.weights.weights)?.unwrap_or_else(|| {
+    let [c, s, _] = l.config.input;
+    let norm = l.normalization(c)?.unwrap_or_else(|| {
         tracing::warn!("no normalisation stored with the weights; using mean 0.5, std 0.5");
         Normalization {
             mean: vec![0.5; c],
             std: vec![0.5; c],
         }
     });
-    let classes: Vec<String> = meta_json(meta, "class_names")
-        .with_context(|| a.weights.weights.display().to_string())?
-        .unwrap_or_else(|| (0..num_classes).map(|i| i.to_string()).collect());
+    let classes: Vec<String> = l
+        .meta_json("class_names")?
+        .unwrap_or_else(|| (0..l.config.num_classes).map(|i| i.to_string()).collect());
     for path in &a.images {
         let px = normalize_chw(&read_image(path, c, s)?, &norm);
         let x = Tensor::<InferBackend, 4>::from_data(TensorData::new(px, [1, c, s, s]), &device);
-        let probs = burn::tensor::activation::softmax(forward(x), 1);
+        let probs = burn::tensor::activation::softmax(l.model.forward(x), 1);
         let p: Vec<f32> = probs.into_data().to_vec().unwrap();
         let mut order: Vec<usize> = (0..p.len()).collect();
         order.sort_by(|&i, &j| p[j].total_cmp(&p[i]));
@@ -706,27 +586,30 @@ pub(super) fn read_input<B: CrateBackend>(
 }
 
 pub fn forward(a: ForwardArgs) -> Result<()> {
-    if let Some(config) = super::lm::lm_config(&a.weights)? {
-        return super::lm::forward(&a, config);
-    }
-    if super::mae::is_mae(&a.weights) {
-        return super::mae::forward(a);
-    }
     let device = Default::default();
-    if let Some(l) = super::tost::load_if_tost::<InferBackend>(&a.weights)? {
-        let x = read_input::<InferBackend>(&a.input, l.config.input_shape(), &device)?;
-        ensure!(
-            !a.activations,
-            "--activations is not available for ToST (logits only)"
-        );
-        let logits = l.model.forward(x).into_data();
-        return write_forward(&a.output, logits, Activations::<InferBackend>::off());
+    match load(&a.weights)? {
+        Loaded::Lm(l) => super::lm::forward(&a, l),
+        Loaded::Mae(l) => super::mae::forward(a, l),
+        Loaded::Tost(l) => {
+            let x = read_input::<InferBackend>(&a.input, l.config.input_shape(), &device)?;
+            ensure!(
+                !a.activations,
+                "--activations is not available for ToST (logits only)"
+            );
+            let logits = l.model.forward(x).into_data();
+            write_forward(&a.output, logits, Activations::<InferBackend>::off())
+        }
+        Loaded::Crate(l) => {
+            let x = read_input::<InferBackend>(&a.input, input_shape(&l.config), &device)?;
+            let mut acts = Activations::recording(a.activations);
+            let logits = l.model.forward_with(x, &mut acts);
+            write_forward(&a.output, logits.into_data(), acts)
+        }
+        Loaded::Bert(l) => bail!(
+            "{}: `forward` does not run CRATE-BERT; use `whitebox bert fill-mask`",
+            l.path.display()
+        ),
     }
-    let l = load_weights::<InferBackend>(&a.weights, &device)?;
-    let x = read_input::<InferBackend>(&a.input, input_shape(&l.config), &device)?;
-    let mut acts = Activations::recording(a.activations);
-    let logits = l.model.forward_with(x, &mut acts);
-    write_forward(&a.output, logits.into_data(), acts)
 }
 
 /// Write `logits` and any captured activations (golden names) as one safetensors file.
@@ -747,7 +630,7 @@ pub(super) fn write_forward<B: burn::tensor::backend::Backend>(
 
 pub fn measure(a: MeasureArgs) -> Result<()> {
     let device = Default::default();
-    let l = load_weights::<InferBackend>(&a.weights, &device)?;
+    let l = load(&a.weights)?.into_crate()?;
     let cfg = &l.config;
     let x = match (&a.input, &a.data) {
         (Some(p), _) => read_input::<InferBackend>(p, input_shape(cfg), &device)?,
@@ -755,7 +638,8 @@ pub fn measure(a: MeasureArgs) -> Result<()> {
             let mut set = data::load(dir, a.format, Split::Test)?;
             set.truncate(a.limit.max(1));
             check_shape(input_shape(cfg), &set, dir)?;
-            let norm = stored_normalization(&l.meta, cfg.channels, &a.weights.weights)?
+            let norm = l
+                .normalization(cfg.channels)?
                 .unwrap_or_else(|| Normalization::from_set(&set));
             let batcher = data::Batcher {
                 norm,

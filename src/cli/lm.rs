@@ -5,17 +5,17 @@ use burn::tensor::{Int, Tensor, TensorData};
 use clap::{Args, Subcommand};
 use rand::{rngs::StdRng, SeedableRng};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::commands::{check_resume_flags, flag, given};
 use super::{ForwardArgs, WeightArgs};
 use crate::model::lm::{self, CausalLm, LmConfig, Sampling};
-use crate::model::{Activations, CrateBackend};
+use crate::model::Activations;
 use crate::text::{self, StreamDecoder, TokenFile, Tokenizer};
 use crate::train::checkpoint::{self, RunLock};
 use crate::train::lm::{fit_lm, load_state, sequential_loss, LmRecipe, LmState, TokenRun};
 use crate::train::{Checkpoint, OptimSettings, OptimizerKind, TrainOptimizer};
-use crate::weights::{canonical_ids, read_safetensors_all, read_state_dict, StateDict};
+use crate::weights::{canonical_ids, read_safetensors_all, read_state_dict, Weights};
 use crate::{InferBackend, TrainBackend};
 
 #[derive(Args, Debug)]
@@ -408,182 +408,14 @@ pub fn train(a: LmTrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// A loaded language model and its tokenizer (when the weights carry one).
-pub struct LoadedLm<B: CrateBackend> {
-    pub config: LmConfig,
-    pub model: CausalLm<B>,
-    pub tokenizer: Option<Tokenizer>,
-}
-
-/// The language-model config of a weights file, if it describes one: `--config`, else the
-/// safetensors metadata, else `config.json` beside it, else nanoGPT `model_args` in a torch file.
-pub fn lm_config(w: &WeightArgs) -> Result<Option<LmConfig>> {
-    let parse = |text: &str| -> Result<Option<LmConfig>> {
-        let v: serde_json::Value = serde_json::from_str(text)?;
-        let is_lm = v.get("vocab_size").is_some()
-            || v.get("arch")
-                .and_then(|a| a.as_str())
-                .and_then(|a| a.parse().ok())
-                .is_some_and(|a| lm::ARCHS.contains(&a));
-        if is_lm {
-            Ok(Some(LmConfig::from_json(text)?))
-        } else {
-            Ok(None)
-        }
-    };
-    if let Some(spec) = &w.config {
-        if let Some(c) = LmConfig::preset(spec) {
-            return Ok(Some(c));
-        }
-        let p = Path::new(spec);
-        if p.is_file() {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read config {}", p.display()))?;
-            return parse(&text).with_context(|| format!("config {}", p.display()));
-        }
-        return Ok(None);
-    }
-    if super::commands::is_safetensors(&w.weights) {
-        let (_, meta) = read_safetensors_all(&w.weights)?;
-        if let Some(c) = meta.get("config") {
-            return parse(c).with_context(|| format!("{}: config metadata", w.weights.display()));
-        }
-    } else if w.weights.exists() {
-        if let Some(c) = nanogpt_model_args(&w.weights)? {
-            return Ok(Some(c));
-        }
-    }
-    let beside = w.weights.with_file_name("config.json");
-    if beside.is_file() {
-        return parse(&std::fs::read_to_string(&beside)?)
-            .with_context(|| format!("config {}", beside.display()));
-    }
-    Ok(None)
-}
-
-/// `model_args` of a nanoGPT `{'model', 'model_args', …}` checkpoint; the arch is read off the keys.
-fn nanogpt_model_args(path: &Path) -> Result<Option<LmConfig>> {
-    use burn_store::pytorch::reader::PickleValue;
-    use burn_store::pytorch::PytorchReader;
-    crate::weights::check_torch_file(path)?;
-    let Ok(PickleValue::Dict(args)) = PytorchReader::read_pickle_data(path, Some("model_args"))
-    else {
-        return Ok(None);
-    };
-    let int = |k: &str| match args.get(k) {
-        Some(PickleValue::Int(v)) if *v > 0 => Ok(*v as usize),
-        _ => bail!(
-            "{}: model_args.{k} is missing or not a positive integer",
-            path.display()
-        ),
-    };
-    let sd = read_state_dict(path)?;
-    let mut config = LmConfig {
-        arch: infer_arch(&sd, int("n_embd")?)
-            .with_context(|| format!("{}: not a crate-lm or nanoGPT model", path.display()))?,
-        vocab_size: int("vocab_size")?,
-        block_size: int("block_size")?,
-        n_layer: int("n_layer")?,
-        n_head: int("n_head")?,
-        n_embd: int("n_embd")?,
-        dropout: 0.0, // training-only; inference runs without it
-        bias: !matches!(args.get("bias"), Some(PickleValue::Bool(false))),
-    };
-    if !(config.is_gpt() || config.is_tost()) {
-        config.bias = true; // ignored by both crate-lm files
-    }
-    config
-        .validate()
-        .with_context(|| format!("{}: model_args", path.display()))?;
-    Ok(Some(config))
-}
-
-/// crate-lm complete (ISTA W d×d), overcomplete (4d×d), ToST (`denom_bias`) or nanoGPT GPT (an MLP).
-pub fn infer_arch(sd: &StateDict, d: usize) -> Option<crate::model::Arch> {
-    use crate::model::Arch;
-    if sd.contains_key("transformer.h.0.attn.denom_bias") {
-        return Some(Arch::TostLm); // ToST's causal TSSA
-    }
-    if sd.contains_key("transformer.h.0.mlp.c_fc.weight") {
-        return Some(Arch::Gpt);
-    }
-    let w = sd.get("transformer.h.0.ista.weight")?;
-    Some(if w.shape[0] == 4 * d {
-        Arch::CrateLmOvercomplete
-    } else {
-        Arch::CrateLm
-    })
-}
-
-pub fn load_lm<B: CrateBackend>(
-    w: &WeightArgs,
-    config: LmConfig,
-    device: &B::Device,
-) -> Result<LoadedLm<B>> {
-    let sd = read_state_dict(&w.weights)?;
-    let model = config.init::<B>(device);
-    let model = if w.strict {
-        lm::load_official(model, sd)
-    } else {
-        let (m, report) =
-            crate::weights::apply_state_dict(model, &lm::prepare_state_dict(sd), false)?;
-        if !report.is_clean() {
-            tracing::warn!(
-                "non-strict load of {}: {}",
-                w.weights.display(),
-                report.describe()
-            );
-        }
-        Ok(m)
-    }
-    .with_context(|| format!("loading {}", w.weights.display()))?;
-    let tokenizer: Option<Tokenizer> = if super::commands::is_safetensors(&w.weights) {
-        let (_, meta) = read_safetensors_all(&w.weights)?;
-        meta.get("tokenizer")
-            .map(|t| serde_json::from_str(t))
-            .transpose()
-            .with_context(|| format!("{}: bad tokenizer metadata", w.weights.display()))?
-    } else {
-        None
-    };
-    if let Some(t) = &tokenizer {
-        t.validate()
-            .with_context(|| format!("{}: tokenizer metadata", w.weights.display()))?;
-    }
-    Ok(LoadedLm {
-        config,
-        model,
-        tokenizer,
-    })
-}
-
-fn load_for_inference(w: &WeightArgs) -> Result<LoadedLm<InferBackend>> {
-    let config = lm_config(w)?.with_context(|| {
-        format!(
-            "{}: no language-model config stored with these weights; pass --config FILE.json",
-            w.weights.display()
-        )
-    })?;
-    let mut l = load_lm::<InferBackend>(w, config, &Default::default())?;
-    if l.tokenizer.is_none() && l.config.vocab_size >= 50257 {
-        l.tokenizer = Some(Tokenizer::Gpt2); // official weights: GPT-2 BPE
-    }
-    Ok(l)
-}
-
-fn need_tokenizer(l: &LoadedLm<InferBackend>, w: &WeightArgs) -> Result<Tokenizer> {
-    l.tokenizer.clone().with_context(|| {
-        format!(
-            "{}: no tokenizer stored with these weights (vocabulary {})",
-            w.weights.display(),
-            l.config.vocab_size
-        )
-    })
+/// The language model in `--weights` (config and tokenizer from the weights, or `--config`).
+fn load_for_inference(w: &WeightArgs) -> Result<Weights<LmConfig, CausalLm<InferBackend>>> {
+    super::commands::load(w)?.into_lm()
 }
 
 pub fn eval(a: LmEvalArgs) -> Result<()> {
     let l = load_for_inference(&a.weights)?;
-    let tok = need_tokenizer(&l, &a.weights)?;
+    let tok = l.tokenizer()?;
     let text = text::read_corpus(&a.text)?;
     let ids: Vec<i64> = tok
         .encode(&text)
@@ -611,7 +443,7 @@ pub fn eval(a: LmEvalArgs) -> Result<()> {
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
     let l = load_for_inference(&a.weights)?;
-    let tok = need_tokenizer(&l, &a.weights)?;
+    let tok = l.tokenizer()?;
     let prompt: Vec<i64> = tok
         .encode(&a.prompt)
         .context("--prompt")?
@@ -645,9 +477,8 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
 }
 
 /// `whitebox forward` for a language model: int64 `idx` `[B, T]` in, `logits` `[B, T, V]` out.
-pub fn forward(a: &ForwardArgs, config: LmConfig) -> Result<()> {
+pub fn forward(a: &ForwardArgs, l: Weights<LmConfig, CausalLm<InferBackend>>) -> Result<()> {
     let device = Default::default();
-    let l = load_lm::<InferBackend>(&a.weights, config, &device)?;
     let (tensors, _) = read_safetensors_all(&a.input)?;
     let idx = tensors
         .get("idx")

@@ -1,6 +1,6 @@
 //! CRATE-MAE commands: `forward` on an MAE config, `mae train`, `mae reconstruct`, `probe`.
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::LinearConfig;
@@ -9,159 +9,29 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::json;
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
 use super::commands::{
-    fresh_state, given, is_safetensors, load_split, recipe_from, resume_run, stored_normalization,
+    fresh_state, given, load, load_split, norm_or_train, recipe_from, resume_run,
 };
-use super::{ForwardArgs, MaeTrainArgs, ProbeArgs, ReconstructArgs, WeightArgs};
-use crate::data::{self, batch_rng, Augment, Batcher, ImageSet, Normalization, Split};
+use super::{ForwardArgs, MaeTrainArgs, ProbeArgs, ReconstructArgs};
+use crate::data::{self, batch_rng, Augment, Batcher, ImageSet, Split};
 use crate::model::mae::{unpatchify, CrateMae, MaeConfig};
-use crate::model::Arch;
-use crate::model::{Activations, CrateBackend};
+use crate::model::Activations;
 use crate::train::mae::{evaluate_mae, Reconstruct};
 use crate::train::ssl::extract_features;
 use crate::train::{self, Checkpoint, TrainOptimizer, TrainRun};
 use crate::weights::{
     apply_state_dict, canonical_ids, check_finite, read_input_tensor, read_safetensors_all,
-    read_state_dict, safetensors_bytes, write_atomic, StateDict,
+    read_state_dict, safetensors_bytes, write_atomic, Loaded, StateDict, Weights,
 };
 use crate::{InferBackend, TrainBackend};
 
-/// The config JSON that goes with a weights file: `--config` (file), else the safetensors
-/// metadata, else `config.json` beside the weights.
-pub(super) fn config_json(w: &WeightArgs) -> Option<serde_json::Value> {
-    let text = match &w.config {
-        Some(spec) if Path::new(spec).is_file() => std::fs::read_to_string(spec).ok()?,
-        Some(_) => return None,
-        None => {
-            let meta = is_safetensors(&w.weights)
-                .then(|| read_safetensors_all(&w.weights).ok())
-                .flatten()
-                .map(|(_, m)| m);
-            match meta.and_then(|m| m.get("config").cloned()) {
-                Some(c) => c,
-                None => std::fs::read_to_string(w.weights.with_file_name("config.json")).ok()?,
-            }
-        }
-    };
-    serde_json::from_str(&text).ok()
-}
-
-/// Whether `--weights`/`--config` describe a CRATE-MAE (`"arch": "crate-mae"` or an MAE preset).
-pub fn is_mae(w: &WeightArgs) -> bool {
-    if let Some(spec) = &w.config {
-        if MaeConfig::preset(spec).is_some() {
-            return true;
-        }
-    }
-    config_json(w).is_some_and(|v| v["arch"] == Arch::CrateMae.name())
-}
-
-/// The MAE config stored with MAE weights at `path` (metadata or `config.json` beside them).
-pub fn mae_config_of(path: &Path) -> Result<MaeConfig> {
-    let w = WeightArgs {
-        weights: path.to_path_buf(),
-        config: None,
-        strict: true,
-    };
-    let v = config_json(&w).with_context(|| {
-        format!("{}: a CRATE-MAE checkpoint without a stored config (metadata or config.json beside it)", path.display())
-    })?;
-    MaeConfig::from_json(&v.to_string()).with_context(|| format!("config of {}", path.display()))
-}
-
-/// `Some` MAE config when `spec` is an MAE preset or a JSON file with `"arch": "crate-mae"`.
-pub fn mae_config_spec(spec: &str) -> Result<Option<MaeConfig>> {
-    if let Some(c) = MaeConfig::preset(spec) {
-        return Ok(Some(c));
-    }
-    let path = Path::new(spec);
-    Ok(
-        if super::commands::json_file_has_arch(path, Arch::CrateMae) {
-            Some(MaeConfig::from_json_file(path)?)
-        } else {
-            None
-        },
-    )
-}
-
-pub struct LoadedMae<B: CrateBackend> {
-    pub config: MaeConfig,
-    pub model: CrateMae<B>,
-    pub meta: HashMap<String, String>,
-}
-
-/// Reject a state dict that is not laid out as the official `MaskedAutoencoderViT` (§7.2).
-fn check_mae_layout(sd: &StateDict, path: &Path) -> Result<()> {
-    let want = [
-        "decoder_pred.weight",
-        "mask_token",
-        "blocks.0.layers.0.1.fn.weight",
-    ];
-    if want.iter().all(|k| sd.contains_key(*k)) {
-        return Ok(());
-    }
-    let mut seen: Vec<&String> = sd.keys().collect();
-    seen.sort();
-    seen.truncate(4);
-    bail!(
-        "{}: not a CRATE-MAE checkpoint: expected the official keys ({}, …) but found {:?}{}",
-        path.display(),
-        want.join(", "),
-        seen,
-        if sd.contains_key("mlp_head.1.weight") {
-            " — this looks like a classifier; use it without \"arch\": \"crate-mae\""
-        } else {
-            ""
-        }
-    )
-}
-
-pub fn load_mae<B: CrateBackend>(w: &WeightArgs, device: &B::Device) -> Result<LoadedMae<B>> {
-    let meta = if is_safetensors(&w.weights) {
-        read_safetensors_all(&w.weights)?.1
-    } else {
-        HashMap::new()
-    };
-    let config = match &w.config {
-        Some(spec) => MaeConfig::resolve(spec)?,
-        None => {
-            let v = config_json(w).with_context(|| {
-                format!(
-                    "{}: no config stored with these weights; pass --config PRESET|FILE.json",
-                    w.weights.display()
-                )
-            })?;
-            MaeConfig::from_json(&v.to_string())
-                .with_context(|| format!("config of {}", w.weights.display()))?
-        }
-    };
-    let sd = read_state_dict(&w.weights)?;
-    check_mae_layout(&sd, &w.weights)?;
-    let (model, report) = apply_state_dict(config.init::<B>(device), &sd, w.strict)
-        .with_context(|| format!("loading {}", w.weights.display()))?;
-    if !report.is_clean() {
-        tracing::warn!(
-            "non-strict load of {}: {}",
-            w.weights.display(),
-            report.describe()
-        );
-    }
-    Ok(LoadedMae {
-        config,
-        model,
-        meta,
-    })
-}
-
 /// `whitebox forward` on a CRATE-MAE: reads `input` and optional `noise`, writes `pred`, `mask`,
 /// `ids_restore`, `ids_keep`, `ids_shuffle`, `recon_img` and `loss` (golden names).
-pub fn forward(a: ForwardArgs) -> Result<()> {
+pub fn forward(a: ForwardArgs, l: Weights<MaeConfig, CrateMae<InferBackend>>) -> Result<()> {
     let device = Default::default();
-    let l = load_mae::<InferBackend>(&a.weights, &device)?;
     let c = &l.config;
     let (tensors, _) = read_safetensors_all(&a.input)?;
     let input = read_input_tensor(&a.input, "input", &[c.in_chans, c.img_size, c.img_size])?;
@@ -357,12 +227,13 @@ pub fn train(m: MaeTrainArgs) -> Result<()> {
     let loss = match &last {
         Some(m) => m.test_loss,
         None => {
-            let w = WeightArgs {
-                weights: dir.join("model.safetensors"),
-                config: None,
-                strict: true,
-            };
-            let l = load_mae::<InferBackend>(&w, &device)?;
+            let l = crate::weights::load::<InferBackend>(
+                &dir.join("model.safetensors"),
+                None,
+                true,
+                &device,
+            )?
+            .into_mae()?;
             evaluate_mae(
                 &l.model,
                 &test_set,
@@ -391,30 +262,13 @@ pub fn train(m: MaeTrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Normalisation stored with MAE weights (else the training split's, with a warning).
-fn stored_norm(
-    meta: &HashMap<String, String>,
-    channels: usize,
-    w: &WeightArgs,
-    d: &super::DataArgs,
-) -> Result<Normalization> {
-    Ok(match stored_normalization(meta, channels, &w.weights)? {
-        Some(n) => n,
-        None => {
-            tracing::warn!(
-                "no normalisation stored with the weights; using the train split's statistics"
-            );
-            Normalization::from_set(&load_split(d, Split::Train, None)?)
-        }
-    })
-}
-
 /// `whitebox mae reconstruct`: a PNG grid, one column per test image; rows are the original,
 /// the masked input (removed patches grey) and the reconstruction (visible patches pasted back
 /// over the prediction, as in the MAE visualisations).
 pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
     let device = Default::default();
-    let l = load_mae::<InferBackend>(&a.weights, &device)?;
+    let l = load(&a.weights)?.into_mae()?;
+    let norm = norm_or_train(l.normalization(l.config.in_chans)?, &a.data)?;
     let mut model = l.model;
     if let Some(r) = a.mask_ratio {
         crate::model::mae::check_mask_ratio(r)?;
@@ -424,7 +278,6 @@ pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
     let mut set = data::load(&a.data.data, a.data.format, Split::Test)?;
     set.truncate(a.count.max(1));
     check_mae_shape(c, &set, &a.data.data)?;
-    let norm = stored_norm(&l.meta, l.config.in_chans, &a.weights, &a.data)?;
     let batcher = Batcher {
         norm: norm.clone(),
         augment: Augment::none(),
@@ -433,62 +286,18 @@ pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
     let (x, _) = batcher.batch::<InferBackend>(&set, &idx, &mut batch_rng(0, 0, 0), &device);
     let n = idx.len();
     let masking = model.masking(n, None, &mut StdRng::seed_from_u64(a.seed));
-    let out = model.forward_with(x.clone(), masking, &mut Activations::off());
-    let (p, ch) = (c.patch_size, c.in_chans);
-    let mut pred = out.pred;
-    if c.norm_pix_loss {
-        // undo the per-patch normalisation with the statistics of the true patch
-        let t = crate::model::vision::patchify(x.clone(), p);
-        let (var, mean) = t.var_mean(2);
-        pred = pred * var.add_scalar(1e-6).sqrt() + mean;
-    }
-    let [b, len] = [n, out.masking.len];
-    let mask = Tensor::<InferBackend, 3>::from_data(
-        TensorData::new(out.masking.mask.clone(), [b, len, 1]),
-        &device,
-    );
-    let mask_img = unpatchify(mask.expand([b, len, p * p * ch]), p, ch);
-    let keep_img = mask_img.clone().neg().add_scalar(1.0);
-    let recon = unpatchify(pred, p, ch);
-    let pasted = x.clone() * keep_img.clone() + recon * mask_img.clone();
-    let s = c.img_size;
-    let rows: Vec<Vec<f32>> = [x.clone(), x, pasted]
-        .into_iter()
-        .map(|t| t.into_data().convert::<f32>().to_vec::<f32>().unwrap())
-        .collect();
-    let masked: Vec<f32> = mask_img.into_data().convert::<f32>().to_vec().unwrap();
-    let scale = a.scale.max(1) as usize;
-    let (w, h) = ((n * s * scale) as u32, (3 * s * scale) as u32);
-    let mut img = image::RgbImage::new(w, h);
-    let hw = s * s;
-    for (r, vals) in rows.iter().enumerate() {
-        for i in 0..n {
-            for y in 0..s {
-                for xx in 0..s {
-                    let mut rgb = [0u8; 3];
-                    for (k, v) in rgb.iter_mut().enumerate() {
-                        let cc = if ch == 1 { 0 } else { k.min(ch - 1) };
-                        let at = i * ch * hw + cc * hw + y * s + xx;
-                        let px = if r == 1 && masked[at] > 0.5 {
-                            0.5
-                        } else {
-                            vals[at] * norm.std[cc] + norm.mean[cc]
-                        };
-                        *v = (px.clamp(0.0, 1.0) * 255.0).round() as u8;
-                    }
-                    for dy in 0..scale {
-                        for dx in 0..scale {
-                            img.put_pixel(
-                                ((i * s + xx) * scale + dx) as u32,
-                                ((r * s + y) * scale + dy) as u32,
-                                image::Rgb(rgb),
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
+    let r = model.reconstruct(x.clone(), masking);
+    let (s, ch) = (c.img_size, c.in_chans);
+    let f32s = |t: Tensor<InferBackend, 4>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    let (x, removed) = (f32s(x), f32s(r.removed));
+    let px = |v: &[f32], grey| crate::viz::maps::denormalize(v, grey, s * s, &norm);
+    let rows = [
+        px(&x, None),
+        px(&x, Some(&removed)),
+        px(&f32s(r.pasted), None),
+    ];
+    let img = crate::viz::maps::image_rows(&rows, n, ch, s, (s * a.scale.max(1) as usize) as u32);
+    let (w, h) = (img.width(), img.height());
     if let Some(dir) = a.output.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
@@ -522,21 +331,24 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
     let t0 = Instant::now();
     let train_set = load_split(&a.data, Split::Train, a.train_limit)?;
     let test_set = load_split(&a.data, Split::Test, a.test_limit)?;
-    let ((ftr, d), (fte, _)) = if is_mae(&a.weights) {
-        let l = load_mae::<InferBackend>(&a.weights, &device)?;
-        check_mae_shape(&l.config, &train_set, &a.data.data)?;
-        check_mae_shape(&l.config, &test_set, &a.data.data).context("test split")?;
-        let norm = stored_norm(&l.meta, l.config.in_chans, &a.weights, &a.data)?;
-        let f = |set: &ImageSet| extract_features(set, &norm, &device, |x| l.model.cls_features(x));
-        (f(&train_set), f(&test_set))
-    } else {
-        let l = super::commands::load_weights::<InferBackend>(&a.weights, &device)?;
-        let shape = super::commands::input_shape(&l.config);
-        super::commands::check_shape(shape, &train_set, &a.data.data)?;
-        super::commands::check_shape(shape, &test_set, &a.data.data).context("test split")?;
-        let norm = stored_norm(&l.meta, l.config.channels, &a.weights, &a.data)?;
-        let f = |set: &ImageSet| extract_features(set, &norm, &device, |x| l.model.features(x));
-        (f(&train_set), f(&test_set))
+    let ((ftr, d), (fte, _)) = match load(&a.weights)? {
+        Loaded::Mae(l) => {
+            check_mae_shape(&l.config, &train_set, &a.data.data)?;
+            check_mae_shape(&l.config, &test_set, &a.data.data).context("test split")?;
+            let norm = norm_or_train(l.normalization(l.config.in_chans)?, &a.data)?;
+            let f =
+                |set: &ImageSet| extract_features(set, &norm, &device, |x| l.model.cls_features(x));
+            (f(&train_set), f(&test_set))
+        }
+        other => {
+            let l = other.into_crate()?;
+            let shape = super::commands::input_shape(&l.config);
+            super::commands::check_shape(shape, &train_set, &a.data.data)?;
+            super::commands::check_shape(shape, &test_set, &a.data.data).context("test split")?;
+            let norm = norm_or_train(l.normalization(l.config.channels)?, &a.data)?;
+            let f = |set: &ImageSet| extract_features(set, &norm, &device, |x| l.model.features(x));
+            (f(&train_set), f(&test_set))
+        }
     };
     tracing::info!(
         "features: {} train, {} test, d = {d} ({:.0}s)",

@@ -8,18 +8,17 @@ use image::RgbImage;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
-use super::commands::{
-    load_split, load_weights, normalize_chw, read_image, stored_normalization, Loaded,
-};
+use super::commands::{load, load_split, normalize_chw, read_image};
 use super::{DataArgs, WeightArgs};
 use crate::data::{Format, Normalization, Split};
 use crate::model::inspect::{inspect_layer, LayerView};
 use crate::model::posembed::at_resolution;
+use crate::model::{Crate, CrateConfig};
 use crate::train::{measure_curves, Checkpoint, EpochMetrics};
 use crate::viz::maps::{attention_grid, display_image, pca_grid, PcaOptions};
 use crate::viz::report::{render_html, ReportInput};
 use crate::viz::save_png;
-use crate::weights::write_atomic;
+use crate::weights::{write_atomic, Weights};
 use crate::InferBackend;
 
 #[derive(Args, Debug)]
@@ -88,17 +87,18 @@ pub struct ReportArgs {
     pub out: Option<PathBuf>,
 }
 
-fn normalization(l: &Loaded<InferBackend>) -> Result<Normalization> {
+/// A CRATE classifier loaded for pictures.
+type Loaded = Weights<CrateConfig, Crate<InferBackend>>;
+
+fn normalization(l: &Loaded) -> Result<Normalization> {
     let c = l.config.channels;
-    Ok(
-        stored_normalization(&l.meta, c, &l.path)?.unwrap_or_else(|| {
-            tracing::warn!("no normalisation stored with the weights; using mean 0.5, std 0.5");
-            Normalization {
-                mean: vec![0.5; c],
-                std: vec![0.5; c],
-            }
-        }),
-    )
+    Ok(l.normalization(c)?.unwrap_or_else(|| {
+        tracing::warn!("no normalisation stored with the weights; using mean 0.5, std 0.5");
+        Normalization {
+            mean: vec![0.5; c],
+            std: vec![0.5; c],
+        }
+    }))
 }
 
 /// A batch of images (u8 CHW each) through the model up to `layer`, with display copies.
@@ -109,7 +109,7 @@ struct Looked {
 }
 
 fn look(
-    l: Loaded<InferBackend>,
+    l: Loaded,
     pixels: &[Vec<u8>],
     size: usize,
     layer: Option<usize>,
@@ -149,8 +149,7 @@ fn look(
 }
 
 fn look_at_files(p: &PictureArgs) -> Result<Looked> {
-    let device = Default::default();
-    let l = load_weights::<InferBackend>(&p.weights, &device)?;
+    let l = load(&p.weights)?.into_crate()?;
     let c = l.config.channels;
     if let Some(dir) = &p.data {
         let set = load_split(
@@ -257,7 +256,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
         strict: true,
     };
     let device = Default::default();
-    let l = load_weights::<InferBackend>(&w, &device)?;
+    let l = load(&w)?.into_crate()?;
     let cfg = l.config.clone();
     let mut final_curves = None;
     let mut pictures = Vec::new();

@@ -8,8 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::commands::{
-    check_shape, fresh_state, input_shape, load_split, load_weights, recipe_from, resume_run_with,
-    stored_normalization,
+    check_shape, fresh_state, input_shape, load, load_split, recipe_from, resume_run_with,
 };
 use super::{DataArgs, TrainArgs, WeightArgs};
 use crate::data::multicrop::MultiCrop;
@@ -21,7 +20,7 @@ use crate::train::ssl::{
     SslRunConfig, SslSettings,
 };
 use crate::train::{self, Checkpoint, LrSchedule, TrainOptimizer, TrainRun};
-use crate::weights::{apply_state_dict, canonical_ids, read_state_dict};
+use crate::weights::{apply_state_dict, canonical_ids, read_state_dict, Loaded};
 use crate::{InferBackend, TrainBackend};
 
 #[derive(Subcommand, Debug)]
@@ -360,12 +359,8 @@ pub fn train(d: DinoTrainArgs) -> Result<()> {
     let (top1, top5, terms, loss) = match last {
         Some(m) => (m.test_acc, m.test_top5, m.terms, m.train_loss),
         None => {
-            let w = WeightArgs {
-                weights: weights.clone(),
-                config: None,
-                strict: true,
-            };
-            let l = load_weights::<InferBackend>(&w, &device)?;
+            let l = crate::weights::load::<InferBackend>(&weights, None, true, &device)?
+                .into_crate()?;
             let mut b = train_set.clone();
             b.truncate(bank);
             let r = knn_eval(
@@ -437,16 +432,16 @@ pub fn knn(a: KnnArgs) -> Result<()> {
                 config: a.config.clone(),
                 strict: true,
             };
-            let (src, meta) = if super::mae::is_mae(&w) {
-                let l = super::mae::load_mae::<InferBackend>(&w, &device)?;
-                (FeatureSource::Mae(l.model), l.meta)
-            } else {
-                let l = load_weights::<InferBackend>(&w, &device)?;
-                check_shape(input_shape(&l.config), &train_set, &a.data.data)?;
-                (FeatureSource::Crate(l.model), l.meta)
+            let c = train_set.channels;
+            let (norm, src) = match load(&w)? {
+                Loaded::Mae(l) => (l.normalization(c)?, FeatureSource::Mae(l.model)),
+                other => {
+                    let l = other.into_crate()?;
+                    check_shape(input_shape(&l.config), &train_set, &a.data.data)?;
+                    (l.normalization(c)?, FeatureSource::Crate(l.model))
+                }
             };
-            let norm = stored_normalization(&meta, train_set.channels, p)?
-                .unwrap_or_else(|| Normalization::from_set(&train_set));
+            let norm = norm.unwrap_or_else(|| Normalization::from_set(&train_set));
             (src, norm, p.display().to_string())
         }
         (None, Some(_), true) => bail!("--pixels takes no --config"),

@@ -385,6 +385,12 @@ pub struct CrateMae<B: CrateBackend> {
     pub norm_pix_loss: bool,
 }
 
+/// What [`CrateMae::reconstruct`] draws: `removed` is 1 on the masked patches.
+pub struct Reconstruction<B: CrateBackend> {
+    pub removed: Tensor<B, 4>,
+    pub pasted: Tensor<B, 4>,
+}
+
 /// Per-sample random masking from noise, as `random_masking`: `ids_shuffle = argsort(noise)`,
 /// `ids_restore = argsort(ids_shuffle)`, keep the first `len_keep` of the shuffle; `mask` = 1 where removed.
 #[derive(Debug, Clone)]
@@ -529,6 +535,30 @@ impl<B: CrateBackend> CrateMae<B> {
         let pred = self.decoder_pred.forward(x);
         let pd = pred.dims()[1];
         pred.reshape([b, n, pd]).narrow(1, 1, n - 1)
+    }
+
+    /// The pictures of the MAE visualisations for images `x` `[b, C, H, W]` under `masking`:
+    /// the removed patches as an image (1 where removed) and the reconstruction with the visible
+    /// patches pasted back over the prediction (`norm_pix_loss` undone with each true patch's
+    /// statistics).
+    pub fn reconstruct(&self, x: Tensor<B, 4>, masking: Masking) -> Reconstruction<B> {
+        let out = self.forward_with(x.clone(), masking, &mut Activations::off());
+        let (p, ch) = (self.patch_size, self.in_chans);
+        let mut pred = out.pred;
+        if self.norm_pix_loss {
+            let (var, mean) = patchify(x.clone(), p).var_mean(2);
+            pred = pred * var.add_scalar(1e-6).sqrt() + mean;
+        }
+        let [b, len] = [out.masking.batch, out.masking.len];
+        let mask = Tensor::<B, 3>::from_data(
+            TensorData::new(out.masking.mask.clone(), [b, len, 1]),
+            &x.device(),
+        );
+        let removed = unpatchify(mask.expand([b, len, p * p * ch]), p, ch);
+        let keep = removed.clone().neg().add_scalar(1.0);
+        // Z = x ⊙ (1 − M) + pred ⊙ M
+        let pasted = x * keep + unpatchify(pred, p, ch) * removed.clone();
+        Reconstruction { removed, pasted }
     }
 
     /// Targets `[b, L, P²·C]`: patchified images, per-patch normalised with `norm_pix_loss`.

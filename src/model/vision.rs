@@ -170,11 +170,14 @@ impl CrateConfig {
     }
 
     pub fn from_json_file(path: &Path) -> Result<Self> {
-        super::read_json_config(path, |text| {
-            let cfg: Self = serde_json::from_str(text).context("not a valid CRATE config")?;
-            cfg.validate()?;
-            Ok(cfg)
-        })
+        super::read_json_config(path, Self::from_json)
+    }
+
+    /// A config JSON (the constructor arguments), validated.
+    pub fn from_json(text: &str) -> Result<Self> {
+        let cfg: Self = serde_json::from_str(text).context("not a valid CRATE config")?;
+        cfg.validate()?;
+        Ok(cfg)
     }
 
     pub fn validate(&self) -> Result<()> {

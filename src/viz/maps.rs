@@ -40,6 +40,44 @@ pub fn overlay(base: &RgbImage, heat: &[f32], alpha: f32) -> RgbImage {
     out
 }
 
+/// Normalised f32 CHW images (planes of `hw` pixels, channels as in `norm`) back to u8 pixels
+/// `v·std_c + mean_c` clamped to [0, 1]; where `grey` is above 0.5 the pixel is mid-grey.
+pub fn denormalize(
+    x: &[f32],
+    grey: Option<&[f32]>,
+    hw: usize,
+    norm: &crate::data::Normalization,
+) -> Vec<u8> {
+    let c = norm.mean.len();
+    x.iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            let v = if grey.is_some_and(|g| g[i] > 0.5) {
+                0.5
+            } else {
+                let k = (i / hw) % c;
+                v * norm.std[k] + norm.mean[k]
+            };
+            (v.clamp(0.0, 1.0) * 255.0).round() as u8
+        })
+        .collect()
+}
+
+/// One row per pixel buffer (`n` images of u8 CHW, `c × s × s` each), each image a `cell`-pixel
+/// display copy, without padding.
+pub fn image_rows(rows: &[Vec<u8>], n: usize, c: usize, s: usize, cell: u32) -> RgbImage {
+    let len = c * s * s;
+    let cells: Vec<Vec<RgbImage>> = rows
+        .iter()
+        .map(|px| {
+            (0..n)
+                .map(|i| display_image(&px[i * len..(i + 1) * len], c, s, s, cell))
+                .collect()
+        })
+        .collect();
+    grid(&cells, 0)
+}
+
 /// Rows of equally sized cells on a white background with `pad` pixels between them.
 pub fn grid(rows: &[Vec<RgbImage>], pad: u32) -> RgbImage {
     let cell = rows

@@ -41,6 +41,51 @@ pub fn read_state_dict(path: &Path) -> Result<StateDict> {
     Ok(sd)
 }
 
+/// Whether `path` starts like a safetensors file: a u64 header length, then the JSON header
+/// (the length's low byte can be 0x80, like a pickle's first byte, so the '{' decides).
+pub fn is_safetensors(path: &Path) -> bool {
+    let mut b = [0u8; 9];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok()
+        && b[8] == b'{'
+}
+
+/// The `__metadata__` of a safetensors file, read from its header alone (empty for a file that
+/// is not safetensors, e.g. a torch checkpoint).
+pub fn read_safetensors_metadata(path: &Path) -> Result<HashMap<String, String>> {
+    if !is_safetensors(path) {
+        return Ok(HashMap::new());
+    }
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let n = u64::from_le_bytes(n);
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    ensure!(
+        n <= len.saturating_sub(8),
+        "{}: not a valid safetensors file: header of {n} bytes in a file of {len}",
+        path.display()
+    );
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    #[derive(serde::Deserialize)]
+    struct Header {
+        #[serde(rename = "__metadata__", default)]
+        metadata: HashMap<String, String>,
+    }
+    let h: Header = serde_json::from_slice(&header).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not a valid safetensors file: bad header metadata: {e}",
+            path.display()
+        )
+    })?;
+    Ok(h.metadata)
+}
+
 /// Refuse a float tensor holding NaN or ±Inf (weights, inputs, outputs): the error says how many
 /// values and where the first one is, so a diverged run is never loaded or saved as if it were fine.
 pub fn check_finite(t: &TensorData) -> Result<()> {
