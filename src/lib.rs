@@ -1,6 +1,7 @@
 //! whitebox: CRATE white-box transformers ("White-Box Transformers via Sparse Rate Reduction")
 //! on burn. Model code is generic over `B: Backend`; the CPU default is `Autodiff<Flex>`.
 
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod measure;
