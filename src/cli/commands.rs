@@ -7,7 +7,7 @@ use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
 
-use super::{EvalArgs, ForwardArgs, InfoArgs, MeasureArgs, PredictArgs, TrainArgs, WeightArgs};
+use super::{EvalArgs, InfoArgs, MeasureArgs, PredictArgs, TrainArgs, WeightArgs};
 use crate::data::{self, Augment, Normalization, Split};
 use crate::model::{Activations, CrateBackend, CrateConfig};
 use crate::train::{self, Checkpoint, OptimSettings, Recipe, TrainOptimizer, TrainRun, TrainState};
@@ -319,11 +319,8 @@ fn config_from_flags(a: &TrainArgs) -> Result<CrateConfig> {
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
+    // the run lock is held by the caller (`cli::train`)
     let device = Default::default();
-    let _lock = train::checkpoint::RunLock::acquire(&a.run_dir)?;
-    if super::tost::wants_tost(&a) {
-        return super::tost::train(a);
-    }
     let config_flags = |run: &CrateConfig| -> Result<Vec<(&'static str, Option<String>, String)>> {
         let same = |c: &CrateConfig| serde_json::to_value(c).ok() == serde_json::to_value(run).ok();
         let mut v = vec![("--arch", a.arch.clone(), run.arch.to_string())];
@@ -583,33 +580,6 @@ pub(super) fn read_input<B: CrateBackend>(
 ) -> Result<Tensor<B, 4>> {
     let input = read_input_tensor(path, "input", &want)?;
     Ok(Tensor::from_data(input.convert::<f32>(), device))
-}
-
-pub fn forward(a: ForwardArgs) -> Result<()> {
-    let device = Default::default();
-    match load(&a.weights)? {
-        Loaded::Lm(l) => super::lm::forward(&a, l),
-        Loaded::Mae(l) => super::mae::forward(a, l),
-        Loaded::Tost(l) => {
-            let x = read_input::<InferBackend>(&a.input, l.config.input_shape(), &device)?;
-            ensure!(
-                !a.activations,
-                "--activations is not available for ToST (logits only)"
-            );
-            let logits = l.model.forward(x).into_data();
-            write_forward(&a.output, logits, Activations::<InferBackend>::off())
-        }
-        Loaded::Crate(l) => {
-            let x = read_input::<InferBackend>(&a.input, input_shape(&l.config), &device)?;
-            let mut acts = Activations::recording(a.activations);
-            let logits = l.model.forward_with(x, &mut acts);
-            write_forward(&a.output, logits.into_data(), acts)
-        }
-        Loaded::Bert(l) => bail!(
-            "{}: `forward` does not run CRATE-BERT; use `whitebox bert fill-mask`",
-            l.path.display()
-        ),
-    }
 }
 
 /// Write `logits` and any captured activations (golden names) as one safetensors file.

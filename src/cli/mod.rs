@@ -3,6 +3,7 @@
 mod bench;
 pub mod bert;
 mod commands;
+mod forward;
 pub mod lm;
 mod mae;
 mod pictures;
@@ -374,10 +375,10 @@ pub fn run() -> anyhow::Result<()> {
         <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let given = given_flags(&matches);
     match cli.command {
-        None => commands::train(TrainArgs::default_args()),
+        None => train(TrainArgs::default_args()),
         Some(Command::Train(mut a)) => {
             a.given = given;
-            commands::train(a)
+            train(a)
         }
         Some(Command::Mae(MaeCommand::Train(mut a))) => {
             a.train.given = given;
@@ -391,7 +392,7 @@ pub fn run() -> anyhow::Result<()> {
         }
         Some(Command::Eval(a)) => commands::eval(a),
         Some(Command::Predict(a)) => commands::predict(a),
-        Some(Command::Forward(a)) => commands::forward(a),
+        Some(Command::Forward(a)) => forward::forward(a),
         Some(Command::Info(a)) => commands::info(a),
         Some(Command::Bench(a)) => bench::bench(a),
         Some(Command::Measure(a)) => commands::measure(a),
@@ -404,6 +405,16 @@ pub fn run() -> anyhow::Result<()> {
         Some(Command::Bert(a)) => bert::run(a),
         Some(Command::Dino(c)) => ssl::run(c),
         Some(Command::Knn(a)) => ssl::knn(a),
+    }
+}
+
+/// `whitebox train`: a ToST run (`tost.rs`) or a CRATE run (`commands.rs`), holding the run's lock.
+fn train(a: TrainArgs) -> anyhow::Result<()> {
+    let _lock = crate::train::checkpoint::RunLock::acquire(&a.run_dir)?;
+    if tost::wants_tost(&a) {
+        tost::train(a)
+    } else {
+        commands::train(a)
     }
 }
 

@@ -29,7 +29,7 @@ pub fn wants_tost(a: &TrainArgs) -> bool {
 /// `whitebox train` of a ToST classifier (fresh, `--init-from` weights, or `--resume`).
 pub fn train(a: TrainArgs) -> Result<()> {
     let device = Default::default();
-    // the run lock is held by the caller (`commands::train`)
+    // the run lock is held by the caller (`cli::train`)
     let arch_flag = |_: &TostConfig| -> Result<Vec<(&'static str, Option<String>, String)>> {
         Ok(vec![("--arch", a.arch.clone(), ARCH_TOST.to_string())])
     };
