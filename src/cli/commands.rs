@@ -505,34 +505,6 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// Decode, convert to the model's channel count, resize and normalise one image.
-/// Decode one image into u8 CHW pixels with `c` channels, resized to `size × size`.
-pub(super) fn read_image(path: &Path, c: usize, size: usize) -> Result<Vec<u8>> {
-    ensure!(
-        c == 1 || c == 3,
-        "image inputs need a 1- or 3-channel model, this one has {c}"
-    );
-    let s = size as u32;
-    let img = crate::data::folder::open_image(path)?.resize_exact(
-        s,
-        s,
-        image::imageops::FilterType::Triangle,
-    );
-    Ok(crate::data::folder::to_chw(&img, c))
-}
-
-/// u8 CHW pixels of one image → normalised f32 (`(v/255 − mean_c)/std_c`).
-pub(super) fn normalize_chw(px: &[u8], norm: &Normalization) -> Vec<f32> {
-    let hw = px.len() / norm.mean.len();
-    px.iter()
-        .enumerate()
-        .map(|(i, v)| {
-            let c = i / hw;
-            (*v as f32 / 255.0 - norm.mean[c]) / norm.std[c]
-        })
-        .collect()
-}
-
 /// Top-k labels of a classifier (CRATE or ToST) per image.
 pub fn predict(a: PredictArgs) -> Result<()> {
     let l = load(&a.weights)?.into_image_classifier()?;
@@ -549,7 +521,7 @@ pub fn predict(a: PredictArgs) -> Result<()> {
         .meta_json("class_names")?
         .unwrap_or_else(|| (0..l.config.num_classes).map(|i| i.to_string()).collect());
     for path in &a.images {
-        let px = normalize_chw(&read_image(path, c, s)?, &norm);
+        let px = norm.apply_chw(&data::folder::read_image(path, c, s)?);
         let x = Tensor::<InferBackend, 4>::from_data(TensorData::new(px, [1, c, s, s]), &device);
         let probs = burn::tensor::activation::softmax(l.model.forward(x), 1);
         let p: Vec<f32> = probs.into_data().to_vec().unwrap();

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::commands::{
-    fresh_state, given, load, load_split, norm_or_train, recipe_from, resume_run,
+    check_shape, fresh_state, given, load, load_split, norm_or_train, recipe_from, resume_run,
 };
 use super::{ForwardArgs, MaeTrainArgs, ProbeArgs, ReconstructArgs};
 use crate::data::{self, batch_rng, Augment, Batcher, ImageSet, Split};
@@ -24,7 +24,7 @@ use crate::train::ssl::extract_features;
 use crate::train::{self, Checkpoint, TrainOptimizer, TrainRun};
 use crate::weights::{
     apply_state_dict, canonical_ids, check_finite, read_input_tensor, read_safetensors_all,
-    read_state_dict, safetensors_bytes, write_atomic, Loaded, StateDict, Weights,
+    read_state_dict, safetensors_bytes, write_atomic, StateDict, Weights,
 };
 use crate::{InferBackend, TrainBackend};
 
@@ -331,25 +331,12 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
     let t0 = Instant::now();
     let train_set = load_split(&a.data, Split::Train, a.train_limit)?;
     let test_set = load_split(&a.data, Split::Test, a.test_limit)?;
-    let ((ftr, d), (fte, _)) = match load(&a.weights)? {
-        Loaded::Mae(l) => {
-            check_mae_shape(&l.config, &train_set, &a.data.data)?;
-            check_mae_shape(&l.config, &test_set, &a.data.data).context("test split")?;
-            let norm = norm_or_train(l.normalization(l.config.in_chans)?, &a.data)?;
-            let f =
-                |set: &ImageSet| extract_features(set, &norm, &device, |x| l.model.cls_features(x));
-            (f(&train_set), f(&test_set))
-        }
-        other => {
-            let l = other.into_crate()?;
-            let shape = super::commands::input_shape(&l.config);
-            super::commands::check_shape(shape, &train_set, &a.data.data)?;
-            super::commands::check_shape(shape, &test_set, &a.data.data).context("test split")?;
-            let norm = norm_or_train(l.normalization(l.config.channels)?, &a.data)?;
-            let f = |set: &ImageSet| extract_features(set, &norm, &device, |x| l.model.features(x));
-            (f(&train_set), f(&test_set))
-        }
-    };
+    let l = load(&a.weights)?.into_features()?;
+    check_shape(l.config, &train_set, &a.data.data)?;
+    check_shape(l.config, &test_set, &a.data.data).context("test split")?;
+    let norm = norm_or_train(l.normalization(l.config[0])?, &a.data)?;
+    let f = |set: &ImageSet| extract_features(set, &norm, &device, |x| l.model.extract(x));
+    let ((ftr, d), (fte, _)) = (f(&train_set), f(&test_set));
     tracing::info!(
         "features: {} train, {} test, d = {d} ({:.0}s)",
         train_set.len(),

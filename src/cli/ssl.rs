@@ -1,7 +1,6 @@
 //! Self-supervised CRATE commands: `dino train` (DINO / SimDINO) and `knn`.
 
 use anyhow::{bail, ensure, Context, Result};
-use burn::tensor::Tensor;
 use clap::{Args, Subcommand};
 use serde_json::json;
 use std::path::PathBuf;
@@ -13,14 +12,15 @@ use super::commands::{
 use super::{DataArgs, TrainArgs, WeightArgs};
 use crate::data::multicrop::MultiCrop;
 use crate::data::{Augment, Normalization, Split};
+use crate::model::features::Features;
 use crate::model::ssl::{HeadConfig, SslConfig, SslLoss, STUDENT_PREFIX};
 use crate::model::CrateConfig;
 use crate::train::ssl::{
-    knn_eval, read_checkpoint_weights, DinoSettings, KnnResult, McrSettings, SelfDistillTask,
-    SslRunConfig, SslSettings,
+    knn_eval, read_checkpoint_weights, DinoSettings, McrSettings, SelfDistillTask, SslRunConfig,
+    SslSettings,
 };
 use crate::train::{self, Checkpoint, LrSchedule, TrainOptimizer, TrainRun};
-use crate::weights::{apply_state_dict, canonical_ids, read_state_dict, Loaded};
+use crate::weights::{apply_state_dict, canonical_ids, read_state_dict};
 use crate::{InferBackend, TrainBackend};
 
 #[derive(Subcommand, Debug)]
@@ -396,13 +396,6 @@ pub fn train(d: DinoTrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Features `[n, d]` for `whitebox knn`: the model's (`features`) or the normalised pixels.
-enum FeatureSource {
-    Pixels,
-    Crate(crate::model::Crate<InferBackend>),
-    Mae(crate::model::mae::CrateMae<InferBackend>),
-}
-
 /// `whitebox knn`: DINO's weighted k-NN on cosine similarity of frozen features; the train split
 /// is the neighbours, the test split the queries.
 pub fn knn(a: KnnArgs) -> Result<()> {
@@ -412,7 +405,7 @@ pub fn knn(a: KnnArgs) -> Result<()> {
     let test_set = load_split(&a.data, Split::Test, a.test_limit)?;
     let (source, norm, what) = match (&a.weights, &a.config, a.pixels) {
         (None, None, true) => (
-            FeatureSource::Pixels,
+            Features::Pixels,
             Normalization::from_set(&train_set),
             "pixels".to_string(),
         ),
@@ -421,7 +414,7 @@ pub fn knn(a: KnnArgs) -> Result<()> {
             check_shape(input_shape(&cfg), &train_set, &a.data.data)?;
             <InferBackend as burn::tensor::backend::Backend>::seed(&device, a.seed);
             (
-                FeatureSource::Crate(cfg.init::<InferBackend>(&device)),
+                Features::Crate(cfg.init::<InferBackend>(&device)),
                 Normalization::from_set(&train_set),
                 format!("random-init CRATE {spec} (seed {})", a.seed),
             )
@@ -432,54 +425,26 @@ pub fn knn(a: KnnArgs) -> Result<()> {
                 config: a.config.clone(),
                 strict: true,
             };
-            let c = train_set.channels;
-            let (norm, src) = match load(&w)? {
-                Loaded::Mae(l) => (l.normalization(c)?, FeatureSource::Mae(l.model)),
-                other => {
-                    let l = other.into_crate()?;
-                    check_shape(input_shape(&l.config), &train_set, &a.data.data)?;
-                    (l.normalization(c)?, FeatureSource::Crate(l.model))
-                }
-            };
-            let norm = norm.unwrap_or_else(|| Normalization::from_set(&train_set));
-            (src, norm, p.display().to_string())
+            let l = load(&w)?.into_features()?;
+            check_shape(l.config, &train_set, &a.data.data)?;
+            let norm = l
+                .normalization(train_set.channels)?
+                .unwrap_or_else(|| Normalization::from_set(&train_set));
+            (l.model, norm, p.display().to_string())
         }
         (None, Some(_), true) => bail!("--pixels takes no --config"),
         (None, None, false) => bail!("give --weights W, --config C (random init) or --pixels"),
         (Some(_), _, true) => unreachable!("clap refuses --weights with --pixels"),
     };
-    let r: KnnResult = match &source {
-        FeatureSource::Pixels => knn_eval(
-            &train_set,
-            &test_set,
-            &norm,
-            a.k,
-            a.temperature,
-            &device,
-            |x: Tensor<InferBackend, 4>| {
-                let [n, c, h, w] = x.dims();
-                x.reshape([n, c * h * w])
-            },
-        )?,
-        FeatureSource::Crate(m) => knn_eval(
-            &train_set,
-            &test_set,
-            &norm,
-            a.k,
-            a.temperature,
-            &device,
-            |x| m.features(x),
-        )?,
-        FeatureSource::Mae(m) => knn_eval(
-            &train_set,
-            &test_set,
-            &norm,
-            a.k,
-            a.temperature,
-            &device,
-            |x| m.cls_features(x),
-        )?,
-    };
+    let r = knn_eval(
+        &train_set,
+        &test_set,
+        &norm,
+        a.k,
+        a.temperature,
+        &device,
+        |x| source.extract(x),
+    )?;
     println!(
         "k-NN (k = {}, T = {}) on {}: top-1 {:.2}%  top-5 {:.2}%  ({} test images, {} neighbours, {:.0}s)",
         a.k,

@@ -54,6 +54,18 @@ impl Normalization {
         Ok(())
     }
 
+    /// u8 CHW pixels of one image → normalised f32 (`(v/255 − mean_c)/std_c`).
+    pub fn apply_chw(&self, px: &[u8]) -> Vec<f32> {
+        let hw = px.len() / self.mean.len();
+        px.iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let c = i / hw;
+                (*v as f32 / 255.0 - self.mean[c]) / self.std[c]
+            })
+            .collect()
+    }
+
     pub fn from_set(set: &ImageSet) -> Self {
         let (c, hw) = (set.channels, set.height * set.width);
         let mut sum = vec![0f64; c];

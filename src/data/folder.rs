@@ -17,6 +17,17 @@ pub fn open_image(path: &Path) -> Result<image::DynamicImage> {
 }
 
 /// CHW u8 pixels of an image as 1 (gray) or 3 (RGB) channels.
+/// Decode one image into u8 CHW pixels with `c` channels (1 or 3), resized to `size × size`.
+pub fn read_image(path: &Path, c: usize, size: usize) -> Result<Vec<u8>> {
+    anyhow::ensure!(
+        c == 1 || c == 3,
+        "image inputs need a 1- or 3-channel model, this one has {c}"
+    );
+    let s = size as u32;
+    let img = open_image(path)?.resize_exact(s, s, image::imageops::FilterType::Triangle);
+    Ok(to_chw(&img, c))
+}
+
 pub fn to_chw(img: &image::DynamicImage, channels: usize) -> Vec<u8> {
     if channels == 1 {
         return img.to_luma8().into_raw();

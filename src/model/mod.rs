@@ -4,6 +4,7 @@ pub mod alpha;
 pub mod arch;
 pub mod bert;
 pub mod blocks;
+pub mod features;
 pub mod fused;
 pub mod gemm;
 pub mod inspect;

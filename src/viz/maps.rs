@@ -6,7 +6,11 @@ use image::{imageops::FilterType, ImageBuffer, Luma, Rgb, RgbImage};
 use nalgebra::{DMatrix, SymmetricEigen};
 
 use super::{heat_color, min_max};
-use crate::model::inspect::LayerView;
+use crate::data::Normalization;
+use crate::model::inspect::{inspect_layer, LayerView};
+use crate::model::posembed::at_resolution;
+use crate::model::{Crate, CrateBackend, CrateConfig};
+use burn::tensor::{Tensor, TensorData};
 
 /// Display copy of an image given as u8 CHW pixels (1 or 3 channels), scaled to `cell` pixels.
 pub fn display_image(px: &[u8], c: usize, h: usize, w: usize, cell: u32) -> RgbImage {
@@ -76,6 +80,54 @@ pub fn image_rows(rows: &[Vec<u8>], n: usize, c: usize, s: usize, cell: u32) -> 
         })
         .collect();
     grid(&cells, 0)
+}
+
+/// A batch of images (u8 CHW each) through a CRATE up to a layer, with display copies: what
+/// [`attention_grid`] and [`pca_grid`] draw.
+pub struct Looked {
+    pub view: LayerView,
+    pub display: Vec<RgbImage>,
+    /// Patches per side.
+    pub grid: usize,
+}
+
+/// Images of `size` pixels (u8 CHW, normalised with `norm`) through `model` (its position
+/// embedding resampled from the trained size) up to `layer` (default: the last), and display
+/// copies of `cell` pixels (default: the smallest multiple of the size ≥ 128).
+pub fn look<B: CrateBackend>(
+    model: Crate<B>,
+    cfg: &CrateConfig,
+    norm: &Normalization,
+    pixels: &[Vec<u8>],
+    size: usize,
+    layer: Option<usize>,
+    cell: Option<u32>,
+) -> Result<Looked> {
+    let model = at_resolution(model, cfg.image_size, size)?;
+    let depth = cfg.depth;
+    let layer = layer.unwrap_or(depth.saturating_sub(1));
+    ensure!(
+        layer < depth,
+        "--layer {layer} is out of range: the model has {depth} layers (0..={})",
+        depth.saturating_sub(1)
+    );
+    let c = cfg.channels;
+    let x: Vec<f32> = pixels.iter().flat_map(|px| norm.apply_chw(px)).collect();
+    let x = Tensor::<B, 4>::from_data(
+        TensorData::new(x, [pixels.len(), c, size, size]),
+        &Default::default(),
+    );
+    let view = inspect_layer(&model, x, layer)?;
+    let cell = cell.unwrap_or_else(|| (size as u32) * 128u32.div_ceil(size as u32));
+    let display = pixels
+        .iter()
+        .map(|px| display_image(px, c, size, size, cell))
+        .collect();
+    Ok(Looked {
+        view,
+        display,
+        grid: size / cfg.patch_size,
+    })
 }
 
 /// Rows of equally sized cells on a white background with `pad` pixels between them.

@@ -1,14 +1,18 @@
 //! `whitebox report`: one self-contained HTML page for a run directory (inline SVG plots and
 //! `data:` PNGs, no scripts, no network), so it opens offline in any browser.
 
-use anyhow::Result;
+use anyhow::{ensure, Context, Result};
 use image::RgbImage;
 use std::fmt::Write;
+use std::io::BufRead;
+use std::path::Path;
 
 use super::curves::{draw_layer_curves, draw_training_curves, render_svg, CURVES_SIZE};
+use super::maps::{attention_grid, look, pca_grid, PcaOptions};
 use super::png_data_uri;
+use crate::data::{ImageSet, Normalization};
 use crate::measure::LayerCurves;
-use crate::train::EpochMetrics;
+use crate::train::{measure_curves, Checkpoint, EpochMetrics};
 
 /// Everything the page shows; built by the CLI from a run directory.
 pub struct ReportInput<'a> {
@@ -155,4 +159,115 @@ pub fn render_html(r: &ReportInput) -> Result<String> {
         escape(&r.title),
         body
     ))
+}
+
+/// Every epoch recorded in `metrics.jsonl`; a resumed run's repeated epochs keep the last entry.
+pub fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut out: Vec<EpochMetrics> = Vec::new();
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let m: EpochMetrics = serde_json::from_str(&line)
+            .with_context(|| format!("{} line {}: not a metrics record", path.display(), i + 1))?;
+        out.retain(|o| o.epoch != m.epoch);
+        out.push(m);
+    }
+    out.sort_by_key(|m| m.epoch);
+    Ok(out)
+}
+
+/// The page of the run in `run_dir` (`metrics.jsonl` and `checkpoint/`): the curves, and — with
+/// `test` images (and the folder they came from) — the per-layer measures of the final weights on
+/// `measure_images` of them and the attention and PCA maps of the first `images`. Also returns
+/// the number of epochs recorded.
+pub fn run_report(
+    run_dir: &Path,
+    test: Option<(&Path, &ImageSet)>,
+    images: usize,
+    measure_images: usize,
+) -> Result<(String, usize)> {
+    type B = crate::InferBackend;
+    let metrics = read_metrics(&run_dir.join("metrics.jsonl"))?;
+    let ckpt = Checkpoint::dir(run_dir).join("model.safetensors");
+    ensure!(
+        ckpt.exists(),
+        "{}: no checkpoint (expected {})",
+        run_dir.display(),
+        ckpt.display()
+    );
+    let device = Default::default();
+    let l = crate::weights::load::<B>(&ckpt, None, true, &device)?.into_crate()?;
+    let cfg = l.config.clone();
+    let mut final_curves = None;
+    let mut pictures = Vec::new();
+    if let Some((data, set)) = test {
+        {
+            ensure!(
+                set.channels == cfg.channels
+                    && set.height == cfg.image_size
+                    && set.width == cfg.image_size,
+                "{}: images are {}×{}×{}, the model of {} expects {}×{}×{}",
+                data.display(),
+                set.channels,
+                set.height,
+                set.width,
+                run_dir.display(),
+                cfg.channels,
+                cfg.image_size,
+                cfg.image_size
+            );
+            let norm = l.normalization(cfg.channels)?.unwrap_or_else(|| {
+                tracing::warn!("no normalisation stored with the weights; using mean 0.5, std 0.5");
+                Normalization {
+                    mean: vec![0.5; cfg.channels],
+                    std: vec![0.5; cfg.channels],
+                }
+            });
+            let curves = measure_curves(&l.model, set, &norm, measure_images, &device)?;
+            final_curves = Some((
+                format!(
+                    "final weights, {} test images",
+                    measure_images.min(set.len())
+                ),
+                curves,
+            ));
+            let k = images.min(set.len());
+            if k > 0 {
+                let pixels: Vec<Vec<u8>> = (0..k).map(|i| set.image(i).to_vec()).collect();
+                let names: Vec<String> = (0..k)
+                    .map(|i| {
+                        set.class_names
+                            .get(set.labels[i] as usize)
+                            .cloned()
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                let last = cfg.depth - 1;
+                let looked = look(l.model, &cfg, &norm, &pixels, cfg.image_size, None, None)?;
+                pictures.push((
+                    format!(
+                        "Attention of the cls token at layer {last} ({}): per row the input, the average over heads, then each head",
+                        names.join(", ")
+                    ),
+                    attention_grid(&looked.view, &looked.display, looked.grid)?,
+                ));
+                pictures.push((
+                    format!("PCA of the layer-{last} features U^T LN(Z): first three components as RGB, fitted over these images"),
+                    pca_grid(&looked.view, &looked.display, looked.grid, PcaOptions::default())?,
+                ));
+            }
+        }
+    }
+    let page = render_html(&ReportInput {
+        title: format!("whitebox run {}", run_dir.display()),
+        config_json: serde_json::to_string_pretty(&cfg)?,
+        parameters: cfg.param_count(),
+        metrics: &metrics,
+        final_curves,
+        pictures,
+    })?;
+    Ok((page, metrics.len()))
 }

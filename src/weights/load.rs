@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use super::{apply_state_dict, read_state_dict, StateDict};
 use crate::data::Normalization;
 use crate::model::bert::{untie_state_dict, BertConfig, CrateBert};
+use crate::model::features::Features;
 use crate::model::lm::{self, CausalLm, LmConfig};
 use crate::model::mae::{CrateMae, MaeConfig};
 use crate::model::tost::{self, Tost, TostConfig};
@@ -559,6 +560,28 @@ impl<B: CrateBackend> Loaded<B> {
                 path: w.path,
             },
             other => return Err(other.not("a classifier")),
+        })
+    }
+}
+
+impl<B: CrateBackend> Loaded<B> {
+    /// The frozen-feature view of a CRATE (head input `LN(cls)`) or a CRATE-MAE encoder (cls
+    /// feature), with the input shape `[channels, height, width]` it takes; else an error.
+    pub fn into_features(self) -> Result<Weights<[usize; 3], Features<B>>> {
+        Ok(match self {
+            Loaded::Crate(w) => Weights {
+                config: [w.config.channels, w.config.image_size, w.config.image_size],
+                model: Features::Crate(w.model),
+                meta: w.meta,
+                path: w.path,
+            },
+            Loaded::Mae(w) => Weights {
+                config: [w.config.in_chans, w.config.img_size, w.config.img_size],
+                model: Features::Mae(w.model),
+                meta: w.meta,
+                path: w.path,
+            },
+            other => return Err(other.not("a CRATE or CRATE-MAE to take features from")),
         })
     }
 }
