@@ -155,6 +155,42 @@ pub(super) fn fresh_state(recipe: Recipe, a: &TrainArgs) -> TrainState {
     }
 }
 
+/// The train and test splits of a run (the state's limits), each checked by `check`; the state's
+/// normalisation is filled in from the training split, the run folder exists and Ctrl-C saves a
+/// checkpoint from here on.
+pub(super) fn run_splits(
+    a: &TrainArgs,
+    state: &mut TrainState,
+    check: impl Fn(&data::ImageSet) -> Result<()>,
+) -> Result<(data::ImageSet, data::ImageSet)> {
+    let train_set = load_split(&a.data, Split::Train, state.train_limit)?;
+    let test_set = load_split(&a.data, Split::Test, state.test_limit)?;
+    check(&train_set)?;
+    check(&test_set).context("the test split differs from the model")?;
+    state.fill_from(&train_set);
+    std::fs::create_dir_all(&a.run_dir)
+        .with_context(|| format!("cannot create {}", a.run_dir.display()))?;
+    train::save_on_interrupt();
+    Ok((train_set, test_set))
+}
+
+/// What `train::fit` needs of the flags, for the splits of [`run_splits`].
+pub(super) fn train_run<'a>(
+    a: &TrainArgs,
+    train_set: &'a data::ImageSet,
+    test_set: &'a data::ImageSet,
+) -> TrainRun<'a> {
+    TrainRun {
+        run_dir: a.run_dir.clone(),
+        train: train_set,
+        test: test_set,
+        show_progress: !a.json,
+        stop_after: a.stop_after,
+        measure_every: a.measure_every,
+        measure_images: a.measure_images,
+    }
+}
+
 /// A run restored for `--resume`: config, state, weights and optimizer.
 pub type Resumed<C, M> = (C, TrainState, M, TrainOptimizer<M, TrainBackend>);
 
@@ -406,11 +442,9 @@ pub(super) fn run_classifier<T: train::Task<TrainBackend>>(
     use burn::module::AutodiffModule;
     let device = Default::default();
     let t_start = Instant::now();
-    let train_set = load_split(&a.data, Split::Train, state.train_limit)?;
-    let test_set = load_split(&a.data, Split::Test, state.test_limit)?;
-    check_shape(shape.input, &train_set, &a.data.data)?;
-    check_shape(shape.input, &test_set, &a.data.data)
-        .context("the test split differs from the model")?;
+    let (train_set, test_set) = run_splits(a, &mut state, |set| {
+        check_shape(shape.input, set, &a.data.data)
+    })?;
     ensure!(
         train_set.num_classes() <= shape.num_classes,
         "{}: {} classes but the model has num_classes = {}",
@@ -422,12 +456,10 @@ pub(super) fn run_classifier<T: train::Task<TrainBackend>>(
         set.check_labels(shape.num_classes)
             .with_context(|| format!("{}: {split} split", a.data.data.display()))?;
     }
-    state.fill_from(&train_set);
     state
         .normalization
         .validate(shape.input[0])
         .context("the run's normalisation")?;
-    train::save_on_interrupt();
     tracing::info!(
         "training {} params on {} images ({} test) from {}, {} epochs",
         shape.params,
@@ -436,15 +468,7 @@ pub(super) fn run_classifier<T: train::Task<TrainBackend>>(
         a.data.data.display(),
         state.recipe.epochs
     );
-    let run = TrainRun {
-        run_dir: a.run_dir.clone(),
-        train: &train_set,
-        test: &test_set,
-        show_progress: !a.json,
-        stop_after: a.stop_after,
-        measure_every: a.measure_every,
-        measure_images: a.measure_images,
-    };
+    let run = train_run(a, &train_set, &test_set);
     // a resumed run that has already finished trains no further: evaluate the weights as saved
     let no_epoch = a.stop_after == Some(0) || state.epoch >= state.recipe.epochs;
     let finished = no_epoch.then(|| model.valid());

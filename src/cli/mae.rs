@@ -5,7 +5,7 @@ use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::LinearConfig;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::json;
@@ -14,17 +14,18 @@ use std::time::Instant;
 
 use super::commands::{
     check_shape, fresh_state, given, load, load_split, norm_or_train, recipe_from, resume_run,
+    run_splits, train_run,
 };
 use super::{ForwardArgs, MaeTrainArgs, ProbeArgs, ReconstructArgs};
 use crate::data::{self, batch_rng, Augment, Batcher, ImageSet, Split};
-use crate::model::mae::{unpatchify, CrateMae, MaeConfig};
+use crate::model::mae::{CrateMae, MaeConfig};
 use crate::model::Activations;
 use crate::train::mae::{evaluate_mae, Reconstruct};
 use crate::train::ssl::extract_features;
-use crate::train::{self, Checkpoint, TrainOptimizer, TrainRun};
+use crate::train::{self, Checkpoint, TrainOptimizer};
 use crate::weights::{
     apply_state_dict, canonical_ids, check_finite, read_input_tensor, read_safetensors_all,
-    read_state_dict, safetensors_bytes, write_atomic, StateDict, Weights,
+    read_state_dict, safetensors_bytes, write_atomic, Weights,
 };
 use crate::{InferBackend, TrainBackend};
 
@@ -54,31 +55,10 @@ pub fn forward(a: ForwardArgs, l: Weights<MaeConfig, CrateMae<InferBackend>>) ->
     let masking = l
         .model
         .masking(b, noise.as_deref(), &mut StdRng::seed_from_u64(0));
-    let mut acts = if a.activations {
-        Activations::on()
-    } else {
-        Activations::off()
-    };
+    let mut acts = Activations::recording(a.activations);
     let out = l.model.forward_with(x, masking, &mut acts);
-    let m = &out.masking;
-    let (len, keep) = (m.len, m.len_keep);
-    let mut sd = StateDict::new();
-    let recon = unpatchify(out.pred.clone(), c.patch_size, c.in_chans);
-    sd.insert("pred".into(), out.pred.into_data().convert::<f32>());
-    sd.insert("recon_img".into(), recon.into_data().convert::<f32>());
-    let loss: f32 = out.loss.into_scalar().elem();
-    sd.insert(
-        "loss".into(),
-        TensorData::new(vec![loss], Vec::<usize>::new()),
-    );
-    sd.insert("mask".into(), TensorData::new(m.mask.clone(), [b, len]));
-    for (k, v, w) in [
-        ("ids_restore", &m.ids_restore, len),
-        ("ids_shuffle", &m.ids_shuffle, len),
-        ("ids_keep", &m.ids_keep, keep),
-    ] {
-        sd.insert(k.into(), TensorData::new(v.clone(), [b, w]));
-    }
+    let mut sd = out.into_state_dict(c.patch_size, c.in_chans);
+    let loss = sd["loss"].to_vec::<f32>().unwrap()[0];
     for cap in acts.into_vec() {
         sd.insert(cap.name, TensorData::new(cap.values, cap.shape));
     }
@@ -179,14 +159,9 @@ pub fn train(m: MaeTrainArgs) -> Result<()> {
         (config, fresh_state(recipe, a), model, optim)
     };
     let mut state = state;
-    let train_set = load_split(&a.data, Split::Train, state.train_limit)?;
-    let test_set = load_split(&a.data, Split::Test, state.test_limit)?;
-    check_mae_shape(&config, &train_set, &a.data.data)?;
-    check_mae_shape(&config, &test_set, &a.data.data).context("test split")?;
-    state.fill_from(&train_set);
-    std::fs::create_dir_all(&a.run_dir)
-        .with_context(|| format!("cannot create {}", a.run_dir.display()))?;
-    train::save_on_interrupt();
+    let (train_set, test_set) = run_splits(a, &mut state, |set| {
+        check_mae_shape(&config, set, &a.data.data)
+    })?;
     tracing::info!(
         "MAE pre-training {} params on {} images ({} test) from {}, mask ratio {}, {} epochs",
         config.param_count(),
@@ -211,15 +186,7 @@ pub fn train(m: MaeTrainArgs) -> Result<()> {
     } else {
         None
     };
-    let run = TrainRun {
-        run_dir: a.run_dir.clone(),
-        train: &train_set,
-        test: &test_set,
-        show_progress: !a.json,
-        stop_after: a.stop_after,
-        measure_every: 0,
-        measure_images: 0,
-    };
+    let run = train_run(a, &train_set, &test_set);
     let task = Reconstruct { config };
     let last = train::fit(&run, &task, model, optim, state, &device)?;
     let dir = Checkpoint::dir(&a.run_dir);

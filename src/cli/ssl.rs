@@ -1,6 +1,6 @@
 //! Self-supervised CRATE commands: `dino train` (DINO / SimDINO) and `knn`.
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use std::path::PathBuf;
@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::commands::{
     check_shape, fresh_state, input_shape, load, load_split, recipe_from, resume_run_with,
+    run_splits, train_run,
 };
 use super::{DataArgs, TrainArgs, WeightArgs};
 use crate::data::multicrop::MultiCrop;
@@ -19,7 +20,7 @@ use crate::train::ssl::{
     knn_eval, read_checkpoint_weights, DinoSettings, McrSettings, SelfDistillTask, SslRunConfig,
     SslSettings,
 };
-use crate::train::{self, Checkpoint, LrSchedule, TrainOptimizer, TrainRun};
+use crate::train::{self, Checkpoint, LrSchedule, TrainOptimizer};
 use crate::weights::{apply_state_dict, canonical_ids, read_state_dict};
 use crate::{InferBackend, TrainBackend};
 
@@ -315,15 +316,9 @@ pub fn train(d: DinoTrainArgs) -> Result<()> {
         (config, fresh_state(recipe, a), model, optim)
     };
     let mut state = state;
-    let train_set = load_split(&a.data, Split::Train, state.train_limit)?;
-    let test_set = load_split(&a.data, Split::Test, state.test_limit)?;
     let shape = input_shape(&config.model.backbone);
-    check_shape(shape, &train_set, &a.data.data)?;
-    check_shape(shape, &test_set, &a.data.data).context("the test split differs from the model")?;
-    state.fill_from(&train_set);
-    std::fs::create_dir_all(&a.run_dir)
-        .with_context(|| format!("cannot create {}", a.run_dir.display()))?;
-    train::save_on_interrupt();
+    let (train_set, test_set) =
+        run_splits(a, &mut state, |set| check_shape(shape, set, &a.data.data))?;
     let s = &config.settings;
     tracing::info!(
         "{:?} pre-training of a {}-parameter CRATE on {} images of {} ({} test): 2 global {}px + {} local {}px views, {} epochs",
@@ -337,15 +332,7 @@ pub fn train(d: DinoTrainArgs) -> Result<()> {
         s.crops.local_size,
         state.recipe.epochs
     );
-    let run = TrainRun {
-        run_dir: a.run_dir.clone(),
-        train: &train_set,
-        test: &test_set,
-        show_progress: !a.json,
-        stop_after: a.stop_after,
-        measure_every: 0,
-        measure_images: 0,
-    };
+    let run = train_run(a, &train_set, &test_set);
     let (k, t, bank) = (s.knn_k, s.knn_t, s.knn_bank);
     let task = SelfDistillTask::<TrainBackend>::new(
         config.clone(),

@@ -452,6 +452,33 @@ pub struct MaeOutput<B: CrateBackend> {
     pub masking: Masking,
 }
 
+impl<B: CrateBackend> MaeOutput<B> {
+    /// The outputs under the golden names: `pred`, `recon_img` (the prediction as images, patch
+    /// `p`, `c` channels), `loss`, `mask`, `ids_restore`, `ids_shuffle`, `ids_keep`.
+    pub fn into_state_dict(self, p: usize, c: usize) -> StateDict {
+        let m = &self.masking;
+        let (b, len, keep) = (m.batch, m.len, m.len_keep);
+        let mut sd = StateDict::new();
+        let recon = unpatchify(self.pred.clone(), p, c);
+        sd.insert("pred".into(), self.pred.into_data().convert::<f32>());
+        sd.insert("recon_img".into(), recon.into_data().convert::<f32>());
+        let loss = self.loss.into_data().convert::<f32>();
+        sd.insert(
+            "loss".into(),
+            TensorData::new(loss.to_vec::<f32>().unwrap(), Vec::<usize>::new()),
+        );
+        sd.insert("mask".into(), TensorData::new(m.mask.clone(), [b, len]));
+        for (k, v, w) in [
+            ("ids_restore", &m.ids_restore, len),
+            ("ids_shuffle", &m.ids_shuffle, len),
+            ("ids_keep", &m.ids_keep, keep),
+        ] {
+            sd.insert(k.into(), TensorData::new(v.clone(), [b, w]));
+        }
+        sd
+    }
+}
+
 /// `[b, L, P²·C]` patches (order `(p, q, c)`) back to NCHW images.
 pub fn unpatchify<B: CrateBackend>(x: Tensor<B, 3>, p: usize, c: usize) -> Tensor<B, 4> {
     let [b, l, _] = x.dims();
