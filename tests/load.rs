@@ -129,7 +129,7 @@ fn mae_tost_lm_and_bert_saved_by_the_library_load_as_themselves() {
     let tok = Tokenizer::Char {
         chars: "abcdefg".into(),
     };
-    for arch in lm::ARCHS {
+    for arch in lm::LM_ARCHS {
         let cfg = LmConfig {
             arch,
             vocab_size: 7,

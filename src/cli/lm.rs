@@ -273,7 +273,7 @@ fn resume_flags(
     ];
     if g.iter().any(|f| f == "config") {
         let same = LmConfig::resolve(&a.config).is_ok_and(|mut p| {
-            (p.arch, p.vocab_size) = (c.arch.clone(), c.vocab_size);
+            (p.arch, p.vocab_size) = (c.arch, c.vocab_size);
             p.n_layer = a.n_layer.unwrap_or(p.n_layer);
             p.n_head = a.n_head.unwrap_or(p.n_head);
             p.n_embd = a.n_embd.unwrap_or(p.n_embd);

@@ -38,11 +38,18 @@ pub const LN_EPS: f64 = 1e-5;
 const INIT_STD: f64 = 0.02;
 
 /// The architectures on one code path.
-pub const ARCHS: [Arch; 4] = [
+pub const LM_ARCHS: [Arch; 4] = [
     Arch::CrateLm,
     Arch::CrateLmOvercomplete,
     Arch::Gpt,
     Arch::TostLm,
+];
+/// Their `"arch"` names.
+pub const ARCHS: [&str; 4] = [
+    LM_ARCHS[0].name(),
+    LM_ARCHS[1].name(),
+    LM_ARCHS[2].name(),
+    LM_ARCHS[3].name(),
 ];
 
 /// Names accepted by `--config` besides a JSON file (crate-lm's `from_pretrained` table, plus a
@@ -145,10 +152,10 @@ impl LmConfig {
 
     pub fn validate(&self) -> Result<()> {
         ensure!(
-            ARCHS.contains(&self.arch),
+            LM_ARCHS.contains(&self.arch),
             "arch \"{}\" is not a language model (expected one of {})",
             self.arch,
-            ARCHS.map(Arch::name).join(", ")
+            ARCHS.join(", ")
         );
         use super::{MAX_COUNT, MAX_DEPTH, MAX_WIDTH};
         super::check_sizes(&[

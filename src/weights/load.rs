@@ -98,7 +98,7 @@ impl ModelConfig {
                 c.validate()?;
                 ModelConfig::Bert(c)
             }
-            Some(a) if lm::ARCHS.contains(&a) => ModelConfig::Lm(LmConfig::from_json(text)?),
+            Some(a) if lm::LM_ARCHS.contains(&a) => ModelConfig::Lm(LmConfig::from_json(text)?),
             _ => ModelConfig::Crate(CrateConfig::from_json(text)?),
         })
     }
@@ -302,7 +302,7 @@ fn nanogpt_model_args(path: &Path, sd: &StateDict) -> Result<Option<LmConfig>> {
         ),
     };
     let arch = arch_from_keys(sd)
-        .filter(|a| lm::ARCHS.contains(a))
+        .filter(|a| lm::LM_ARCHS.contains(a))
         .with_context(|| format!("{}: not a crate-lm or nanoGPT model", path.display()))?;
     let mut config = LmConfig {
         arch,
@@ -522,6 +522,7 @@ pub struct ClassifierShape {
 }
 
 /// An image classifier of either family: CRATE (MSSA) or ToST (TSSA).
+#[allow(clippy::large_enum_variant)] // one per loaded model
 pub enum ImageClassifier<B: CrateBackend> {
     Crate(Crate<B>),
     Tost(Tost<B>),
