@@ -327,16 +327,12 @@ pub fn train(a: BertTrainArgs) -> Result<()> {
         );
     }
     let run = crate::train::lm::TokenRun {
-        run_dir: a.run_dir.clone(),
+        options: super::lm::token_run_options(&a.run_dir, a.json, a.stop_after, a.max_seconds),
         train: &train_tok,
         val: &val_tok,
-        show_progress: std::io::IsTerminal::is_terminal(&std::io::stderr()) && !a.json,
-        stop_after: a.stop_after,
-        max_seconds: a.max_seconds,
     };
-    crate::train::save_on_interrupt();
     let t0 = Instant::now();
-    let (last_val, iter) = fit_bert(&run, &cfg, model, optim, state)?;
+    let (_, last_val, iter) = fit_bert(&run, &cfg, model, optim, state)?;
     let weights = Checkpoint::dir(&a.run_dir).join("model.safetensors");
     println!(
         "validation masked-LM loss {last_val:.4} after {iter} iterations ({:.0} s); weights in {}",

@@ -512,7 +512,6 @@ pub(super) fn run_classifier<T: train::Task<TrainBackend>>(
         .normalization
         .validate(shape.input[0])
         .context("the run's normalisation")?;
-    train::save_on_interrupt();
     tracing::info!(
         "training {} params on {} images ({} test) from {}, {} epochs",
         shape.params,
@@ -521,19 +520,21 @@ pub(super) fn run_classifier<T: train::Task<TrainBackend>>(
         a.data.data.display(),
         state.recipe.epochs
     );
-    let run = TrainRun {
-        run_dir: a.run_dir.clone(),
-        train: &train_set,
-        test: &test_set,
+    let options = train::RunOptions {
         show_progress: !a.json,
         stop_after: a.stop_after,
+        cancel: train::Cancel::on_signals(),
+        ..train::RunOptions::in_dir(&a.run_dir)
+    };
+    let run = TrainRun {
         measure_every: a.measure_every,
         measure_images: a.measure_images,
+        ..TrainRun::with_options(options, &train_set, &test_set)
     };
     // a resumed run that has already finished trains no further: evaluate the weights as saved
     let no_epoch = a.stop_after == Some(0) || state.epoch >= state.recipe.epochs;
     let finished = no_epoch.then(|| model.valid());
-    let last = train::fit(&run, task, model, optim, state.clone(), &device)?;
+    let last = train::fit(&run, task, model, optim, state.clone(), &device)?.last;
     let dir = Checkpoint::dir(&a.run_dir);
     let final_state = Checkpoint::load_state(&dir)?;
     let (acc, loss) = match (&last, finished) {

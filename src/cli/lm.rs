@@ -14,7 +14,7 @@ use crate::model::{Activations, CrateBackend};
 use crate::text::{self, StreamDecoder, TokenFile, Tokenizer};
 use crate::train::checkpoint::{self, RunLock};
 use crate::train::lm::{fit_lm, load_state, sequential_loss, LmRecipe, LmState, TokenRun};
-use crate::train::{Checkpoint, OptimSettings, OptimizerKind, TrainOptimizer};
+use crate::train::{Cancel, Checkpoint, OptimSettings, OptimizerKind, RunOptions, TrainOptimizer};
 use crate::weights::{canonical_ids, read_safetensors_all, read_state_dict, StateDict};
 use crate::{InferBackend, TrainBackend};
 
@@ -380,15 +380,11 @@ pub fn train(a: LmTrainArgs) -> Result<()> {
         train_tokens.len()
     );
     let run = TokenRun {
-        run_dir: a.run_dir.clone(),
+        options: token_run_options(&a.run_dir, a.json, a.stop_after, a.max_seconds),
         train: &train_tokens,
         val: &val_tokens,
-        show_progress: std::io::IsTerminal::is_terminal(&std::io::stderr()) && !a.json,
-        stop_after: a.stop_after,
-        max_seconds: a.max_seconds,
     };
-    crate::train::save_on_interrupt();
-    let last = fit_lm(&run, &config, model, optim, state, &device)?;
+    let last = fit_lm(&run, &config, model, optim, state, &device)?.last;
     let final_path = a.run_dir.join("model.safetensors");
     if let Some(dir) = Checkpoint::find(&a.run_dir) {
         std::fs::copy(dir.join("model.safetensors"), &final_path)?;
@@ -406,6 +402,23 @@ pub fn train(a: LmTrainArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The engine's options of `lm train` and `bert train`: checkpoints in `run_dir`, a progress bar
+/// on a terminal unless `--json`, Ctrl-C saves and stops.
+pub(super) fn token_run_options(
+    run_dir: &Path,
+    json: bool,
+    stop_after: Option<usize>,
+    max_seconds: Option<f64>,
+) -> RunOptions {
+    RunOptions {
+        show_progress: std::io::IsTerminal::is_terminal(&std::io::stderr()) && !json,
+        stop_after,
+        max_seconds,
+        cancel: Cancel::on_signals(),
+        ..RunOptions::in_dir(run_dir)
+    }
 }
 
 /// A loaded language model and its tokenizer (when the weights carry one).

@@ -324,7 +324,6 @@ pub fn train(d: DinoTrainArgs) -> Result<()> {
     state.fill_from(&train_set);
     std::fs::create_dir_all(&a.run_dir)
         .with_context(|| format!("cannot create {}", a.run_dir.display()))?;
-    train::save_on_interrupt();
     let s = &config.settings;
     tracing::info!(
         "{:?} pre-training of a {}-parameter CRATE on {} images of {} ({} test): 2 global {}px + {} local {}px views, {} epochs",
@@ -338,22 +337,20 @@ pub fn train(d: DinoTrainArgs) -> Result<()> {
         s.crops.local_size,
         state.recipe.epochs
     );
-    let run = TrainRun {
-        run_dir: a.run_dir.clone(),
-        train: &train_set,
-        test: &test_set,
+    let options = train::RunOptions {
         show_progress: !a.json,
         stop_after: a.stop_after,
-        measure_every: 0,
-        measure_images: 0,
+        cancel: train::Cancel::on_signals(),
+        ..train::RunOptions::in_dir(&a.run_dir)
     };
+    let run = TrainRun::with_options(options, &train_set, &test_set);
     let (k, t, bank) = (s.knn_k, s.knn_t, s.knn_bank);
     let task = SelfDistillTask::<TrainBackend>::new(
         config.clone(),
         state.normalization.clone(),
         &train_set,
     );
-    let last = train::fit(&run, &task, model, optim, state, &device)?;
+    let last = train::fit(&run, &task, model, optim, state, &device)?.last;
     let dir = Checkpoint::dir(&a.run_dir);
     let final_state = Checkpoint::load_state(&dir)?;
     let weights = dir.join("model.safetensors");
