@@ -16,7 +16,7 @@ use super::WeightArgs;
 use crate::model::bert::{untie_state_dict, BertConfig, CrateBert};
 use crate::model::CrateAutodiff;
 use crate::text::{self, TokenFile, Tokenizer};
-use crate::train::bert::{fit_bert, ids, load_state, vocab_size, BertRecipe, BertState};
+use crate::train::bert::{fit_bert, ids, restore, vocab_size, BertRecipe, BertState};
 pub use crate::train::bert::{FIRST_CHAR, MASK, PAD};
 use crate::train::{Checkpoint, OptimSettings, OptimizerKind, TrainOptimizer};
 use crate::weights::{apply_state_dict, canonical_ids, read_safetensors_all, read_state_dict};
@@ -243,17 +243,8 @@ fn resume<B: CrateAutodiff>(
     TrainOptimizer<CrateBert<B>, B>,
     BertState,
 )> {
-    let dir = crate::train::checkpoint::recover(&a.run_dir)?
-        .with_context(|| format!("--resume: no checkpoint in {}", a.run_dir.display()))?;
-    let state = load_state(&dir)?;
-    let cfg_path = dir.join("config.json");
-    let cfg: BertConfig = serde_json::from_str(
-        &std::fs::read_to_string(&cfg_path)
-            .with_context(|| format!("cannot read {}", cfg_path.display()))?,
-    )
-    .with_context(|| format!("{}: not a CRATE-BERT config", cfg_path.display()))?;
-    cfg.validate()
-        .with_context(|| format!("{}", cfg_path.display()))?;
+    let dir = crate::train::checkpoint::resume_dir(&a.run_dir)?;
+    let (cfg, model, optim, state) = restore::<B>(&dir, device)?;
     check_resume_flags(a, &cfg, &state.recipe, &a.run_dir)?;
     ensure!(
         state.tokenizer == *tokenizer,
@@ -261,22 +252,6 @@ fn resume<B: CrateAutodiff>(
         a.data.display(),
         a.run_dir.display()
     );
-    ensure!(
-        cfg.vocab_size == vocab_size(&state.tokenizer)
-            && cfg.max_position_embeddings == state.recipe.seq_len + PAD as usize + 1,
-        "--resume: {} (vocabulary {}, {} positions) does not fit the run's state.json \
-         (vocabulary {}, sequences of {})",
-        cfg_path.display(),
-        cfg.vocab_size,
-        cfg.max_position_embeddings,
-        vocab_size(&state.tokenizer),
-        state.recipe.seq_len
-    );
-    let w = dir.join("model.safetensors");
-    let sd = untie_state_dict(read_state_dict(&w)?)?;
-    let (model, _) = apply_state_dict(cfg.init::<B>(device), &sd, true)
-        .with_context(|| format!("loading {}", w.display()))?;
-    let optim = TrainOptimizer::new(state.recipe.optim.clone(), &model).load(&dir, device)?;
     tracing::info!(
         "resuming {} at iteration {}",
         a.run_dir.display(),

@@ -13,9 +13,9 @@ use crate::model::lm::{self, CausalLm, LmConfig, Sampling};
 use crate::model::{Activations, CrateBackend};
 use crate::text::{self, StreamDecoder, TokenFile, Tokenizer};
 use crate::train::checkpoint::{self, RunLock};
-use crate::train::lm::{fit_lm, load_state, sequential_loss, LmRecipe, LmState, TokenRun};
-use crate::train::{Cancel, Checkpoint, OptimSettings, OptimizerKind, RunOptions, TrainOptimizer};
-use crate::weights::{canonical_ids, read_safetensors_all, read_state_dict, StateDict};
+use crate::train::lm::{fit_lm, fresh, restore, sequential_loss, LmRecipe, LmState, TokenRun};
+use crate::train::{Cancel, Checkpoint, OptimSettings, OptimizerKind, RunOptions};
+use crate::weights::{read_safetensors_all, read_state_dict, StateDict};
 use crate::{InferBackend, TrainBackend};
 
 #[derive(Args, Debug)]
@@ -319,19 +319,14 @@ pub fn train(a: LmTrainArgs) -> Result<()> {
     );
     let _lock = RunLock::acquire(&a.run_dir)?;
     let (config, model, optim, state) = if a.resume {
-        let dir = checkpoint::recover(&a.run_dir)?
-            .with_context(|| format!("--resume: no checkpoint in {}", a.run_dir.display()))?;
-        let state = load_state(&dir)?;
+        let dir = checkpoint::resume_dir(&a.run_dir)?;
+        let (config, model, optim, state) = restore::<TrainBackend>(&dir, &device)?;
         ensure!(
             state.tokenizer == meta.tokenizer,
             "--resume: {} was prepared with another tokenizer than the run",
             a.data.display()
         );
-        let config = LmConfig::from_json_file(&dir.join("config.json"))?;
         check_resume_flags(&a.run_dir, resume_flags(&a, &config, &state))?;
-        let sd = read_state_dict(&dir.join("model.safetensors"))?;
-        let model = lm::load_official(config.init::<TrainBackend>(&device), sd)?;
-        let optim = TrainOptimizer::new(state.recipe.optim.clone(), &model).load(&dir, &device)?;
         tracing::info!(
             "resuming {} at iteration {}",
             a.run_dir.display(),
@@ -360,11 +355,8 @@ pub fn train(a: LmTrainArgs) -> Result<()> {
             eval_iters: a.eval_iters,
             seed: a.seed,
         };
-        recipe.validate()?;
-        <TrainBackend as burn::tensor::backend::Backend>::seed(&device, a.seed);
-        let model = canonical_ids(config.init::<TrainBackend>(&device));
-        let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
-        let state = LmState::fresh(recipe, meta.tokenizer.clone(), &a.data);
+        let (model, optim, state) =
+            fresh::<TrainBackend>(&config, recipe, meta.tokenizer.clone(), &a.data, &device)?;
         checkpoint::start_fresh(&a.run_dir, a.overwrite)?;
         (config, model, optim, state)
     };

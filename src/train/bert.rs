@@ -6,7 +6,7 @@
 //! Character ids are shifted by 3 to make room for RoBERTa's specials: 0 `<s>`, 1 `<pad>` (the
 //! padding offset of the positions), 2 `<mask>`.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use burn::module::AutodiffModule;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -19,10 +19,10 @@ use super::checkpoint::{read_state, write_checkpoint};
 use super::engine::{self, Evaluation, Job, PeriodStats, Position};
 use super::lm::{step_rng, TokenRun, TokenRunState};
 use super::{schedule, OptimSettings, TrainOptimizer};
-use crate::model::bert::{mask_tokens, BertConfig, CrateBert};
+use crate::model::bert::{mask_tokens, untie_state_dict, BertConfig, CrateBert};
 use crate::model::{CrateAutodiff, CrateBackend};
 use crate::text::{TokenFile, Tokenizer};
-use crate::weights::{collect_state_dict, write_safetensors};
+use crate::weights::{apply_state_dict, collect_state_dict, read_state_dict, write_safetensors};
 
 /// Ids of RoBERTa's special tokens; characters start at [`FIRST_CHAR`].
 pub const PAD: i64 = 1;
@@ -164,6 +164,45 @@ pub fn save_checkpoint<B: CrateAutodiff>(
 
 pub fn load_state(dir: &Path) -> Result<BertState> {
     read_state(dir, "CRATE-BERT training state")
+}
+
+/// A CRATE-BERT run as its checkpoint folder `dir` saved it: config (checked against the state's
+/// vocabulary and sequence length), model, optimizer and state, ready for [`fit_bert`].
+pub fn restore<B: CrateAutodiff>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(
+    BertConfig,
+    CrateBert<B>,
+    TrainOptimizer<CrateBert<B>, B>,
+    BertState,
+)> {
+    let state = load_state(dir)?;
+    let cfg_path = dir.join("config.json");
+    let cfg: BertConfig = serde_json::from_str(
+        &std::fs::read_to_string(&cfg_path)
+            .with_context(|| format!("cannot read {}", cfg_path.display()))?,
+    )
+    .with_context(|| format!("{}: not a CRATE-BERT config", cfg_path.display()))?;
+    cfg.validate()
+        .with_context(|| format!("{}", cfg_path.display()))?;
+    ensure!(
+        cfg.vocab_size == vocab_size(&state.tokenizer)
+            && cfg.max_position_embeddings == state.recipe.seq_len + PAD as usize + 1,
+        "--resume: {} (vocabulary {}, {} positions) does not fit the run's state.json \
+         (vocabulary {}, sequences of {})",
+        cfg_path.display(),
+        cfg.vocab_size,
+        cfg.max_position_embeddings,
+        vocab_size(&state.tokenizer),
+        state.recipe.seq_len
+    );
+    let w = dir.join("model.safetensors");
+    let sd = untie_state_dict(read_state_dict(&w)?)?;
+    let (model, _) = apply_state_dict(cfg.init::<B>(device), &sd, true)
+        .with_context(|| format!("loading {}", w.display()))?;
+    let optim = TrainOptimizer::new(state.recipe.optim.clone(), &model).load(dir, device)?;
+    Ok((cfg, model, optim, state))
 }
 
 /// CRATE-BERT as a job of the engine: one masked batch per step ([`train_batch`]), the

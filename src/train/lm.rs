@@ -272,6 +272,41 @@ pub fn load_state(dir: &Path) -> Result<LmState> {
     read_state(dir, "language-model training state")
 }
 
+/// A language-model run as its checkpoint folder `dir` saved it: config, model, optimizer and
+/// state, ready for [`fit_lm`] to continue it exactly.
+pub fn restore<B: CrateAutodiff>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(
+    LmConfig,
+    CausalLm<B>,
+    TrainOptimizer<CausalLm<B>, B>,
+    LmState,
+)> {
+    let state = load_state(dir)?;
+    let config = LmConfig::from_json_file(&dir.join("config.json"))?;
+    let sd = crate::weights::read_state_dict(&dir.join("model.safetensors"))?;
+    let model = crate::model::lm::load_official(config.init::<B>(device), sd)?;
+    let optim = TrainOptimizer::new(state.recipe.optim.clone(), &model).load(dir, device)?;
+    Ok((config, model, optim, state))
+}
+
+/// A fresh language-model run: the model initialised from `B::seed(recipe.seed)` with parameter
+/// ids from its keys (so a resumed optimizer finds them again), its optimizer and state.
+pub fn fresh<B: CrateAutodiff>(
+    config: &LmConfig,
+    recipe: LmRecipe,
+    tokenizer: Tokenizer,
+    data: &Path,
+    device: &B::Device,
+) -> Result<(CausalLm<B>, TrainOptimizer<CausalLm<B>, B>, LmState)> {
+    recipe.validate()?;
+    B::seed(device, recipe.seed);
+    let model = crate::weights::canonical_ids(config.init::<B>(device));
+    let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
+    Ok((model, optim, LmState::fresh(recipe, tokenizer, data)))
+}
+
 /// A causal language model as a job of the engine: `grad_accum` micro-batches of random windows
 /// per step ([`step_rng`]), validation every `eval_interval` iterations.
 struct LmJob<'a, B: CrateAutodiff> {
