@@ -294,17 +294,8 @@ pub fn run<B: CrateAutodiff, J: Job<B>>(
     let stop = opts
         .stop_after
         .map_or(total, |n| job.stop_step(pos.step, n).min(total));
-    let mut last = None;
-    if pos.step == 0 {
-        if let Some(m) = job.initial(&model)? {
-            if let Some(dir) = run_dir {
-                std::fs::create_dir_all(dir)?;
-                super::append_jsonl(&dir.join(METRICS), &m)?;
-            }
-            last = Some(m);
-        }
-    }
-    let (t0, secs0) = (Instant::now(), pos.seconds);
+    let mut last = initial_metrics(job, &model, pos.step, run_dir)?;
+    let clock = Clock::start(pos.seconds);
     let mut stats = PeriodStats {
         loss_sum: pos.period_loss_sum,
         seen: pos.period_seen,
@@ -318,52 +309,22 @@ pub fn run<B: CrateAutodiff, J: Job<B>>(
         if opts.cancel.is_cancelled() {
             b.abandon_with_message("interrupted: checkpoint saved");
             (pos.period_loss_sum, pos.period_seen) = (stats.loss_sum, stats.seen);
-            job.set_position(pos);
-            if let Some(dir) = run_dir {
-                job.save(dir, &model, &optim, None)?;
-            }
-            anyhow::bail!(
-                "interrupted at {}; resume with --resume",
-                job.describe_step(pos.step)
-            );
+            return Err(interrupted(job, &model, &optim, pos, run_dir));
         }
         let ts = Instant::now();
-        let (grads, loss_sum, seen) =
-            step_gradients(job, &model, pos.step, opts).map_err(|(what, v)| {
-                b.abandon();
-                diverged(run_dir, &job.describe_step(pos.step), what, v)
-            })?;
-        job.before_step(&mut optim, pos.step);
-        let lr = job.lr(pos.step);
-        model = optim.step(lr, model, grads);
-        model = job.after_step(model, pos.step);
+        let (loss_sum, seen, lr);
+        (model, loss_sum, seen, lr) =
+            train_step(job, model, &mut optim, pos.step, opts).inspect_err(|_| b.abandon())?;
         pos.step += 1;
-        pos.seconds = secs0 + t0.elapsed().as_secs_f64();
+        pos.seconds = clock.seconds();
         stats.add_step(loss_sum, seen, lr, ts.elapsed().as_secs_f64());
-        let (unit, per) = job.unit();
-        b.set_message(format!(
-            "loss {:.4}  lr {:.2e}  {:.0} {unit}/s",
-            stats.mean_loss(),
-            lr,
-            stats.rate() * per as f64
-        ));
-        b.inc(1);
+        show_step(job, &b, &stats);
         let out_of_time = opts.max_seconds.is_some_and(|m| pos.seconds >= m);
         if pos.step.is_multiple_of(period) || pos.step == stop || out_of_time {
             b.finish_and_clear();
             bar = None;
-            (pos.period_loss_sum, pos.period_seen) = (0.0, 0);
-            job.set_position(pos);
-            let e = job.evaluate(&model, pos.step, &stats)?;
-            if let Some((what, v)) = e.diverged {
-                return Err(diverged(run_dir, &job.describe_end(pos.step), what, v));
-            }
-            pos.seconds = secs0 + t0.elapsed().as_secs_f64();
-            job.set_position(pos);
-            if let Some(dir) = run_dir {
-                job.save(dir, &model, &optim, Some(&e.metrics))?;
-            }
-            last = Some(e.metrics);
+            let m = end_period(job, &model, &optim, &mut pos, &stats, &clock, run_dir)?;
+            last = Some(m);
             stats = PeriodStats::default();
         }
         if out_of_time {
@@ -379,6 +340,117 @@ pub fn run<B: CrateAutodiff, J: Job<B>>(
         last,
         step: pos.step,
     })
+}
+
+/// The run's seconds: those before this invocation plus the time since it started.
+struct Clock {
+    start: Instant,
+    before: f64,
+}
+
+impl Clock {
+    fn start(before: f64) -> Self {
+        Self {
+            start: Instant::now(),
+            before,
+        }
+    }
+    fn seconds(&self) -> f64 {
+        self.before + self.start.elapsed().as_secs_f64()
+    }
+}
+
+/// The job's metrics line before the first step of a fresh run, appended to `metrics.jsonl`.
+fn initial_metrics<B: CrateAutodiff, J: Job<B>>(
+    job: &mut J,
+    model: &J::Model,
+    step: usize,
+    run_dir: Option<&Path>,
+) -> Result<Option<J::Metrics>> {
+    if step > 0 {
+        return Ok(None);
+    }
+    let m = job.initial(model)?;
+    if let (Some(m), Some(dir)) = (&m, run_dir) {
+        std::fs::create_dir_all(dir)?;
+        super::append_jsonl(&dir.join(METRICS), m)?;
+    }
+    Ok(m)
+}
+
+/// Save the run as it stands at `pos` (mid-period) and the error that says so.
+fn interrupted<B: CrateAutodiff, J: Job<B>>(
+    job: &mut J,
+    model: &J::Model,
+    optim: &TrainOptimizer<J::Model, B>,
+    pos: Position,
+    run_dir: Option<&Path>,
+) -> anyhow::Error {
+    job.set_position(pos);
+    if let Some(dir) = run_dir {
+        if let Err(e) = job.save(dir, model, optim, None) {
+            return e.context("interrupted, and the checkpoint could not be saved");
+        }
+    }
+    anyhow::anyhow!(
+        "interrupted at {}; resume with --resume",
+        job.describe_step(pos.step)
+    )
+}
+
+/// One optimizer step: the gradients of its micro-batches, the update at the step's learning
+/// rate, the job's after-step; returns the model, Σ loss × samples, the samples and the rate.
+fn train_step<B: CrateAutodiff, J: Job<B>>(
+    job: &mut J,
+    model: J::Model,
+    optim: &mut TrainOptimizer<J::Model, B>,
+    step: usize,
+    opts: &RunOptions,
+) -> Result<(J::Model, f64, usize, f64)> {
+    let (grads, loss_sum, seen) =
+        step_gradients(job, &model, step, opts).map_err(|(what, v)| {
+            diverged(opts.run_dir.as_deref(), &job.describe_step(step), what, v)
+        })?;
+    job.before_step(optim, step);
+    let lr = job.lr(step);
+    let model = optim.step(lr, model, grads);
+    Ok((job.after_step(model, step), loss_sum, seen, lr))
+}
+
+fn show_step<B: CrateAutodiff, J: Job<B>>(job: &J, bar: &indicatif::ProgressBar, s: &PeriodStats) {
+    let (unit, per) = job.unit();
+    bar.set_message(format!(
+        "loss {:.4}  lr {:.2e}  {:.0} {unit}/s",
+        s.mean_loss(),
+        s.lr,
+        s.rate() * per as f64
+    ));
+    bar.inc(1);
+}
+
+/// Evaluate at the end of a period (a non-finite value stops the run as diverged), then save
+/// the checkpoint with the metrics line; returns the line.
+fn end_period<B: CrateAutodiff, J: Job<B>>(
+    job: &mut J,
+    model: &J::Model,
+    optim: &TrainOptimizer<J::Model, B>,
+    pos: &mut Position,
+    stats: &PeriodStats,
+    clock: &Clock,
+    run_dir: Option<&Path>,
+) -> Result<J::Metrics> {
+    (pos.period_loss_sum, pos.period_seen) = (0.0, 0);
+    job.set_position(*pos);
+    let e = job.evaluate(model, pos.step, stats)?;
+    if let Some((what, v)) = e.diverged {
+        return Err(diverged(run_dir, &job.describe_end(pos.step), what, v));
+    }
+    pos.seconds = clock.seconds();
+    job.set_position(*pos);
+    if let Some(dir) = run_dir {
+        job.save(dir, model, optim, Some(&e.metrics))?;
+    }
+    Ok(e.metrics)
 }
 
 /// The gradients of step `step` (its micro-batches accumulated, then [`GradSync`]) with Σ loss ×
