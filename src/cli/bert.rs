@@ -16,7 +16,7 @@ use super::WeightArgs;
 use crate::model::bert::{untie_state_dict, BertConfig, CrateBert};
 use crate::model::CrateAutodiff;
 use crate::text::{self, TokenFile, Tokenizer};
-use crate::train::bert::{fit_bert, ids, restore, vocab_size, BertRecipe, BertState};
+use crate::train::bert::{fit_bert, ids, restore, vocab_size, BertRecipe, BertRun, BertState};
 pub use crate::train::bert::{FIRST_CHAR, MASK, PAD};
 use crate::train::{Checkpoint, OptimSettings, OptimizerKind, TrainOptimizer};
 use crate::weights::{apply_state_dict, canonical_ids, read_safetensors_all, read_state_dict};
@@ -232,17 +232,11 @@ fn check_resume_flags(
 
 /// Model, optimizer and state of the last checkpoint of `a.run_dir`, checked against the flags
 /// and the prepared data.
-#[allow(clippy::type_complexity)]
 fn resume<B: CrateAutodiff>(
     a: &BertTrainArgs,
     tokenizer: &Tokenizer,
     device: &B::Device,
-) -> Result<(
-    BertConfig,
-    CrateBert<B>,
-    TrainOptimizer<CrateBert<B>, B>,
-    BertState,
-)> {
+) -> Result<BertRun<B>> {
     let dir = crate::train::checkpoint::resume_dir(&a.run_dir)?;
     let (cfg, model, optim, state) = restore::<B>(&dir, device)?;
     check_resume_flags(a, &cfg, &state.recipe, &a.run_dir)?;

@@ -355,10 +355,10 @@ pub fn train(a: LmTrainArgs) -> Result<()> {
             eval_iters: a.eval_iters,
             seed: a.seed,
         };
-        let (model, optim, state) =
-            fresh::<TrainBackend>(&config, recipe, meta.tokenizer.clone(), &a.data, &device)?;
+        let fresh =
+            fresh::<TrainBackend>(config, recipe, meta.tokenizer.clone(), &a.data, &device)?;
         checkpoint::start_fresh(&a.run_dir, a.overwrite)?;
-        (config, model, optim, state)
+        fresh
     };
     tracing::info!(
         "{}: {} layers, {} heads, d {}, context {}, vocabulary {}, {} parameters; {} train tokens",

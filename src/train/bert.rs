@@ -166,17 +166,17 @@ pub fn load_state(dir: &Path) -> Result<BertState> {
     read_state(dir, "CRATE-BERT training state")
 }
 
-/// A CRATE-BERT run as its checkpoint folder `dir` saved it: config (checked against the state's
-/// vocabulary and sequence length), model, optimizer and state, ready for [`fit_bert`].
-pub fn restore<B: CrateAutodiff>(
-    dir: &Path,
-    device: &B::Device,
-) -> Result<(
+/// A CRATE-BERT run ready for [`fit_bert`]: config, model, optimizer and state.
+pub type BertRun<B> = (
     BertConfig,
     CrateBert<B>,
     TrainOptimizer<CrateBert<B>, B>,
     BertState,
-)> {
+);
+
+/// A CRATE-BERT run as its checkpoint folder `dir` saved it (the config checked against the
+/// state's vocabulary and sequence length), ready for [`fit_bert`] to continue it exactly.
+pub fn restore<B: CrateAutodiff>(dir: &Path, device: &B::Device) -> Result<BertRun<B>> {
     let state = load_state(dir)?;
     let cfg_path = dir.join("config.json");
     let cfg: BertConfig = serde_json::from_str(

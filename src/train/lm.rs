@@ -272,17 +272,17 @@ pub fn load_state(dir: &Path) -> Result<LmState> {
     read_state(dir, "language-model training state")
 }
 
-/// A language-model run as its checkpoint folder `dir` saved it: config, model, optimizer and
-/// state, ready for [`fit_lm`] to continue it exactly.
-pub fn restore<B: CrateAutodiff>(
-    dir: &Path,
-    device: &B::Device,
-) -> Result<(
+/// A language-model run ready for [`fit_lm`]: config, model, optimizer and state.
+pub type LmRun<B> = (
     LmConfig,
     CausalLm<B>,
     TrainOptimizer<CausalLm<B>, B>,
     LmState,
-)> {
+);
+
+/// A language-model run as its checkpoint folder `dir` saved it, ready for [`fit_lm`] to
+/// continue it exactly.
+pub fn restore<B: CrateAutodiff>(dir: &Path, device: &B::Device) -> Result<LmRun<B>> {
     let state = load_state(dir)?;
     let config = LmConfig::from_json_file(&dir.join("config.json"))?;
     let sd = crate::weights::read_state_dict(&dir.join("model.safetensors"))?;
@@ -294,17 +294,22 @@ pub fn restore<B: CrateAutodiff>(
 /// A fresh language-model run: the model initialised from `B::seed(recipe.seed)` with parameter
 /// ids from its keys (so a resumed optimizer finds them again), its optimizer and state.
 pub fn fresh<B: CrateAutodiff>(
-    config: &LmConfig,
+    config: LmConfig,
     recipe: LmRecipe,
     tokenizer: Tokenizer,
     data: &Path,
     device: &B::Device,
-) -> Result<(CausalLm<B>, TrainOptimizer<CausalLm<B>, B>, LmState)> {
+) -> Result<LmRun<B>> {
     recipe.validate()?;
     B::seed(device, recipe.seed);
     let model = crate::weights::canonical_ids(config.init::<B>(device));
     let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
-    Ok((model, optim, LmState::fresh(recipe, tokenizer, data)))
+    Ok((
+        config,
+        model,
+        optim,
+        LmState::fresh(recipe, tokenizer, data),
+    ))
 }
 
 /// A causal language model as a job of the engine: `grad_accum` micro-batches of random windows
