@@ -67,6 +67,15 @@ fn classifier_state(train: &ImageSet) -> TrainState {
     state
 }
 
+/// A one-layer CRATE of width `dim` (2 heads) for 8×8 grey images of 3 classes.
+fn tiny_crate(dim: usize) -> CrateConfig {
+    let json = format!(
+        r#"{{"image_size": 8, "patch_size": 4, "num_classes": 3, "dim": {dim}, "depth": 1, "heads": 2, "dim_head": {}, "channels": 1}}"#,
+        dim / 2
+    );
+    serde_json::from_str(&json).unwrap()
+}
+
 /// Every file under `dir`, relative.
 fn files(dir: &Path) -> Vec<String> {
     let mut out: Vec<String> = walk(dir)
@@ -94,10 +103,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn classifier_fits_without_a_run_folder() {
     let device = Default::default();
-    let config: CrateConfig = serde_json::from_str(
-        r#"{"image_size": 8, "patch_size": 4, "num_classes": 3, "dim": 16, "depth": 1, "heads": 2, "dim_head": 8, "channels": 1}"#,
-    )
-    .unwrap();
+    let config = tiny_crate(16);
     let (train, test) = (images(60, 0), images(30, 7));
     let state = classifier_state(&train);
     let norm: Normalization = state.normalization.clone();
@@ -139,10 +145,7 @@ fn classifier_fits_without_a_run_folder() {
 #[test]
 fn a_cancelled_run_without_a_folder_stops_at_its_next_step() {
     let device = Default::default();
-    let config: CrateConfig = serde_json::from_str(
-        r#"{"image_size": 8, "patch_size": 4, "num_classes": 3, "dim": 8, "depth": 1, "heads": 2, "dim_head": 4, "channels": 1}"#,
-    )
-    .unwrap();
+    let config = tiny_crate(8);
     let (train, test) = (images(30, 0), images(9, 7));
     let state = classifier_state(&train);
     let model = canonical_ids(config.init::<B>(&device));
