@@ -240,3 +240,21 @@ fn causal_lm_fits_without_a_run_folder() {
     assert!(val_loss < ln_v - 0.5, "{val_loss} vs ln V {ln_v}");
     assert_eq!(files(dir.path()), written);
 }
+
+#[test]
+fn an_empty_training_split_is_an_error_not_a_panic() {
+    let device = Default::default();
+    let config = tiny_crate(8);
+    let (full, test) = (images(9, 0), images(9, 7));
+    let state = classifier_state(&full);
+    let mut train = full.clone();
+    train.truncate(0);
+    let model = canonical_ids(config.init::<B>(&device));
+    let optim = TrainOptimizer::new(state.recipe.optim.clone(), &model);
+    let run = TrainRun::with_options(RunOptions::default(), &train, &test);
+    let task = Classify::<B>::new(config, 0.0, &device);
+    let e = fit(&run, &task, model, optim, state, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("empty training split"), "{e}");
+}

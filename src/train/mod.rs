@@ -594,6 +594,10 @@ pub fn fit<B: CrateAutodiff, T: Task<B>>(
     state: TrainState,
     device: &B::Device,
 ) -> Result<Fitted<T::Model, EpochMetrics>> {
+    ensure!(
+        !run.train.is_empty(),
+        "cannot train on an empty training split"
+    );
     let recipe = &state.recipe;
     let spe = recipe.steps_per_epoch(run.train.len());
     let total = spe * recipe.epochs;
