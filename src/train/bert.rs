@@ -257,8 +257,9 @@ impl<B: CrateAutodiff> Job<B> for BertJob<'_> {
     fn describe_step(&self, step: usize) -> String {
         format!("iteration {step}")
     }
-    fn bar_prefix(&self, _step: usize) -> String {
-        format!("iter (of {})", self.state.recipe.max_iters)
+    fn bar_prefix(&self, step: usize) -> String {
+        let r = &self.state.recipe;
+        super::lm::interval_prefix(step, r.eval_interval, r.max_iters)
     }
     fn unit(&self) -> (&'static str, usize) {
         ("tok", self.state.recipe.seq_len)

@@ -360,8 +360,9 @@ impl<B: CrateAutodiff> Job<B> for LmJob<'_, B> {
     fn describe_step(&self, step: usize) -> String {
         format!("iteration {step}")
     }
-    fn bar_prefix(&self, _step: usize) -> String {
-        format!("iter (of {})", self.state.recipe.max_iters)
+    fn bar_prefix(&self, step: usize) -> String {
+        let r = &self.state.recipe;
+        interval_prefix(step, r.eval_interval, r.max_iters)
     }
     fn unit(&self) -> (&'static str, usize) {
         ("tok", self.t)
@@ -413,6 +414,13 @@ impl<B: CrateAutodiff> Job<B> for LmJob<'_, B> {
     ) -> Result<()> {
         save_checkpoint(run_dir, self.config, model, optim, &self.state, metrics)
     }
+}
+
+/// The progress bar's prefix for the evaluation interval holding `step`: "iter 251–500/2000".
+pub(crate) fn interval_prefix(step: usize, interval: usize, max_iters: usize) -> String {
+    let start = step - step % interval.max(1);
+    let end = (start + interval).min(max_iters);
+    format!("iter {}–{end}/{max_iters}", start + 1)
 }
 
 /// Train from `state` (fresh or resumed) until `recipe.max_iters`; returns the model and the last
