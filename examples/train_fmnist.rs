@@ -50,7 +50,7 @@ fn main() -> anyhow::Result<()> {
     let run_dir = std::env::temp_dir().join(format!("whitebox-example-{}", std::process::id()));
     let run = TrainRun::new(&run_dir, &train_set, &test_set);
     let task = Classify::new(config, state.recipe.label_smoothing, &device);
-    let last = train::fit(&run, &task, model, optim, state, &device)?;
+    let last = train::fit(&run, &task, model, optim, state, &device)?.last;
     if let Some(m) = last {
         println!(
             "{} epochs: test top-1 {:.2}%, loss {:.4}",

@@ -1,30 +1,29 @@
-//! A run interrupted mid-epoch (Ctrl-C/SIGTERM set the same flag) and resumed from its checkpoint
-//! ends with the straight run's weights, byte for byte, and the same metrics: the resumed epoch's
-//! train loss covers the whole epoch, and no line is duplicated. Its own test binary: the
-//! interrupt flag is process-wide.
+//! A run interrupted mid-epoch (Ctrl-C/SIGTERM set the same kind of cancel handle) and resumed
+//! from its checkpoint ends with the straight run's weights, byte for byte, and the same metrics:
+//! the resumed epoch's train loss covers the whole epoch, and no line is duplicated.
 
 use burn::tensor::{Int, Tensor};
 use rand::rngs::StdRng;
 use std::cell::Cell;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use whitebox::data::{Augment, ImageSet, Normalization};
 use whitebox::model::{Crate, CrateAutodiff, CrateConfig};
 use whitebox::train::checkpoint::{self, Checkpoint};
 use whitebox::train::{
-    fit, Classify, EvalResult, OptimSettings, OptimizerKind, Progress, Recipe, Task,
-    TrainOptimizer, TrainRun, TrainState, INTERRUPTED,
+    fit, Cancel, Classify, EvalResult, OptimSettings, OptimizerKind, Progress, Recipe, RunOptions,
+    Task, TrainOptimizer, TrainRun, TrainState,
 };
 use whitebox::weights::{apply_state_dict, canonical_ids, read_state_dict};
 use whitebox::CpuAutodiff;
 
 type B = CpuAutodiff;
 
-/// The classifier, raising the interrupt flag during its `at`-th batch.
+/// The classifier, cancelling the run during its `at`-th batch.
 struct InterruptAt<A: CrateAutodiff> {
     inner: Classify<A>,
     calls: Cell<usize>,
     at: usize,
+    cancel: Cancel,
 }
 
 impl<A: CrateAutodiff> Task<A> for InterruptAt<A> {
@@ -44,7 +43,7 @@ impl<A: CrateAutodiff> Task<A> for InterruptAt<A> {
     ) -> Tensor<A, 1> {
         self.calls.set(self.calls.get() + 1);
         if self.calls.get() == self.at {
-            INTERRUPTED.store(true, Ordering::SeqCst);
+            self.cancel.cancel();
         }
         self.inner.loss(model, x, y, rng, at)
     }
@@ -129,14 +128,12 @@ fn interrupted_and_resumed_run_equals_the_straight_run() {
     let (train, test) = (images(40, 0), images(12, 5));
     let dir = tempfile::tempdir().unwrap();
     let model0 = canonical_ids(config.init::<B>(&device));
-    let start = |run: &Path| TrainRun {
-        run_dir: run.to_path_buf(),
-        train: &train,
-        test: &test,
-        show_progress: false,
-        stop_after: None,
-        measure_every: 0,
-        measure_images: 0,
+    let start = |run: &Path, cancel: &Cancel| {
+        let options = RunOptions {
+            cancel: cancel.clone(),
+            ..RunOptions::in_dir(run)
+        };
+        TrainRun::with_options(options, &train, &test)
     };
     let state = fresh_state(&train);
     let optim = |m: &Crate<B>| TrainOptimizer::new(state.recipe.optim.clone(), m);
@@ -147,7 +144,7 @@ fn interrupted_and_resumed_run_equals_the_straight_run() {
     let task = Classify::<B>::new(config.clone(), 0.1, &device);
     let m = model0.clone();
     fit(
-        &start(&straight),
+        &start(&straight, &Cancel::new()),
         &task,
         m.clone(),
         optim(&m),
@@ -159,13 +156,15 @@ fn interrupted_and_resumed_run_equals_the_straight_run() {
     // interrupted during batch 3 of epoch 1: the checkpoint is saved before batch 4
     let split = dir.path().join("split");
     std::fs::create_dir_all(&split).unwrap();
+    let cancel = Cancel::new();
     let task = InterruptAt {
         inner: Classify::new(config.clone(), 0.1, &device),
         calls: Cell::new(0),
         at: 3,
+        cancel: cancel.clone(),
     };
     let e = fit(
-        &start(&split),
+        &start(&split, &cancel),
         &task,
         m.clone(),
         optim(&m),
@@ -174,7 +173,6 @@ fn interrupted_and_resumed_run_equals_the_straight_run() {
     )
     .unwrap_err()
     .to_string();
-    INTERRUPTED.store(false, Ordering::SeqCst);
     assert!(e.contains("interrupted at epoch 1 batch 3"), "{e}");
     assert!(!split.join("metrics.jsonl").exists() || metrics(&split).is_empty());
 
@@ -188,7 +186,7 @@ fn interrupted_and_resumed_run_equals_the_straight_run() {
         .load(&ckpt, &device)
         .unwrap();
     let task = Classify::<B>::new(config.clone(), 0.1, &device);
-    fit(&start(&split), &task, m2, o2, st, &device).unwrap();
+    fit(&start(&split, &Cancel::new()), &task, m2, o2, st, &device).unwrap();
 
     // the weights, byte for byte (sorted metadata included), and the optimizer state
     for f in ["model.safetensors", "config.json", "optimizer.mpk"] {

@@ -13,13 +13,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::WeightArgs;
-use crate::model::bert::{untie_state_dict, BertConfig, CrateBert};
+use crate::model::bert::{BertConfig, CrateBert};
 use crate::model::CrateAutodiff;
 use crate::text::{self, TokenFile, Tokenizer};
-use crate::train::bert::{fit_bert, ids, load_state, vocab_size, BertRecipe, BertState};
+use crate::train::bert::{fit_bert, ids, restore, vocab_size, BertRecipe, BertRun, BertState};
 pub use crate::train::bert::{FIRST_CHAR, MASK, PAD};
 use crate::train::{Checkpoint, OptimSettings, OptimizerKind, TrainOptimizer};
-use crate::weights::{apply_state_dict, canonical_ids, read_state_dict};
+use crate::weights::canonical_ids;
 use crate::{InferBackend, TrainBackend};
 
 #[derive(Args, Debug)]
@@ -232,28 +232,13 @@ fn check_resume_flags(
 
 /// Model, optimizer and state of the last checkpoint of `a.run_dir`, checked against the flags
 /// and the prepared data.
-#[allow(clippy::type_complexity)]
 fn resume<B: CrateAutodiff>(
     a: &BertTrainArgs,
     tokenizer: &Tokenizer,
     device: &B::Device,
-) -> Result<(
-    BertConfig,
-    CrateBert<B>,
-    TrainOptimizer<CrateBert<B>, B>,
-    BertState,
-)> {
-    let dir = crate::train::checkpoint::recover(&a.run_dir)?
-        .with_context(|| format!("--resume: no checkpoint in {}", a.run_dir.display()))?;
-    let state = load_state(&dir)?;
-    let cfg_path = dir.join("config.json");
-    let cfg: BertConfig = serde_json::from_str(
-        &std::fs::read_to_string(&cfg_path)
-            .with_context(|| format!("cannot read {}", cfg_path.display()))?,
-    )
-    .with_context(|| format!("{}: not a CRATE-BERT config", cfg_path.display()))?;
-    cfg.validate()
-        .with_context(|| format!("{}", cfg_path.display()))?;
+) -> Result<BertRun<B>> {
+    let dir = crate::train::checkpoint::resume_dir(&a.run_dir)?;
+    let (cfg, model, optim, state) = restore::<B>(&dir, device)?;
     check_resume_flags(a, &cfg, &state.recipe, &a.run_dir)?;
     ensure!(
         state.tokenizer == *tokenizer,
@@ -261,22 +246,6 @@ fn resume<B: CrateAutodiff>(
         a.data.display(),
         a.run_dir.display()
     );
-    ensure!(
-        cfg.vocab_size == vocab_size(&state.tokenizer)
-            && cfg.max_position_embeddings == state.recipe.seq_len + PAD as usize + 1,
-        "--resume: {} (vocabulary {}, {} positions) does not fit the run's state.json \
-         (vocabulary {}, sequences of {})",
-        cfg_path.display(),
-        cfg.vocab_size,
-        cfg.max_position_embeddings,
-        vocab_size(&state.tokenizer),
-        state.recipe.seq_len
-    );
-    let w = dir.join("model.safetensors");
-    let sd = untie_state_dict(read_state_dict(&w)?)?;
-    let (model, _) = apply_state_dict(cfg.init::<B>(device), &sd, true)
-        .with_context(|| format!("loading {}", w.display()))?;
-    let optim = TrainOptimizer::new(state.recipe.optim.clone(), &model).load(&dir, device)?;
     tracing::info!(
         "resuming {} at iteration {}",
         a.run_dir.display(),
@@ -327,16 +296,12 @@ pub fn train(a: BertTrainArgs) -> Result<()> {
         );
     }
     let run = crate::train::lm::TokenRun {
-        run_dir: a.run_dir.clone(),
+        options: super::lm::token_run_options(&a.run_dir, a.json, a.stop_after, a.max_seconds),
         train: &train_tok,
         val: &val_tok,
-        show_progress: std::io::IsTerminal::is_terminal(&std::io::stderr()) && !a.json,
-        stop_after: a.stop_after,
-        max_seconds: a.max_seconds,
     };
-    crate::train::save_on_interrupt();
     let t0 = Instant::now();
-    let (last_val, iter) = fit_bert(&run, &cfg, model, optim, state)?;
+    let (_, last_val, iter) = fit_bert(&run, &cfg, model, optim, state)?;
     let weights = Checkpoint::dir(&a.run_dir).join("model.safetensors");
     println!(
         "validation masked-LM loss {last_val:.4} after {iter} iterations ({:.0} s); weights in {}",

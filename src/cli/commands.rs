@@ -156,8 +156,7 @@ pub(super) fn fresh_state(recipe: Recipe, a: &TrainArgs) -> TrainState {
 }
 
 /// The train and test splits of a run (the state's limits), each checked by `check`; the state's
-/// normalisation is filled in from the training split, the run folder exists and Ctrl-C saves a
-/// checkpoint from here on.
+/// normalisation is filled in from the training split and the run folder exists.
 pub(super) fn run_splits(
     a: &TrainArgs,
     state: &mut TrainState,
@@ -170,24 +169,26 @@ pub(super) fn run_splits(
     state.fill_from(&train_set);
     std::fs::create_dir_all(&a.run_dir)
         .with_context(|| format!("cannot create {}", a.run_dir.display()))?;
-    train::save_on_interrupt();
     Ok((train_set, test_set))
 }
 
-/// What `train::fit` needs of the flags, for the splits of [`run_splits`].
+/// What `train::fit` needs of the flags, for the splits of [`run_splits`]: checkpoints in
+/// `--run-dir`, a progress bar unless `--json`, Ctrl-C saves and stops.
 pub(super) fn train_run<'a>(
     a: &TrainArgs,
     train_set: &'a data::ImageSet,
     test_set: &'a data::ImageSet,
 ) -> TrainRun<'a> {
-    TrainRun {
-        run_dir: a.run_dir.clone(),
-        train: train_set,
-        test: test_set,
+    let options = train::RunOptions {
         show_progress: !a.json,
         stop_after: a.stop_after,
+        cancel: train::Cancel::on_signals(),
+        ..train::RunOptions::in_dir(&a.run_dir)
+    };
+    TrainRun {
         measure_every: a.measure_every,
         measure_images: a.measure_images,
+        ..TrainRun::with_options(options, train_set, test_set)
     }
 }
 
@@ -472,7 +473,7 @@ pub(super) fn run_classifier<T: train::Task<TrainBackend>>(
     // a resumed run that has already finished trains no further: evaluate the weights as saved
     let no_epoch = a.stop_after == Some(0) || state.epoch >= state.recipe.epochs;
     let finished = no_epoch.then(|| model.valid());
-    let last = train::fit(&run, task, model, optim, state.clone(), &device)?;
+    let last = train::fit(&run, task, model, optim, state.clone(), &device)?.last;
     let dir = Checkpoint::dir(&a.run_dir);
     let final_state = Checkpoint::load_state(&dir)?;
     let (acc, loss) = match (&last, finished) {

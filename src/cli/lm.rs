@@ -5,7 +5,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use clap::{Args, Subcommand};
 use rand::{rngs::StdRng, SeedableRng};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::commands::{check_resume_flags, flag, given};
 use super::{ForwardArgs, WeightArgs};
@@ -13,9 +13,9 @@ use crate::model::lm::{self, CausalLm, LmConfig, Sampling};
 use crate::model::Activations;
 use crate::text::{self, StreamDecoder, TokenFile, Tokenizer};
 use crate::train::checkpoint::{self, RunLock};
-use crate::train::lm::{fit_lm, load_state, sequential_loss, LmRecipe, LmState, TokenRun};
-use crate::train::{Checkpoint, OptimSettings, OptimizerKind, TrainOptimizer};
-use crate::weights::{canonical_ids, read_safetensors_all, read_state_dict, Weights};
+use crate::train::lm::{fit_lm, fresh, restore, sequential_loss, LmRecipe, LmState, TokenRun};
+use crate::train::{Cancel, Checkpoint, OptimSettings, OptimizerKind, RunOptions};
+use crate::weights::{read_safetensors_all, Weights};
 use crate::{InferBackend, TrainBackend};
 
 #[derive(Args, Debug)]
@@ -319,19 +319,14 @@ pub fn train(a: LmTrainArgs) -> Result<()> {
     );
     let _lock = RunLock::acquire(&a.run_dir)?;
     let (config, model, optim, state) = if a.resume {
-        let dir = checkpoint::recover(&a.run_dir)?
-            .with_context(|| format!("--resume: no checkpoint in {}", a.run_dir.display()))?;
-        let state = load_state(&dir)?;
+        let dir = checkpoint::resume_dir(&a.run_dir)?;
+        let (config, model, optim, state) = restore::<TrainBackend>(&dir, &device)?;
         ensure!(
             state.tokenizer == meta.tokenizer,
             "--resume: {} was prepared with another tokenizer than the run",
             a.data.display()
         );
-        let config = LmConfig::from_json_file(&dir.join("config.json"))?;
         check_resume_flags(&a.run_dir, resume_flags(&a, &config, &state))?;
-        let sd = read_state_dict(&dir.join("model.safetensors"))?;
-        let model = lm::load_official(config.init::<TrainBackend>(&device), sd)?;
-        let optim = TrainOptimizer::new(state.recipe.optim.clone(), &model).load(&dir, &device)?;
         tracing::info!(
             "resuming {} at iteration {}",
             a.run_dir.display(),
@@ -360,13 +355,10 @@ pub fn train(a: LmTrainArgs) -> Result<()> {
             eval_iters: a.eval_iters,
             seed: a.seed,
         };
-        recipe.validate()?;
-        <TrainBackend as burn::tensor::backend::Backend>::seed(&device, a.seed);
-        let model = canonical_ids(config.init::<TrainBackend>(&device));
-        let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
-        let state = LmState::fresh(recipe, meta.tokenizer.clone(), &a.data);
+        let fresh =
+            fresh::<TrainBackend>(config, recipe, meta.tokenizer.clone(), &a.data, &device)?;
         checkpoint::start_fresh(&a.run_dir, a.overwrite)?;
-        (config, model, optim, state)
+        fresh
     };
     tracing::info!(
         "{}: {} layers, {} heads, d {}, context {}, vocabulary {}, {} parameters; {} train tokens",
@@ -380,15 +372,11 @@ pub fn train(a: LmTrainArgs) -> Result<()> {
         train_tokens.len()
     );
     let run = TokenRun {
-        run_dir: a.run_dir.clone(),
+        options: token_run_options(&a.run_dir, a.json, a.stop_after, a.max_seconds),
         train: &train_tokens,
         val: &val_tokens,
-        show_progress: std::io::IsTerminal::is_terminal(&std::io::stderr()) && !a.json,
-        stop_after: a.stop_after,
-        max_seconds: a.max_seconds,
     };
-    crate::train::save_on_interrupt();
-    let last = fit_lm(&run, &config, model, optim, state, &device)?;
+    let last = fit_lm(&run, &config, model, optim, state, &device)?.last;
     let final_path = a.run_dir.join("model.safetensors");
     if let Some(dir) = Checkpoint::find(&a.run_dir) {
         std::fs::copy(dir.join("model.safetensors"), &final_path)?;
@@ -406,6 +394,23 @@ pub fn train(a: LmTrainArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The engine's options of `lm train` and `bert train`: checkpoints in `run_dir`, a progress bar
+/// on a terminal unless `--json`, Ctrl-C saves and stops.
+pub(super) fn token_run_options(
+    run_dir: &Path,
+    json: bool,
+    stop_after: Option<usize>,
+    max_seconds: Option<f64>,
+) -> RunOptions {
+    RunOptions {
+        show_progress: std::io::IsTerminal::is_terminal(&std::io::stderr()) && !json,
+        stop_after,
+        max_seconds,
+        cancel: Cancel::on_signals(),
+        ..RunOptions::in_dir(run_dir)
+    }
 }
 
 /// The language model in `--weights` (config and tokenizer from the weights, or `--config`).

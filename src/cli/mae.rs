@@ -2,10 +2,7 @@
 
 use anyhow::{ensure, Context, Result};
 use burn::module::AutodiffModule;
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::nn::LinearConfig;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::json;
@@ -21,6 +18,7 @@ use crate::data::{self, batch_rng, Augment, Batcher, ImageSet, Split};
 use crate::model::mae::{CrateMae, MaeConfig};
 use crate::model::Activations;
 use crate::train::mae::{evaluate_mae, Reconstruct};
+use crate::train::probe::{self, ProbeRecipe};
 use crate::train::ssl::extract_features;
 use crate::train::{self, Checkpoint, TrainOptimizer};
 use crate::weights::{
@@ -188,7 +186,7 @@ pub fn train(m: MaeTrainArgs) -> Result<()> {
     };
     let run = train_run(a, &train_set, &test_set);
     let task = Reconstruct { config };
-    let last = train::fit(&run, &task, model, optim, state, &device)?;
+    let last = train::fit(&run, &task, model, optim, state, &device)?.last;
     let dir = Checkpoint::dir(&a.run_dir);
     let final_state = Checkpoint::load_state(&dir)?;
     let loss = match &last {
@@ -284,16 +282,14 @@ pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
 /// encoder, or a CRATE's head input `LN(cls)` (classifier or `dino train` teacher) — standardised
 /// with the training split's statistics, softmax regression by AdamW.
 pub fn probe(a: ProbeArgs) -> Result<()> {
-    ensure!(
-        a.epochs > 0 && a.batch_size > 0,
-        "--epochs and --batch-size must be at least 1"
-    );
-    crate::train::optim::check_lr(a.lr, 0.0)?;
-    ensure!(
-        a.weight_decay.is_finite() && a.weight_decay >= 0.0,
-        "--weight-decay must be a finite number ≥ 0, got {}",
-        a.weight_decay
-    );
+    let recipe = ProbeRecipe {
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        seed: a.seed,
+    };
+    recipe.validate()?;
     let device = Default::default();
     let t0 = Instant::now();
     let train_set = load_split(&a.data, Split::Train, a.train_limit)?;
@@ -310,76 +306,26 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
         test_set.len(),
         t0.elapsed().as_secs_f64()
     );
-    // standardise with the train statistics
-    let n = train_set.len();
-    let mut mean = vec![0f64; d];
-    let mut var = vec![0f64; d];
-    for r in 0..n {
-        for j in 0..d {
-            mean[j] += ftr[r * d + j] as f64 / n as f64;
-        }
-    }
-    for r in 0..n {
-        for j in 0..d {
-            var[j] += (ftr[r * d + j] as f64 - mean[j]).powi(2) / n as f64;
-        }
-    }
-    let standardise = |f: &[f32]| -> Vec<f32> {
-        f.chunks(d)
-            .flat_map(|row| {
-                row.iter()
-                    .enumerate()
-                    .map(|(j, &v)| ((v as f64 - mean[j]) / (var[j] + 1e-6).sqrt()) as f32)
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    };
-    let (ftr, fte) = (standardise(&ftr), standardise(&fte));
+    let (ftr, fte) = probe::standardise(&ftr, &fte, d);
     let k = train_set
         .num_classes()
         .max(test_set.num_classes())
         .max(train_set.labels.iter().copied().max().unwrap_or(0) as usize + 1);
-    type AB = TrainBackend;
-    <AB as burn::tensor::backend::Backend>::seed(&device, a.seed);
-    let mut head = LinearConfig::new(d, k).init::<AB>(&device);
-    let mut opt = AdamWConfig::new()
-        .with_weight_decay(a.weight_decay as f32)
-        .init();
-    let ce = CrossEntropyLossConfig::new().init::<AB>(&device);
-    let steps_per_epoch = n.div_ceil(a.batch_size);
-    let total = steps_per_epoch * a.epochs;
-    let mut step = 0;
-    for epoch in 0..a.epochs {
-        let order = data::epoch_order(n, a.seed, epoch);
-        for chunk in order.chunks(a.batch_size) {
-            let xs: Vec<f32> = chunk
-                .iter()
-                .flat_map(|&i| ftr[i * d..(i + 1) * d].iter().copied())
-                .collect();
-            let ys: Vec<i64> = chunk.iter().map(|&i| train_set.labels[i] as i64).collect();
-            let x = Tensor::<AB, 2>::from_data(TensorData::new(xs, [chunk.len(), d]), &device);
-            let y = Tensor::<AB, 1, Int>::from_data(TensorData::new(ys, [chunk.len()]), &device);
-            let loss = ce.forward(head.forward(x), y);
-            let grads = GradientsParams::from_grads(loss.backward(), &head);
-            let lr = train::schedule::warmup_cosine(step, 0, total, a.lr, 0.0);
-            head = opt.step(lr, head, grads);
-            step += 1;
-        }
-    }
-    let head = head.valid();
-    let accuracy = |f: &[f32], set: &ImageSet| -> f64 {
-        let m = set.len();
-        let x = Tensor::<InferBackend, 2>::from_data(TensorData::new(f.to_vec(), [m, d]), &device);
-        let y = Tensor::<InferBackend, 1, Int>::from_data(
-            TensorData::new(
-                set.labels.iter().map(|&v| v as i64).collect::<Vec<_>>(),
-                [m],
-            ),
-            &device,
-        );
-        train::topk_hits(head.forward(x), y).0 as f64 / m as f64
-    };
-    let (tr, te) = (accuracy(&ftr, &train_set), accuracy(&fte, &test_set));
+    let (tr, te) = probe::linear_probe::<TrainBackend>(
+        &probe::Features {
+            values: &ftr,
+            labels: &train_set.labels,
+            dim: d,
+        },
+        &probe::Features {
+            values: &fte,
+            labels: &test_set.labels,
+            dim: d,
+        },
+        k,
+        &recipe,
+        &device,
+    )?;
     println!(
         "linear probe on frozen cls features: test accuracy {:.2}%  (train {:.2}%, d = {d}, {} epochs, {:.0}s)",
         100.0 * te,

@@ -339,7 +339,7 @@ pub fn train(d: DinoTrainArgs) -> Result<()> {
         state.normalization.clone(),
         &train_set,
     );
-    let last = train::fit(&run, &task, model, optim, state, &device)?;
+    let last = train::fit(&run, &task, model, optim, state, &device)?.last;
     let dir = Checkpoint::dir(&a.run_dir);
     let final_state = Checkpoint::load_state(&dir)?;
     let weights = dir.join("model.safetensors");

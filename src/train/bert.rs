@@ -6,25 +6,23 @@
 //! Character ids are shifted by 3 to make room for RoBERTa's specials: 0 `<s>`, 1 `<pad>` (the
 //! padding offset of the positions), 2 `<mask>`.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use burn::module::AutodiffModule;
-use burn::optim::GradientsParams;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use super::checkpoint::{read_state, write_checkpoint};
-use super::lm::{progress_bar, step_rng, TokenRun, TokenRunState};
-use super::{append_jsonl, schedule, OptimSettings, TrainOptimizer, INTERRUPTED};
-use crate::model::bert::{mask_tokens, BertConfig, CrateBert};
+use super::engine::{self, Evaluation, Job, PeriodStats, Position};
+use super::lm::{step_rng, TokenRun, TokenRunState};
+use super::{schedule, OptimSettings, TrainOptimizer};
+use crate::model::bert::{mask_tokens, untie_state_dict, BertConfig, CrateBert};
 use crate::model::{CrateAutodiff, CrateBackend};
 use crate::text::{TokenFile, Tokenizer};
-use crate::weights::{collect_state_dict, write_safetensors};
+use crate::weights::{apply_state_dict, collect_state_dict, read_state_dict, write_safetensors};
 
 /// Ids of RoBERTa's special tokens; characters start at [`FIRST_CHAR`].
 pub const PAD: i64 = 1;
@@ -168,86 +166,156 @@ pub fn load_state(dir: &Path) -> Result<BertState> {
     read_state(dir, "CRATE-BERT training state")
 }
 
-/// Train from `state` (fresh or resumed) until `recipe.max_iters`; returns the last validation
-/// loss and the iterations done. A fresh run (step 0) logs the initial validation loss as iteration 0.
+/// A CRATE-BERT run ready for [`fit_bert`]: config, model, optimizer and state.
+pub type BertRun<B> = (
+    BertConfig,
+    CrateBert<B>,
+    TrainOptimizer<CrateBert<B>, B>,
+    BertState,
+);
+
+/// A CRATE-BERT run as its checkpoint folder `dir` saved it (the config checked against the
+/// state's vocabulary and sequence length), ready for [`fit_bert`] to continue it exactly.
+pub fn restore<B: CrateAutodiff>(dir: &Path, device: &B::Device) -> Result<BertRun<B>> {
+    let state = load_state(dir)?;
+    let cfg_path = dir.join("config.json");
+    let cfg: BertConfig = serde_json::from_str(
+        &std::fs::read_to_string(&cfg_path)
+            .with_context(|| format!("cannot read {}", cfg_path.display()))?,
+    )
+    .with_context(|| format!("{}: not a CRATE-BERT config", cfg_path.display()))?;
+    cfg.validate()
+        .with_context(|| format!("{}", cfg_path.display()))?;
+    ensure!(
+        cfg.vocab_size == vocab_size(&state.tokenizer)
+            && cfg.max_position_embeddings == state.recipe.seq_len + PAD as usize + 1,
+        "--resume: {} (vocabulary {}, {} positions) does not fit the run's state.json \
+         (vocabulary {}, sequences of {})",
+        cfg_path.display(),
+        cfg.vocab_size,
+        cfg.max_position_embeddings,
+        vocab_size(&state.tokenizer),
+        state.recipe.seq_len
+    );
+    let w = dir.join("model.safetensors");
+    let sd = untie_state_dict(read_state_dict(&w)?)?;
+    let (model, _) = apply_state_dict(cfg.init::<B>(device), &sd, true)
+        .with_context(|| format!("loading {}", w.display()))?;
+    let optim = TrainOptimizer::new(state.recipe.optim.clone(), &model).load(dir, device)?;
+    Ok((cfg, model, optim, state))
+}
+
+/// CRATE-BERT as a job of the engine: one masked batch per step ([`train_batch`]), the
+/// validation loss before the first step of a fresh run and every `eval_interval` iterations.
+struct BertJob<'a> {
+    config: &'a BertConfig,
+    train: &'a TokenFile,
+    val: &'a TokenFile,
+    state: BertState,
+}
+
+impl BertJob<'_> {
+    fn val_loss<B: CrateAutodiff>(&self, model: &CrateBert<B>) -> f64 {
+        val_loss(
+            &model.valid(),
+            self.val,
+            &self.state.recipe,
+            self.config.vocab_size,
+        )
+    }
+}
+
+impl<B: CrateAutodiff> Job<B> for BertJob<'_> {
+    type Model = CrateBert<B>;
+    type Metrics = serde_json::Value;
+
+    fn position(&self) -> Position {
+        self.state.position(self.state.recipe.batch_size)
+    }
+    fn set_position(&mut self, p: Position) {
+        let per_step = self.state.recipe.batch_size;
+        self.state.set_position(p, per_step);
+    }
+    fn total_steps(&self) -> usize {
+        self.state.recipe.max_iters
+    }
+    fn period(&self) -> usize {
+        self.state.recipe.eval_interval
+    }
+    fn lr(&self, step: usize) -> f64 {
+        let r = &self.state.recipe;
+        schedule::warmup_cosine(step, r.warmup_iters, r.max_iters, r.lr, r.min_lr)
+    }
+    fn loss(&mut self, model: &CrateBert<B>, step: usize, _micro: usize) -> (Tensor<B, 1>, usize) {
+        let r = &self.state.recipe;
+        let (x, y) = train_batch(self.train, r, self.config.vocab_size, step);
+        (
+            model.mlm_loss(ids(x, r.batch_size, r.seq_len), &y),
+            r.batch_size,
+        )
+    }
+    fn describe_step(&self, step: usize) -> String {
+        format!("iteration {step}")
+    }
+    fn bar_prefix(&self, step: usize) -> String {
+        let r = &self.state.recipe;
+        super::lm::interval_prefix(step, r.eval_interval, r.max_iters)
+    }
+    fn unit(&self) -> (&'static str, usize) {
+        ("tok", self.state.recipe.seq_len)
+    }
+    fn initial(&mut self, model: &CrateBert<B>) -> Result<Option<serde_json::Value>> {
+        let v = self.val_loss(model);
+        tracing::info!("iter 0: val masked-LM loss {v:.4}");
+        self.state.best_val_loss = Some(v);
+        Ok(Some(json!({"iter": 0, "val_loss": v, "seconds": 0.0})))
+    }
+    fn evaluate(
+        &mut self,
+        model: &CrateBert<B>,
+        iter: usize,
+        stats: &PeriodStats,
+    ) -> Result<Evaluation<serde_json::Value>> {
+        let v = self.val_loss(model);
+        let (loss, secs) = (stats.last_loss, self.state.seconds);
+        tracing::info!("iter {iter}: train loss {loss:.4}  val masked-LM loss {v:.4}  {secs:.0}s");
+        self.state.record_val_loss(v);
+        Ok(Evaluation {
+            metrics: json!({"iter": iter, "train_loss": loss, "val_loss": v, "lr": stats.lr, "seconds": secs}),
+            diverged: (!v.is_finite()).then_some(("validation loss", v)),
+        })
+    }
+    fn save(
+        &self,
+        run_dir: &Path,
+        model: &CrateBert<B>,
+        optim: &TrainOptimizer<CrateBert<B>, B>,
+        metrics: Option<&serde_json::Value>,
+    ) -> Result<()> {
+        save_checkpoint(run_dir, self.config, model, optim, &self.state, metrics)
+    }
+}
+
+/// Train from `state` (fresh or resumed) until `recipe.max_iters`; returns the model, the last
+/// validation loss and the iterations done. A fresh run (step 0) logs the initial validation loss
+/// as iteration 0.
 pub fn fit_bert<B: CrateAutodiff>(
     run: &TokenRun,
     config: &BertConfig,
-    mut model: CrateBert<B>,
-    mut optim: TrainOptimizer<CrateBert<B>, B>,
-    mut state: BertState,
-) -> Result<(f64, usize)> {
-    let r = state.recipe.clone();
-    let vocab = config.vocab_size;
-    let metrics = run.run_dir.join("metrics.jsonl");
-    let t0 = Instant::now();
-    let secs_at_t0 = state.seconds;
-    let mut last_val = None;
-    if state.step == 0 {
-        let _ = std::fs::remove_file(&metrics);
-        let v = val_loss(&model.valid(), run.val, &r, vocab);
-        append_jsonl(&metrics, &json!({"iter": 0, "val_loss": v, "seconds": 0.0}))?;
-        tracing::info!("iter 0: val masked-LM loss {v:.4}");
-        state.best_val_loss = Some(v);
-        last_val = Some(v);
-    }
-    let stop_at = run
-        .stop_after
-        .map_or(r.max_iters, |k| (state.step + k).min(r.max_iters));
-    let bar = progress_bar(run.show_progress, r.max_iters as u64);
-    bar.set_position(state.step as u64);
-    while state.step < stop_at {
-        if INTERRUPTED.load(Ordering::SeqCst) {
-            bar.abandon_with_message("interrupted: checkpoint saved");
-            save_checkpoint(&run.run_dir, config, &model, &optim, &state, None)?;
-            anyhow::bail!(
-                "interrupted at iteration {}; resume with --resume",
-                state.step
-            );
-        }
-        let (x, y) = train_batch(run.train, &r, vocab, state.step);
-        let loss = model.mlm_loss(ids(x, r.batch_size, r.seq_len), &y);
-        let loss_val: f64 = loss.clone().into_scalar().elem();
-        if !loss_val.is_finite() {
-            bar.abandon();
-            let at = format!("iteration {}", state.step);
-            return Err(super::diverged(&run.run_dir, &at, "loss", loss_val));
-        }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let lr = schedule::warmup_cosine(state.step, r.warmup_iters, r.max_iters, r.lr, r.min_lr);
-        model = optim.step(lr, model, grads); // clips to the recipe's norm first
-        state.step += 1;
-        state.seconds = secs_at_t0 + t0.elapsed().as_secs_f64();
-        bar.set_message(format!("loss {loss_val:.4}  lr {lr:.2e}"));
-        bar.inc(1);
-        let out_of_time = run.max_seconds.is_some_and(|s| state.seconds >= s);
-        let end = state.step == stop_at || out_of_time;
-        if state.step.is_multiple_of(r.eval_interval.max(1)) || end {
-            let v = val_loss(&model.valid(), run.val, &r, vocab);
-            let (iter, secs) = (state.step, state.seconds);
-            bar.suspend(|| {
-                tracing::info!(
-                    "iter {iter}: train loss {loss_val:.4}  val masked-LM loss {v:.4}  {secs:.0}s"
-                )
-            });
-            if !v.is_finite() {
-                return Err(super::diverged(
-                    &run.run_dir,
-                    &format!("iteration {iter}"),
-                    "validation loss",
-                    v,
-                ));
-            }
-            let m = json!({"iter": iter, "train_loss": loss_val, "val_loss": v, "lr": lr, "seconds": secs});
-            state.best_val_loss = Some(state.best_val_loss.map_or(v, |b| b.min(v)));
-            save_checkpoint(&run.run_dir, config, &model, &optim, &state, Some(&m))?;
-            last_val = Some(v);
-        }
-        if out_of_time {
-            break;
-        }
-    }
-    bar.finish_and_clear();
-    let v = last_val.unwrap_or_else(|| val_loss(&model.valid(), run.val, &r, vocab));
-    Ok((v, state.step))
+    model: CrateBert<B>,
+    optim: TrainOptimizer<CrateBert<B>, B>,
+    state: BertState,
+) -> Result<(CrateBert<B>, f64, usize)> {
+    let mut job = BertJob {
+        config,
+        train: run.train,
+        val: run.val,
+        state,
+    };
+    let fitted = engine::run(&mut job, model, optim, &run.options)?;
+    let v = match fitted.last.as_ref().and_then(|m| m["val_loss"].as_f64()) {
+        Some(v) => v,
+        None => job.val_loss(&fitted.model),
+    };
+    Ok((fitted.model, v, fitted.step))
 }

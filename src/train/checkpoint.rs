@@ -274,6 +274,12 @@ pub fn recover(run_dir: &Path) -> Result<Option<PathBuf>> {
     Ok(Some(cur))
 }
 
+/// `--resume`: the run folder brought back to its last complete checkpoint ([`recover`]), whose
+/// folder is returned; an error when the run has none. Call it only while holding the run's lock.
+pub fn resume_dir(run_dir: &Path) -> Result<PathBuf> {
+    recover(run_dir)?.with_context(|| format!("--resume: no checkpoint in {}", run_dir.display()))
+}
+
 /// Before a fresh run in `run_dir`: refuse a folder that holds a checkpoint unless `overwrite`
 /// (then the checkpoints and metrics are removed); a stale `metrics.jsonl` is removed either way.
 pub fn start_fresh(run_dir: &Path, overwrite: bool) -> Result<()> {

@@ -5,17 +5,15 @@
 
 use anyhow::{ensure, Result};
 use burn::module::AutodiffModule;
-use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::path::Path;
 
 use super::checkpoint::{read_state, write_checkpoint};
-use super::{schedule, OptimSettings, TrainOptimizer, INTERRUPTED};
+use super::engine::{self, Evaluation, Fitted, Job, PeriodStats, Position, RunOptions};
+use super::{schedule, OptimSettings, TrainOptimizer};
 use crate::model::lm::{cross_entropy, official_state_dict, CausalLm, LmConfig};
 use crate::model::{CrateAutodiff, CrateBackend};
 use crate::text::{TokenFile, Tokenizer};
@@ -93,6 +91,30 @@ impl<R> TokenRunState<R> {
     }
 }
 
+impl<R> TokenRunState<R> {
+    /// The engine's position; the interval's loss is kept as the sum of per-step mean losses
+    /// and the steps (`per_step` samples each), as runs have always saved it.
+    pub fn position(&self, per_step: usize) -> Position {
+        Position {
+            step: self.step,
+            seconds: self.seconds,
+            period_loss_sum: self.interval_loss_sum * per_step as f64,
+            period_seen: self.interval_steps * per_step,
+        }
+    }
+
+    pub fn set_position(&mut self, p: Position, per_step: usize) {
+        (self.step, self.seconds) = (p.step, p.seconds);
+        self.interval_loss_sum = p.period_loss_sum / per_step.max(1) as f64;
+        self.interval_steps = p.period_seen / per_step.max(1);
+    }
+
+    /// Keep the best validation loss.
+    pub fn record_val_loss(&mut self, v: f64) {
+        self.best_val_loss = Some(self.best_val_loss.map_or(v, |b| b.min(v)));
+    }
+}
+
 pub type LmState = TokenRunState<LmRecipe>;
 
 /// One validation point, as written to `metrics.jsonl`.
@@ -106,16 +128,12 @@ pub struct LmMetrics {
     pub seconds: f64,
 }
 
+/// A run on token streams (language models, CRATE-BERT): the splits and the engine's options
+/// (`stop_after` counts iterations; the schedule still spans `max_iters`).
 pub struct TokenRun<'a> {
-    pub run_dir: PathBuf,
+    pub options: RunOptions,
     pub train: &'a TokenFile,
     pub val: &'a TokenFile,
-    pub show_progress: bool,
-    /// Return after this many iterations of this invocation (the schedule still spans max_iters).
-    pub stop_after: Option<usize>,
-    /// Stop once the run reaches this many seconds (the LM loop counts training time, the
-    /// BERT loop the whole run, evaluations included).
-    pub max_seconds: Option<f64>,
 }
 
 /// Random windows `(x, y)` of `t + 1` tokens: `y` is `x` shifted by one (`train.py::get_batch`).
@@ -254,140 +272,180 @@ pub fn load_state(dir: &Path) -> Result<LmState> {
     read_state(dir, "language-model training state")
 }
 
-/// Train from `state` (fresh or resumed) until `recipe.max_iters`; returns the last validation point.
+/// A language-model run ready for [`fit_lm`]: config, model, optimizer and state.
+pub type LmRun<B> = (
+    LmConfig,
+    CausalLm<B>,
+    TrainOptimizer<CausalLm<B>, B>,
+    LmState,
+);
+
+/// A language-model run as its checkpoint folder `dir` saved it, ready for [`fit_lm`] to
+/// continue it exactly.
+pub fn restore<B: CrateAutodiff>(dir: &Path, device: &B::Device) -> Result<LmRun<B>> {
+    let state = load_state(dir)?;
+    let config = LmConfig::from_json_file(&dir.join("config.json"))?;
+    let sd = crate::weights::read_state_dict(&dir.join("model.safetensors"))?;
+    let model = crate::model::lm::load_official(config.init::<B>(device), sd)?;
+    let optim = TrainOptimizer::new(state.recipe.optim.clone(), &model).load(dir, device)?;
+    Ok((config, model, optim, state))
+}
+
+/// A fresh language-model run: the model initialised from `B::seed(recipe.seed)` with parameter
+/// ids from its keys (so a resumed optimizer finds them again), its optimizer and state.
+pub fn fresh<B: CrateAutodiff>(
+    config: LmConfig,
+    recipe: LmRecipe,
+    tokenizer: Tokenizer,
+    data: &Path,
+    device: &B::Device,
+) -> Result<LmRun<B>> {
+    recipe.validate()?;
+    B::seed(device, recipe.seed);
+    let model = crate::weights::canonical_ids(config.init::<B>(device));
+    let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
+    Ok((
+        config,
+        model,
+        optim,
+        LmState::fresh(recipe, tokenizer, data),
+    ))
+}
+
+/// A causal language model as a job of the engine: `grad_accum` micro-batches of random windows
+/// per step ([`step_rng`]), validation every `eval_interval` iterations.
+struct LmJob<'a, B: CrateAutodiff> {
+    config: &'a LmConfig,
+    train: &'a TokenFile,
+    val: &'a TokenFile,
+    state: LmState,
+    /// Training and validation context lengths.
+    t: usize,
+    tv: usize,
+    device: B::Device,
+}
+
+impl<B: CrateAutodiff> Job<B> for LmJob<'_, B> {
+    type Model = CausalLm<B>;
+    type Metrics = LmMetrics;
+
+    fn position(&self) -> Position {
+        let r = &self.state.recipe;
+        self.state.position(r.batch_size * r.grad_accum)
+    }
+    fn set_position(&mut self, p: Position) {
+        let r = &self.state.recipe;
+        let per_step = r.batch_size * r.grad_accum;
+        self.state.set_position(p, per_step);
+    }
+    fn total_steps(&self) -> usize {
+        self.state.recipe.max_iters
+    }
+    fn period(&self) -> usize {
+        self.state.recipe.eval_interval
+    }
+    fn micro_batches(&self) -> usize {
+        self.state.recipe.grad_accum
+    }
+    fn lr(&self, step: usize) -> f64 {
+        let r = &self.state.recipe;
+        schedule::warmup_cosine(step, r.warmup_iters, r.max_iters, r.lr, r.min_lr)
+    }
+    fn loss(&mut self, model: &CausalLm<B>, step: usize, micro: usize) -> (Tensor<B, 1>, usize) {
+        let r = &self.state.recipe;
+        let mut rng = step_rng(r.seed, step, micro);
+        let (x, y) = get_batch::<B>(self.train, r.batch_size, self.t, &mut rng, &self.device);
+        (cross_entropy(model.forward(x), y), r.batch_size)
+    }
+    fn describe_step(&self, step: usize) -> String {
+        format!("iteration {step}")
+    }
+    fn bar_prefix(&self, step: usize) -> String {
+        let r = &self.state.recipe;
+        interval_prefix(step, r.eval_interval, r.max_iters)
+    }
+    fn unit(&self) -> (&'static str, usize) {
+        ("tok", self.t)
+    }
+    fn evaluate(
+        &mut self,
+        model: &CausalLm<B>,
+        step: usize,
+        stats: &PeriodStats,
+    ) -> Result<Evaluation<LmMetrics>> {
+        let r = &self.state.recipe;
+        let val_loss = estimate_loss(
+            &model.valid(),
+            self.val,
+            r.batch_size,
+            self.tv,
+            r.eval_iters,
+            &self.device,
+        );
+        let m = LmMetrics {
+            step,
+            lr: stats.lr,
+            train_loss: stats.mean_loss(),
+            val_loss,
+            tokens_per_s: stats.rate() * self.t as f64,
+            seconds: self.state.seconds,
+        };
+        tracing::info!(
+            "iter {}/{}  train loss {:.4}  val loss {:.4}  {:.0} tok/s  {:.0}s",
+            m.step,
+            r.max_iters,
+            m.train_loss,
+            m.val_loss,
+            m.tokens_per_s,
+            m.seconds
+        );
+        self.state.record_val_loss(val_loss);
+        Ok(Evaluation {
+            metrics: m,
+            diverged: (!val_loss.is_finite()).then_some(("validation loss", val_loss)),
+        })
+    }
+    fn save(
+        &self,
+        run_dir: &Path,
+        model: &CausalLm<B>,
+        optim: &TrainOptimizer<CausalLm<B>, B>,
+        metrics: Option<&LmMetrics>,
+    ) -> Result<()> {
+        save_checkpoint(run_dir, self.config, model, optim, &self.state, metrics)
+    }
+}
+
+/// The progress bar's prefix for the evaluation interval holding `step`: "iter 251–500/2000".
+pub(crate) fn interval_prefix(step: usize, interval: usize, max_iters: usize) -> String {
+    let start = step - step % interval.max(1);
+    let end = (start + interval).min(max_iters);
+    format!("iter {}–{end}/{max_iters}", start + 1)
+}
+
+/// Train from `state` (fresh or resumed) until `recipe.max_iters`; returns the model and the last
+/// validation point of this invocation.
 pub fn fit_lm<B: CrateAutodiff>(
     run: &TokenRun,
     config: &LmConfig,
-    mut model: CausalLm<B>,
-    mut optim: TrainOptimizer<CausalLm<B>, B>,
-    mut state: LmState,
+    model: CausalLm<B>,
+    optim: TrainOptimizer<CausalLm<B>, B>,
+    state: LmState,
     device: &B::Device,
-) -> Result<Option<LmMetrics>> {
-    let r = state.recipe.clone();
+) -> Result<Fitted<CausalLm<B>, LmMetrics>> {
+    let r = &state.recipe;
     ensure!(
         r.batch_size > 0 && r.grad_accum > 0,
         "batch size and gradient accumulation must be positive"
     );
-    let t = context_len(config, run.train)?;
-    let tv = context_len(config, run.val)?;
-    let stop_at = run
-        .stop_after
-        .map_or(r.max_iters, |k| (state.step + k).min(r.max_iters));
-    let bar = progress_bar(run.show_progress, r.max_iters as u64);
-    bar.set_position(state.step as u64);
-    // an interval resumed after an interrupt carries the loss of its first iterations
-    let (mut loss_sum, mut loss_n, mut tokens) = (state.interval_loss_sum, state.interval_steps, 0);
-    let mut t0 = Instant::now();
-    let mut secs_at_t0 = state.seconds;
-    let mut last = None;
-    while state.step < stop_at {
-        if INTERRUPTED.load(Ordering::SeqCst) {
-            bar.abandon_with_message("interrupted: checkpoint saved");
-            (state.interval_loss_sum, state.interval_steps) = (loss_sum, loss_n);
-            save_checkpoint(&run.run_dir, config, &model, &optim, &state, None)?;
-            anyhow::bail!(
-                "interrupted at iteration {}; resume with --resume",
-                state.step
-            );
-        }
-        let mut acc = GradientsAccumulator::<CausalLm<B>>::new();
-        let mut step_loss = 0.0;
-        for micro in 0..r.grad_accum {
-            let mut rng = step_rng(r.seed, state.step, micro);
-            let (x, y) = get_batch::<B>(run.train, r.batch_size, t, &mut rng, device);
-            let loss = cross_entropy(model.forward(x), y);
-            let l: f64 = loss.clone().into_scalar().elem();
-            if !l.is_finite() {
-                bar.abandon();
-                let at = format!("iteration {}", state.step);
-                return Err(super::diverged(&run.run_dir, &at, "loss", l));
-            }
-            step_loss += l / r.grad_accum as f64;
-            let grads = loss.div_scalar(r.grad_accum as f64).backward();
-            acc.accumulate(&model, GradientsParams::from_grads(grads, &model));
-        }
-        let lr = schedule::warmup_cosine(state.step, r.warmup_iters, r.max_iters, r.lr, r.min_lr);
-        model = optim.step(lr, model, acc.grads());
-        state.step += 1;
-        state.seconds = secs_at_t0 + t0.elapsed().as_secs_f64();
-        loss_sum += step_loss;
-        loss_n += 1;
-        tokens += r.batch_size * r.grad_accum * t;
-        let tok_s = tokens as f64 / t0.elapsed().as_secs_f64();
-        bar.set_message(format!(
-            "loss {:.4}  lr {:.2e}  {:.0} tok/s",
-            loss_sum / loss_n as f64,
-            lr,
-            tok_s
-        ));
-        bar.inc(1);
-        let out_of_time = run.max_seconds.is_some_and(|m| state.seconds >= m);
-        let end = state.step == stop_at || out_of_time;
-        if state.step.is_multiple_of(r.eval_interval.max(1)) || end {
-            let val_loss = estimate_loss(
-                &model.valid(),
-                run.val,
-                r.batch_size,
-                tv,
-                r.eval_iters,
-                device,
-            );
-            let m = LmMetrics {
-                step: state.step,
-                lr,
-                train_loss: loss_sum / loss_n as f64,
-                val_loss,
-                tokens_per_s: tok_s,
-                seconds: state.seconds,
-            };
-            bar.suspend(|| {
-                tracing::info!(
-                    "iter {}/{}  train loss {:.4}  val loss {:.4}  {:.0} tok/s  {:.0}s",
-                    m.step,
-                    r.max_iters,
-                    m.train_loss,
-                    m.val_loss,
-                    m.tokens_per_s,
-                    m.seconds
-                )
-            });
-            if !val_loss.is_finite() {
-                let at = format!("iteration {}", state.step);
-                return Err(super::diverged(
-                    &run.run_dir,
-                    &at,
-                    "validation loss",
-                    val_loss,
-                ));
-            }
-            state.best_val_loss = Some(state.best_val_loss.map_or(val_loss, |b| b.min(val_loss)));
-            (state.interval_loss_sum, state.interval_steps) = (0.0, 0);
-            save_checkpoint(&run.run_dir, config, &model, &optim, &state, Some(&m))?;
-            last = Some(m);
-            // evaluation and saving are not training time
-            (loss_sum, loss_n, tokens) = (0.0, 0, 0);
-            t0 = Instant::now();
-            secs_at_t0 = state.seconds;
-        }
-        if out_of_time {
-            break;
-        }
-    }
-    bar.finish_and_clear();
-    Ok(last)
-}
-
-pub(crate) fn progress_bar(show: bool, len: u64) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "iter [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise} {msg}",
-        )
-        .unwrap()
-        .progress_chars("=> "),
-    );
-    bar
+    let mut job = LmJob {
+        config,
+        train: run.train,
+        val: run.val,
+        t: context_len(config, run.train)?,
+        tv: context_len(config, run.val)?,
+        state,
+        device: device.clone(),
+    };
+    engine::run(&mut job, model, optim, &run.options)
 }

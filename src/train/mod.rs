@@ -1,13 +1,17 @@
-//! Training: per-iteration warm-up + cosine, AdamW/Lion, clipping, per-epoch evaluation, JSONL
-//! metrics, atomic checkpoints and exact resume, for any [`Task`] (the CRATE/CRATE-α classifier
-//! with label smoothing, or CRATE-MAE's masked reconstruction).
+//! Training. Every trainer runs on the one step-based loop of [`engine`]; this module holds the
+//! image tasks' side of it: the [`Recipe`] (per-iteration warm-up + cosine, AdamW/Lion, clipping),
+//! the [`Task`] trait (the CRATE/CRATE-α classifier with label smoothing, CRATE-MAE's masked
+//! reconstruction, ToST, DINO/SimDINO) and [`fit`], which runs a task epoch by epoch with
+//! per-epoch evaluation, JSONL metrics, atomic checkpoints and exact resume.
 
 pub mod bert;
 pub mod checkpoint;
+pub mod engine;
 pub mod lion;
 pub mod lm;
 pub mod mae;
 pub mod optim;
+pub mod probe;
 pub mod schedule;
 pub mod ssl;
 pub mod tost;
@@ -15,31 +19,20 @@ pub mod tost;
 use anyhow::{ensure, Result};
 use burn::module::AutodiffModule;
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
-use burn::optim::GradientsParams;
 use rand::rngs::StdRng;
 
 use burn::tensor::{ElementConversion, Int, Tensor};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::path::Path;
 
 use crate::data::{batch_rng, epoch_order, Augment, Batcher, ImageSet, Normalization};
 use crate::measure::{measure_batch, LayerCurves, MeasureSettings};
 use crate::model::{Crate, CrateAutodiff, CrateBackend, CrateConfig};
 use crate::weights::OfficialKeys;
 pub use checkpoint::{Checkpoint, TrainState};
+pub use engine::{Cancel, Fitted, RunOptions};
 pub use optim::{OptimSettings, OptimizerKind, TrainOptimizer};
-
-/// Set by the Ctrl-C handler; the loop saves a checkpoint at the next batch and stops.
-pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// Make Ctrl-C, SIGTERM and SIGHUP set [`INTERRUPTED`]: the training loops save a checkpoint at
-/// the next batch and stop (`kill PID` behaves like Ctrl-C; only `kill -9` loses the current epoch).
-pub fn save_on_interrupt() {
-    ctrlc::set_handler(|| INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst)).ok();
-}
 
 /// The recipe: everything that decides the trajectory of a run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -365,13 +358,11 @@ impl<B: CrateAutodiff> Task<B> for Classify<B> {
     }
 }
 
+/// An image run: the splits, the engine's options and the white-box measures to log.
 pub struct TrainRun<'a> {
-    pub run_dir: PathBuf,
+    pub options: RunOptions,
     pub train: &'a ImageSet,
     pub test: &'a ImageSet,
-    pub show_progress: bool,
-    /// Return after this many epochs of this invocation.
-    pub stop_after: Option<usize>,
     /// Measure R^c and sparsity per layer every this many epochs (0 = never).
     pub measure_every: usize,
     /// Number of test images the measures use.
@@ -382,35 +373,19 @@ impl<'a> TrainRun<'a> {
     /// Train on `train`, evaluate on `test` after every epoch, checkpoints in `run_dir`; no
     /// progress bar, no measures, every epoch of the recipe.
     pub fn new(run_dir: &Path, train: &'a ImageSet, test: &'a ImageSet) -> Self {
+        Self::with_options(RunOptions::in_dir(run_dir), train, test)
+    }
+
+    /// [`TrainRun::new`] with the engine's options given (`run_dir: None` writes nothing).
+    pub fn with_options(options: RunOptions, train: &'a ImageSet, test: &'a ImageSet) -> Self {
         Self {
-            run_dir: run_dir.to_path_buf(),
+            options,
             train,
             test,
-            show_progress: false,
-            stop_after: None,
             measure_every: 0,
             measure_images: 0,
         }
     }
-}
-
-/// The error of a run that diverged at `at`: the value, and the checkpoint it can go back to.
-pub(crate) fn diverged(run_dir: &Path, at: &str, what: &str, value: f64) -> anyhow::Error {
-    let back = match Checkpoint::find(run_dir) {
-        Some(dir) => match checkpoint::read_state::<serde_json::Value>(&dir, "state") {
-            Ok(s) => format!(
-                "the last checkpoint, {} (step {}), is intact",
-                dir.display(),
-                s.get("step").and_then(|v| v.as_u64()).unwrap_or(0)
-            ),
-            Err(_) => format!("the last checkpoint is {}", dir.display()),
-        },
-        None => "no checkpoint was saved yet".to_string(),
-    };
-    anyhow::anyhow!(
-        "training diverged: {what} became {value} at {at}; nothing was saved after it and {back}. \
-         --resume would repeat the same steps: start a new run with a lower --lr"
-    )
 }
 
 pub(crate) fn append_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
@@ -422,145 +397,139 @@ pub(crate) fn append_jsonl(path: &Path, value: &impl Serialize) -> Result<()> {
     Ok(())
 }
 
-/// Train from `state` (fresh or resumed) until `state.recipe.epochs`; returns the last metrics.
-pub fn fit<B: CrateAutodiff, T: Task<B>>(
-    run: &TrainRun,
-    task: &T,
-    mut model: T::Model,
-    mut optim: TrainOptimizer<T::Model, B>,
-    mut state: TrainState,
-    device: &B::Device,
-) -> Result<Option<EpochMetrics>> {
-    let recipe = state.recipe.clone();
-    let n = run.train.len();
-    let spe = recipe.steps_per_epoch(n);
-    let total = spe * recipe.epochs;
-    let warmup = ((recipe.warmup_epochs * spe as f64).round() as usize).min(total);
-    let batcher = Batcher {
-        norm: state.normalization.clone(),
-        augment: recipe.augment,
-    };
-    let mut last = None;
-    let stop_at = run
-        .stop_after
-        .map_or(recipe.epochs, |k| (state.epoch + k).min(recipe.epochs));
-    while state.epoch < stop_at {
-        let epoch = state.epoch;
-        let order = epoch_order(n, recipe.seed, epoch);
-        let bar = progress_bar(run.show_progress, spe as u64, epoch, recipe.epochs);
-        bar.set_position(state.batch as u64);
-        let t0 = Instant::now();
-        // an epoch resumed after an interrupt carries the loss of its first batches
-        let (mut loss_sum, mut seen) = (state.epoch_loss_sum, state.epoch_seen);
-        let seen_before = seen;
-        let mut lr = 0.0;
-        while state.batch < spe {
-            if INTERRUPTED.load(Ordering::SeqCst) {
-                bar.abandon_with_message("interrupted: checkpoint saved");
-                (state.epoch_loss_sum, state.epoch_seen) = (loss_sum, seen);
-                task.save_checkpoint(&run.run_dir, &model, &optim, &state, None)?;
-                anyhow::bail!(
-                    "interrupted at epoch {} batch {}; resume with --resume",
-                    epoch + 1,
-                    state.batch
-                );
-            }
-            let b = state.batch;
-            let idx = &order[b * recipe.batch_size..((b + 1) * recipe.batch_size).min(n)];
-            let mut rng = batch_rng(recipe.seed, epoch, b);
-            let (x, y) = batcher.batch::<B>(run.train, idx, &mut rng, device);
-            let at = Progress {
-                epoch,
-                step: state.step,
-                steps_per_epoch: spe,
-                total_steps: total,
-            };
-            let loss = task.loss(&model, x, y, &mut rng, at);
-            let loss_val: f64 = loss.clone().into_scalar().elem();
-            if !loss_val.is_finite() {
-                bar.abandon();
-                return Err(diverged(
-                    &run.run_dir,
-                    &format!(
-                        "step {} (epoch {}, batch {})",
-                        state.step,
-                        epoch + 1,
-                        state.batch
-                    ),
-                    "loss",
-                    loss_val,
-                ));
-            }
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            lr = recipe.lr_at(state.step, warmup, total);
-            if let Some(end) = recipe.weight_decay_end {
-                let wd = recipe.optim.weight_decay;
-                optim.set_weight_decay(schedule::cosine_scheduler(
-                    wd, end, total, 0, 0.0, state.step,
-                ));
-            }
-            model = optim.step(lr, model, grads);
-            model = task.after_step(model, at);
-            state.step += 1;
-            state.batch += 1;
-            loss_sum += loss_val * idx.len() as f64;
-            seen += idx.len();
-            let secs = t0.elapsed().as_secs_f64();
-            bar.set_message(format!(
-                "loss {:.4}  lr {:.2e}  {:.0} img/s",
-                loss_sum / seen as f64,
-                lr,
-                (seen - seen_before) as f64 / secs
-            ));
-            bar.inc(1);
+/// An image [`Task`] as a job of the engine: epochs of `batch_size` images in the order
+/// [`epoch_order`] draws, batch `b` of epoch `e` augmented by `batch_rng(seed, e, b)`.
+struct ImageJob<'a, 'r, B: CrateAutodiff, T: Task<B>> {
+    task: &'a T,
+    run: &'a TrainRun<'r>,
+    state: TrainState,
+    batcher: Batcher,
+    /// Steps per epoch, total steps, warm-up steps.
+    spe: usize,
+    total: usize,
+    warmup: usize,
+    /// The epoch whose order is cached.
+    order: (usize, Vec<usize>),
+    device: B::Device,
+}
+
+impl<B: CrateAutodiff, T: Task<B>> ImageJob<'_, '_, B, T> {
+    fn progress(&self, step: usize) -> Progress {
+        Progress {
+            epoch: step / self.spe,
+            step,
+            steps_per_epoch: self.spe,
+            total_steps: self.total,
         }
-        let train_secs = t0.elapsed().as_secs_f64();
-        bar.finish_and_clear();
-        state.epoch += 1;
-        state.batch = 0;
-        (state.epoch_loss_sum, state.epoch_seen) = (0.0, 0);
-        let eval = task.evaluate(&model.valid(), run.test, &state.normalization, device)?;
+    }
+}
+
+impl<B: CrateAutodiff, T: Task<B>> engine::Job<B> for ImageJob<'_, '_, B, T> {
+    type Model = T::Model;
+    type Metrics = EpochMetrics;
+
+    fn position(&self) -> engine::Position {
+        let s = &self.state;
+        engine::Position {
+            step: s.step,
+            seconds: s.seconds,
+            period_loss_sum: s.epoch_loss_sum,
+            period_seen: s.epoch_seen,
+        }
+    }
+    fn set_position(&mut self, p: engine::Position) {
+        let s = &mut self.state;
+        (s.step, s.epoch, s.batch) = (p.step, p.step / self.spe, p.step % self.spe);
+        (s.seconds, s.epoch_loss_sum, s.epoch_seen) = (p.seconds, p.period_loss_sum, p.period_seen);
+    }
+    fn total_steps(&self) -> usize {
+        self.total
+    }
+    fn period(&self) -> usize {
+        self.spe
+    }
+    /// `n` epochs from the start of the current one.
+    fn stop_step(&self, step: usize, n: usize) -> usize {
+        (step / self.spe + n) * self.spe
+    }
+    fn lr(&self, step: usize) -> f64 {
+        self.state.recipe.lr_at(step, self.warmup, self.total)
+    }
+    fn before_step(&self, optim: &mut TrainOptimizer<T::Model, B>, step: usize) {
+        let r = &self.state.recipe;
+        if let Some(end) = r.weight_decay_end {
+            let wd = r.optim.weight_decay;
+            optim.set_weight_decay(schedule::cosine_scheduler(
+                wd, end, self.total, 0, 0.0, step,
+            ));
+        }
+    }
+    fn loss(&mut self, model: &T::Model, step: usize, _micro: usize) -> (Tensor<B, 1>, usize) {
+        let (seed, bs, n) = (
+            self.state.recipe.seed,
+            self.state.recipe.batch_size,
+            self.run.train.len(),
+        );
+        let (epoch, b) = (step / self.spe, step % self.spe);
+        if self.order.0 != epoch || self.order.1.is_empty() {
+            self.order = (epoch, epoch_order(n, seed, epoch));
+        }
+        let idx = &self.order.1[b * bs..((b + 1) * bs).min(n)];
+        let mut rng = batch_rng(seed, epoch, b);
+        let (x, y) = self
+            .batcher
+            .batch::<B>(self.run.train, idx, &mut rng, &self.device);
+        let at = self.progress(step);
+        (self.task.loss(model, x, y, &mut rng, at), idx.len())
+    }
+    fn after_step(&mut self, model: T::Model, step: usize) -> T::Model {
+        self.task.after_step(model, self.progress(step))
+    }
+    fn describe_step(&self, step: usize) -> String {
+        let (e, b) = (step / self.spe, step % self.spe);
+        format!("epoch {} batch {b} (step {step})", e + 1)
+    }
+    fn describe_end(&self, step: usize) -> String {
+        format!("the end of epoch {} (step {step})", step.div_ceil(self.spe))
+    }
+    fn bar_prefix(&self, step: usize) -> String {
+        format!("epoch {}/{}", step / self.spe + 1, self.state.recipe.epochs)
+    }
+    fn unit(&self) -> (&'static str, usize) {
+        ("img", 1)
+    }
+    fn evaluate(
+        &mut self,
+        model: &T::Model,
+        step: usize,
+        stats: &engine::PeriodStats,
+    ) -> Result<engine::Evaluation<EpochMetrics>> {
+        let (run, task, norm) = (self.run, self.task, &self.state.normalization);
+        let epoch = step.div_ceil(self.spe);
+        let eval = task.evaluate(&model.valid(), run.test, norm, &self.device)?;
         if !eval.loss.is_finite() && (task.has_eval_loss() || !eval.loss.is_nan()) {
-            return Err(diverged(
-                &run.run_dir,
-                &format!("the end of epoch {} (step {})", state.epoch, state.step),
-                "test loss",
-                eval.loss,
-            ));
+            let metrics = self.metrics(epoch, step, stats, &eval, None);
+            return Ok(engine::Evaluation {
+                metrics,
+                diverged: Some(("test loss", eval.loss)),
+            });
         }
-        let measures = if run.measure_every > 0 && state.epoch.is_multiple_of(run.measure_every) {
+        let measures = if run.measure_every > 0 && epoch.is_multiple_of(run.measure_every) {
             task.measure(
                 &model.valid(),
                 run.test,
-                &state.normalization,
+                norm,
                 run.measure_images,
-                device,
+                &self.device,
             )?
         } else {
             None
         };
-        state.seconds += t0.elapsed().as_secs_f64();
-        let m = EpochMetrics {
-            epoch: state.epoch,
-            step: state.step,
-            lr,
-            train_loss: if seen > 0 {
-                loss_sum / seen as f64
-            } else {
-                f64::NAN
-            },
-            test_loss: eval.loss,
-            test_acc: eval.top1,
-            test_top5: eval.top5,
-            train_img_s: (seen - seen_before) as f64 / train_secs,
-            seconds: state.seconds,
-            measures,
-            terms: task.epoch_terms(),
-        };
+        let m = self.metrics(epoch, step, stats, &eval, measures);
         tracing::info!(
             "epoch {}/{}  train loss {:.4}  {}  {:.0} img/s  {:.0}s",
             m.epoch,
-            recipe.epochs,
+            self.state.recipe.epochs,
             m.train_loss,
             task.describe(&eval),
             m.train_img_s,
@@ -573,10 +542,80 @@ pub fn fit<B: CrateAutodiff, T: Task<B>>(
                 c.sparsity_mean
             );
         }
-        task.save_checkpoint(&run.run_dir, &model, &optim, &state, Some(&m))?;
-        last = Some(m);
+        Ok(engine::Evaluation {
+            metrics: m,
+            diverged: None,
+        })
     }
-    Ok(last)
+    fn save(
+        &self,
+        run_dir: &Path,
+        model: &T::Model,
+        optim: &TrainOptimizer<T::Model, B>,
+        metrics: Option<&EpochMetrics>,
+    ) -> Result<()> {
+        self.task
+            .save_checkpoint(run_dir, model, optim, &self.state, metrics)
+    }
+}
+
+impl<B: CrateAutodiff, T: Task<B>> ImageJob<'_, '_, B, T> {
+    fn metrics(
+        &self,
+        epoch: usize,
+        step: usize,
+        stats: &engine::PeriodStats,
+        eval: &EvalResult,
+        measures: Option<LayerCurves>,
+    ) -> EpochMetrics {
+        EpochMetrics {
+            epoch,
+            step,
+            lr: stats.lr,
+            train_loss: stats.mean_loss(),
+            test_loss: eval.loss,
+            test_acc: eval.top1,
+            test_top5: eval.top5,
+            train_img_s: stats.rate(),
+            seconds: self.state.seconds,
+            measures,
+            terms: self.task.epoch_terms(),
+        }
+    }
+}
+
+/// Train `task` from `state` (fresh or resumed) until `state.recipe.epochs`, evaluating after
+/// every epoch; returns the model, the last epoch's metrics of this invocation and the steps.
+pub fn fit<B: CrateAutodiff, T: Task<B>>(
+    run: &TrainRun,
+    task: &T,
+    model: T::Model,
+    optim: TrainOptimizer<T::Model, B>,
+    state: TrainState,
+    device: &B::Device,
+) -> Result<Fitted<T::Model, EpochMetrics>> {
+    ensure!(
+        !run.train.is_empty(),
+        "cannot train on an empty training split"
+    );
+    let recipe = &state.recipe;
+    let spe = recipe.steps_per_epoch(run.train.len());
+    let total = spe * recipe.epochs;
+    let mut job = ImageJob {
+        task,
+        run,
+        batcher: Batcher {
+            norm: state.normalization.clone(),
+            augment: recipe.augment,
+        },
+        spe,
+        total,
+        warmup: ((recipe.warmup_epochs * spe as f64).round() as usize).min(total),
+        order: (0, Vec::new()),
+        device: device.clone(),
+        state,
+    };
+    engine::run(&mut job, model, optim, &run.options)
 }
 
 /// The per-layer curves of `model` on the first `limit` images of `set`.
@@ -597,22 +636,6 @@ pub fn measure_curves<B: CrateBackend>(
     let (x, _) = batcher.batch::<B>(set, &idx, &mut batch_rng(0, 0, 0), device);
     let m = measure_batch(model, x, MeasureSettings::default())?;
     LayerCurves::from_measures(&m, model.layers.len())
-}
-
-fn progress_bar(show: bool, len: u64, epoch: usize, epochs: usize) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise} {msg}",
-        )
-        .unwrap()
-        .progress_chars("=> "),
-    );
-    bar.set_prefix(format!("epoch {}/{}", epoch + 1, epochs));
-    bar
 }
 
 #[cfg(test)]
