@@ -248,6 +248,26 @@ fn config_specs_name_their_family() {
     assert!(e.contains("crate-omega"), "{e}");
 }
 
+/// The golden file's constructor arguments with `"arch": arch`, as a JSON config file in `dir`.
+fn ctor_file(dir: &Path, g: &Golden, arch: &str) -> PathBuf {
+    let mut ctor: serde_json::Value = serde_json::from_str(&g.meta["ctor"]).unwrap();
+    ctor["arch"] = arch.into();
+    let path = dir.join(format!("{arch}.json"));
+    std::fs::write(&path, ctor.to_string()).unwrap();
+    path
+}
+
+/// The classifier gives the golden file's logits on its input.
+fn golden_logits(model: &whitebox::model::Crate<B>, g: &Golden) {
+    let x = Tensor::<B, 4>::from_data(g.get("input").clone(), &Default::default());
+    assert_close(
+        "logits",
+        &model.forward(x).into_data(),
+        g.get("logits"),
+        1e-5,
+    );
+}
+
 /// The official torch fixtures: CRATE (training container), CRATE-α, CRATE-MAE with their JSON
 /// configs, and a nanoGPT crate-lm checkpoint with none (its `model_args` are the config).
 #[test]
@@ -257,27 +277,17 @@ fn official_fixtures_load_with_their_configs() {
 
     // CRATE: the golden logits
     let g = Golden::load("crate_B.safetensors");
-    let cfg = dir.path().join("crate_b.json");
-    std::fs::write(&cfg, &g.meta["ctor"]).unwrap();
+    let cfg = ctor_file(dir.path(), &g, "crate");
     let w = load_cpu(&fixture("crate_B_official.pth.tar"), cfg.to_str())
         .unwrap()
         .into_crate()
         .unwrap();
     assert_eq!(w.config.arch, Arch::Crate);
-    let x = Tensor::<B, 4>::from_data(g.get("input").clone(), &device);
-    assert_close(
-        "logits",
-        &w.model.forward(x).into_data(),
-        g.get("logits"),
-        1e-5,
-    );
+    golden_logits(&w.model, &g);
 
     // CRATE-α: its keys say so; the golden logits
     let g = Golden::load("crate_alpha.safetensors");
-    let mut ctor: serde_json::Value = serde_json::from_str(&g.meta["ctor"]).unwrap();
-    ctor["arch"] = "crate-alpha".into();
-    let cfg = dir.path().join("alpha.json");
-    std::fs::write(&cfg, ctor.to_string()).unwrap();
+    let cfg = ctor_file(dir.path(), &g, "crate-alpha");
     let pth = fixture("crate_alpha_official.pth");
     assert_eq!(
         arch_from_keys(&read_state_dict(&pth).unwrap()),
@@ -285,21 +295,12 @@ fn official_fixtures_load_with_their_configs() {
     );
     let w = load_cpu(&pth, cfg.to_str()).unwrap().into_crate().unwrap();
     assert_eq!(w.config.arch, Arch::CrateAlpha);
-    let x = Tensor::<B, 4>::from_data(g.get("input").clone(), &device);
-    assert_close(
-        "logits",
-        &w.model.forward(x).into_data(),
-        g.get("logits"),
-        1e-5,
-    );
+    golden_logits(&w.model, &g);
 
     // CRATE-MAE: the official parameters arrive unchanged; classifier weights under an MAE
     // config are a clear layout error
     let g = Golden::load("crate_mae.safetensors");
-    let mut ctor: serde_json::Value = serde_json::from_str(&g.meta["ctor"]).unwrap();
-    ctor["arch"] = "crate-mae".into();
-    let cfg = dir.path().join("mae.json");
-    std::fs::write(&cfg, ctor.to_string()).unwrap();
+    let cfg = ctor_file(dir.path(), &g, "crate-mae");
     let w = load_cpu(&fixture("crate_mae_official.pth"), cfg.to_str())
         .unwrap()
         .into_mae()
