@@ -6,6 +6,11 @@
 //!
 //! OpenBLAS 0.3.21 (Debian) was measured against this crate on the project machine: within
 //! the machine's noise on the 4160×384×384 products, and 25 % slower on 65×65×64 heads.
+//!
+//! Under `--precision bf16` ([`super::bf16`]) the products where it wins take the packed
+//! AVX512-BF16 kernel instead, split over the threads the same way.
+
+use super::bf16::{self, Kernel};
 
 /// A strided read-only matrix: element `(i, j)` is `data[i·rs + j·cs]`.
 #[derive(Clone, Copy, Debug)]
@@ -61,12 +66,23 @@ impl<'a> MatRef<'a> {
     }
 }
 
-/// `C = A·B` (or `C += A·B` with `accumulate`) on one thread; `C` is row-major `[m, n]` with
+/// `C = A·B` (or `C += A·B` with `accumulate`) on one thread with `kernel` (f32 or the bf16
+/// kernel; the emulation rounds its inputs before it gets here); `C` is row-major `[m, n]` with
 /// row stride `ldc`.
 ///
 /// # Safety
 /// `c` must be valid for writes of the `m × n` block with row stride `ldc`, and not alias `a`, `b`.
-unsafe fn gemm_serial(a: MatRef, b: MatRef, c: *mut f32, ldc: usize, accumulate: bool) {
+unsafe fn gemm_serial(
+    a: MatRef,
+    b: MatRef,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    kernel: Kernel,
+) {
+    if kernel == Kernel::Bf16 {
+        return bf16::gemm_serial(a, b, c, ldc, accumulate);
+    }
     let (m, k, n) = (a.rows, a.cols, b.cols);
     if m == 0 || n == 0 {
         return;
@@ -112,9 +128,17 @@ unsafe impl Sync for SendPtr {}
 const PARALLEL_MIN_FLOPS: usize = 1 << 20;
 
 /// Split `C = A·B` into `parts` row or column blocks, whichever dimension is longer.
-unsafe fn gemm_split(a: MatRef, b: MatRef, c: SendPtr, ldc: usize, accumulate: bool, parts: usize) {
+unsafe fn gemm_split(
+    a: MatRef,
+    b: MatRef,
+    c: SendPtr,
+    ldc: usize,
+    (accumulate, kernel): (bool, Kernel),
+    parts: usize,
+) {
+    let how = (accumulate, kernel);
     if parts <= 1 {
-        return gemm_serial(a, b, c.0, ldc, accumulate);
+        return gemm_serial(a, b, c.0, ldc, accumulate, kernel);
     }
     let (m, n) = (a.rows, b.cols);
     let left = parts / 2;
@@ -122,46 +146,34 @@ unsafe fn gemm_split(a: MatRef, b: MatRef, c: SendPtr, ldc: usize, accumulate: b
         let m0 = m * left / parts;
         let c1 = SendPtr(c.0.add(m0 * ldc));
         rayon::join(
-            || gemm_split(a.row_block(0, m0), b, c, ldc, accumulate, left),
-            || {
-                gemm_split(
-                    a.row_block(m0, m - m0),
-                    b,
-                    c1,
-                    ldc,
-                    accumulate,
-                    parts - left,
-                )
-            },
+            || gemm_split(a.row_block(0, m0), b, c, ldc, how, left),
+            || gemm_split(a.row_block(m0, m - m0), b, c1, ldc, how, parts - left),
         );
     } else {
         let n0 = n * left / parts;
         let c1 = SendPtr(c.0.add(n0));
         rayon::join(
-            || gemm_split(a, b.col_block(0, n0), c, ldc, accumulate, left),
-            || {
-                gemm_split(
-                    a,
-                    b.col_block(n0, n - n0),
-                    c1,
-                    ldc,
-                    accumulate,
-                    parts - left,
-                )
-            },
+            || gemm_split(a, b.col_block(0, n0), c, ldc, how, left),
+            || gemm_split(a, b.col_block(n0, n - n0), c1, ldc, how, parts - left),
         );
     }
 }
 
-/// `A·B` as a new row-major `[m, n]` buffer, using every rayon thread for large products.
+/// `A·B` as a new row-major `[m, n]` buffer, using every rayon thread for large products
+/// (in bf16 under the bf16 precision setting).
 pub fn matmul(a: MatRef, b: MatRef) -> Vec<f32> {
+    matmul_with(a, b, bf16::kernel())
+}
+
+/// [`matmul`] with a given kernel (`Kernel::Bf16` needs [`bf16::kernel_available`]).
+pub fn matmul_with(a: MatRef, b: MatRef, kernel: Kernel) -> Vec<f32> {
     let len = a.rows * b.cols;
     let mut c = Vec::<f32>::with_capacity(len);
     // SAFETY: the product writes all `len` entries (gemm with `read_dst = false` never reads C),
     // and only then is the length set.
     unsafe {
         let ptr = SendPtr(c.as_mut_ptr());
-        run_split(a, b, ptr, false);
+        run_split(a, b, ptr, false, kernel);
         c.set_len(len);
     }
     c
@@ -171,8 +183,9 @@ pub fn matmul(a: MatRef, b: MatRef) -> Vec<f32> {
 /// using every rayon thread for large products.
 pub fn matmul_onto(a: MatRef, b: MatRef, mut c: Vec<f32>, accumulate: bool) -> Vec<f32> {
     assert_eq!(c.len(), a.rows * b.cols, "matmul: output size");
+    let kernel = bf16::kernel();
     // SAFETY: `c` holds exactly the m × n output, row stride n, disjoint from `a` and `b`.
-    unsafe { run_split(a, b, SendPtr(c.as_mut_ptr()), accumulate) };
+    unsafe { run_split(a, b, SendPtr(c.as_mut_ptr()), accumulate, kernel) };
     c
 }
 
@@ -180,28 +193,57 @@ pub fn matmul_onto(a: MatRef, b: MatRef, mut c: Vec<f32>, accumulate: bool) -> V
 ///
 /// # Safety
 /// `c` must be valid for writes of `m·n` floats (and reads if `accumulate`), disjoint from `a`, `b`.
-unsafe fn run_split(a: MatRef, b: MatRef, c: SendPtr, accumulate: bool) {
+unsafe fn run_split(a: MatRef, b: MatRef, c: SendPtr, accumulate: bool, kernel: Kernel) {
     assert_eq!(a.cols, b.rows, "matmul: inner dimensions differ");
     check_bounds(&a);
     check_bounds(&b);
+    if kernel == Kernel::Bf16Emulated {
+        let (ar, br) = (bf16::rounded_copy(a), bf16::rounded_copy(b));
+        let (a, b) = (
+            MatRef::rows(&ar, a.rows, a.cols),
+            MatRef::rows(&br, b.rows, b.cols),
+        );
+        return run_split(a, b, c, accumulate, Kernel::F32);
+    }
+    assert!(
+        kernel != Kernel::Bf16 || bf16::kernel_available(),
+        "matmul: the bf16 kernel needs AVX512-BF16"
+    );
     let (m, n) = (a.rows, b.cols);
     let parts = if m * n * a.cols < PARALLEL_MIN_FLOPS {
         1
     } else {
         rayon::current_num_threads().min(m.max(n) / 16).max(1)
     };
-    gemm_split(a, b, c, n, accumulate, parts)
+    gemm_split(a, b, c, n, (accumulate, kernel), parts)
 }
 
 /// `C = A·B` or `C += A·B` into a row-major `c` `[m, n]`, on the calling thread (for per-head
 /// products that are already spread over the threads).
 pub fn matmul_into(a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool) {
+    matmul_into_with(a, b, c, accumulate, bf16::kernel())
+}
+
+/// [`matmul_into`] with a given kernel (`Kernel::Bf16` needs [`bf16::kernel_available`]).
+pub fn matmul_into_with(a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool, kernel: Kernel) {
     assert_eq!(a.cols, b.rows, "matmul: inner dimensions differ");
     assert_eq!(c.len(), a.rows * b.cols, "matmul: output size");
     check_bounds(&a);
     check_bounds(&b);
+    if kernel == Kernel::Bf16Emulated {
+        let (ar, br) = (bf16::rounded_copy(a), bf16::rounded_copy(b));
+        let (a, b) = (
+            MatRef::rows(&ar, a.rows, a.cols),
+            MatRef::rows(&br, b.rows, b.cols),
+        );
+        return matmul_into_with(a, b, c, accumulate, Kernel::F32);
+    }
+    assert!(
+        kernel != Kernel::Bf16 || bf16::kernel_available(),
+        "matmul: the bf16 kernel needs AVX512-BF16"
+    );
     // SAFETY: `c` is a distinct, exactly sized row-major buffer.
-    unsafe { gemm_serial(a, b, c.as_mut_ptr(), b.cols, accumulate) }
+    unsafe { gemm_serial(a, b, c.as_mut_ptr(), b.cols, accumulate, kernel) }
 }
 
 fn check_bounds(m: &MatRef) {

@@ -2,6 +2,7 @@
 
 pub mod alpha;
 pub mod bert;
+pub mod bf16;
 pub mod blocks;
 pub mod fused;
 pub mod gemm;
