@@ -89,7 +89,7 @@ fn check_bf16_bound(a: &MatRef, b: &MatRef, got: &[f32], base: f32, what: &str) 
     }
 }
 
-const SHAPES: [(usize, usize, usize); 7] = [
+const SHAPES: [(usize, usize, usize); 8] = [
     (1, 1, 1),
     (13, 7, 33),
     (65, 64, 65),
@@ -97,6 +97,7 @@ const SHAPES: [(usize, usize, usize); 7] = [
     (97, 300, 70),
     (200, 513, 40),
     (20, 40, 800),
+    (40, 1000, 40), // the inner dimension split over the threads
 ];
 
 fn kernels() -> Vec<Kernel> {
@@ -193,11 +194,15 @@ fn bf16_precision_setting_is_refused_without_the_kernel_and_f32_is_the_default()
     assert_eq!(bf16::precision(), Precision::F32);
 }
 
-/// Median seconds of `f` over `reps` runs after one warm-up.
-fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+/// Median seconds of `f` over `reps` runs after one warm-up; with `cold`, 64 MiB are written
+/// before each run (untimed) so that the inputs come from memory, as in a training step.
+fn time_cold(reps: usize, cold: bool, mut f: impl FnMut()) -> f64 {
+    let mut junk = vec![0u8; if cold { 64 << 20 } else { 0 }];
     f();
     let mut t: Vec<f64> = (0..reps)
-        .map(|_| {
+        .map(|r| {
+            junk.iter_mut().for_each(|b| *b = b.wrapping_add(r as u8));
+            std::hint::black_box(&junk);
             let s = std::time::Instant::now();
             f();
             s.elapsed().as_secs_f64()
@@ -207,6 +212,10 @@ fn time(reps: usize, mut f: impl FnMut()) -> f64 {
     t[reps / 2]
 }
 
+fn time(reps: usize, f: impl FnMut()) -> f64 {
+    time_cold(reps, false, f)
+}
+
 #[test]
 #[ignore = "a measurement: prints GFLOP/s of f32 and bf16 on the model's GEMM shapes"]
 fn bf16_speed_table() {
@@ -214,8 +223,8 @@ fn bf16_speed_table() {
         eprintln!("no AVX512-BF16 on this CPU: nothing to measure");
         return;
     }
-    println!("| product (m×k·k×n, layout) | threads | f32 GFLOP/s | bf16 GFLOP/s | bf16/f32 |");
-    println!("|---|---|---|---|---|");
+    println!("| product (m×k·k×n, layout) | threads | f32 GFLOP/s | bf16 GFLOP/s | bf16/f32 | cold caches: f32 | bf16 | bf16/f32 |");
+    println!("|---|---|---|---|---|---|---|---|");
     // (m, k, n, A transposed, B transposed, what)
     let big = [
         (4160, 384, 384, false, false, "x·W (d384 q/out, ISTA)"),
@@ -240,14 +249,22 @@ fn bf16_speed_table() {
         };
         let flop = 2.0 * (m * k * n) as f64;
         let reps = (3e10 / flop).clamp(5.0, 200.0) as usize;
-        let tf = time(reps, || drop(gemm::matmul_with(a, b, Kernel::F32)));
-        let tb = time(reps, || drop(gemm::matmul_with(a, b, Kernel::Bf16)));
+        let t = |cold, kernel| {
+            time_cold(reps.min(if cold { 15 } else { reps }), cold, || {
+                drop(gemm::matmul_with(a, b, kernel))
+            })
+        };
+        let (tf, tb) = (t(false, Kernel::F32), t(false, Kernel::Bf16));
+        let (cf, cb) = (t(true, Kernel::F32), t(true, Kernel::Bf16));
         println!(
-            "| {m}×{k}·{k}×{n} {what} | {} | {:.0} | {:.0} | {:.2} |",
+            "| {m}×{k}·{k}×{n} {what} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.2} |",
             rayon::current_num_threads(),
             flop / tf / 1e9,
             flop / tb / 1e9,
-            tf / tb
+            tf / tb,
+            flop / cf / 1e9,
+            flop / cb / 1e9,
+            cf / cb
         );
     }
     // per-head products, on the calling thread (each thread runs its own heads)
@@ -284,7 +301,7 @@ fn bf16_speed_table() {
         };
         let (tf, tb) = (run(Kernel::F32), run(Kernel::Bf16));
         println!(
-            "| {m}×{k}·{k}×{n} {what} | 1 | {:.0} | {:.0} | {:.2} |",
+            "| {m}×{k}·{k}×{n} {what} | 1 | {:.0} | {:.0} | {:.2} | | | |",
             flop / tf / 1e9,
             flop / tb / 1e9,
             tf / tb

@@ -154,8 +154,9 @@ mod x86 {
 
     const MR: usize = 12;
     const NR: usize = 32;
-    /// k values per packed block (even) and the pairs they make.
-    const KC: usize = 256;
+    /// k values per packed block (even) and the pairs they make: 384 covers the d 384 model's
+    /// products in one block (a B micro-panel of 24 KiB stays in L1 beside the A micro-panel).
+    const KC: usize = 384;
     const KCP: usize = KC / 2;
     /// Rows of A and columns of B per packed block.
     const MC: usize = 96;
@@ -415,6 +416,21 @@ mod x86 {
                 acc[0] = _mm512_dpbf16_ps(acc[0], ai, b0);
                 acc[1] = _mm512_dpbf16_ps(acc[1], ai, b1);
             }
+        }
+        if mr == MR && nr == NR {
+            for (i, acc) in acc.iter().enumerate() {
+                let row = c.add(i * ldc);
+                for (h, &x) in acc.iter().enumerate() {
+                    let at = row.add(16 * h);
+                    let x = if load_c {
+                        _mm512_add_ps(x, _mm512_loadu_ps(at))
+                    } else {
+                        x
+                    };
+                    _mm512_storeu_ps(at, x);
+                }
+            }
+            return;
         }
         let masks = [lanes(nr), lanes(nr.saturating_sub(16))];
         for (i, acc) in acc.iter().enumerate() {

@@ -124,6 +124,13 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// The pointer (a method, so that closures capture the whole `SendPtr`, not its field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Products below this many multiply-adds run on one thread.
 const PARALLEL_MIN_FLOPS: usize = 1 << 20;
 
@@ -215,7 +222,49 @@ unsafe fn run_split(a: MatRef, b: MatRef, c: SendPtr, accumulate: bool, kernel: 
     } else {
         rayon::current_num_threads().min(m.max(n) / 16).max(1)
     };
+    if kernel == Kernel::Bf16 && parts > 1 && a.cols >= 4 * m.max(n) {
+        return split_k(a, b, c, accumulate, parts);
+    }
     gemm_split(a, b, c, n, (accumulate, kernel), parts)
+}
+
+/// `C (+)= A·B` in bf16 with the inner dimension split over `parts` threads, the partial
+/// products summed after: for weight gradients (`k` = all tokens ≫ `m`, `n`), where a row or
+/// column split would make every thread pack the whole of one operand.
+///
+/// # Safety
+/// As [`run_split`].
+unsafe fn split_k(a: MatRef, b: MatRef, c: SendPtr, accumulate: bool, parts: usize) {
+    use rayon::prelude::*;
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    let bound = |t: usize| k * t / parts;
+    let partial: Vec<Vec<f32>> = (0..parts)
+        .into_par_iter()
+        .map(|t| {
+            let (k0, len) = (bound(t), bound(t + 1) - bound(t));
+            let (a, b) = (a.col_block(k0, len), b.row_block(k0, len));
+            // SAFETY: part 0 writes C, the others their own m × n buffers, each fully
+            unsafe {
+                if t == 0 {
+                    gemm_serial(a, b, c.get(), n, accumulate, Kernel::Bf16);
+                    return Vec::new();
+                }
+                let mut p = Vec::with_capacity(m * n);
+                gemm_serial(a, b, p.as_mut_ptr(), n, false, Kernel::Bf16);
+                p.set_len(m * n);
+                p
+            }
+        })
+        .collect();
+    let c = std::slice::from_raw_parts_mut(c.0, m * n);
+    const CHUNK: usize = 1 << 14;
+    c.par_chunks_mut(CHUNK).enumerate().for_each(|(i, ch)| {
+        for p in &partial[1..] {
+            ch.iter_mut()
+                .zip(&p[i * CHUNK..])
+                .for_each(|(c, p)| *c += p);
+        }
+    });
 }
 
 /// `C = A·B` or `C += A·B` into a row-major `c` `[m, n]`, on the calling thread (for per-head
