@@ -344,7 +344,7 @@ fn vec_of<C: burn::tensor::backend::Backend, const D: usize>(t: Tensor<C, D>) ->
 #[test]
 fn bf16_fused_linear_forward_and_gradients_are_within_the_bf16_bound() {
     let device = Default::default();
-    let (r, i, o) = (50, 40, 24);
+    let (r, i, o) = (130, 128, 136); // every dimension ≥ 128: the bf16 path (bf16_wins)
     let xs = values(r * i, 11);
     let ws = values(i * o, 12);
     let gs = values(r * o, 13);
@@ -388,13 +388,14 @@ fn bf16_fused_linear_forward_and_gradients_are_within_the_bf16_bound() {
     }
 }
 
-/// A 2-layer CRATE on 28×28 grey images and a batch of them.
+/// A 2-layer CRATE on 28×28 grey images and a batch of them, wide enough (d 128, 8 × 17 = 136
+/// token rows) for its token-row products to take the bf16 path; the per-head ones stay f32.
 fn tiny_model() -> (whitebox::model::Crate<B>, Tensor<B, 4>) {
     let cfg = CrateConfig {
-        dim: 64,
+        dim: 128,
         depth: 2,
         heads: 2,
-        dim_head: 32,
+        dim_head: 64,
         ..CrateConfig::fmnist()
     };
     let device = Default::default();
@@ -426,7 +427,8 @@ fn bf16_crate_forward_and_gradient_stay_within_the_bf16_bound_of_f32() {
     let m = tiny_model();
     let (l32, g32) = logits_and_grad(&m, Kernel::F32);
     // Each GEMM's inputs carry a relative error ≤ U each (2U per product term). A logit passes
-    // through `GEMMS` GEMMs in sequence (per layer: qkv, w·wᵀ, A·w, out, ISTA; then the head),
+    // through at most `GEMMS` bf16 GEMMs in sequence (per layer: qkv, w·wᵀ, A·w, out, ISTA; the
+    // head; fewer in fact, as the per-head and head products stay f32),
     // which LayerNorms keep at unit scale: |Δ| ≤ 2U·GEMMS·max|logit|. The gradient passes through
     // them twice (forward and backward), again at most ~2U per product.
     const GEMMS: f64 = 2.0 * 5.0 + 1.0;
@@ -456,4 +458,28 @@ fn bf16_crate_forward_and_gradient_stay_within_the_bf16_bound_of_f32() {
     }
     // f32 after a bf16 run is f32 again, bit for bit
     assert_eq!(logits_and_grad(&m, Kernel::F32), (l32, g32));
+}
+
+#[test]
+fn bf16_setting_routes_only_products_with_every_dimension_at_least_128() {
+    for kernel in kernels() {
+        let _mode = Mode::set(kernel);
+        for ((m, k, n), bf) in [
+            ((300, 96, 96), false),
+            ((64, 384, 65), false),
+            ((130, 128, 136), true),
+        ] {
+            let (x, y) = (values(m * k, 21), values(k * n, 22));
+            let (a, b) = (MatRef::rows(&x, m, k), MatRef::rows(&y, k, n));
+            assert_eq!(bf16::bf16_wins(m, k, n), bf);
+            let f32 = gemm::matmul_with(a, b, Kernel::F32);
+            let got = gemm::matmul(a, b);
+            assert_eq!(
+                got != f32,
+                bf,
+                "{kernel:?} {m}×{k}×{n}: bf16 path taken = {}",
+                got != f32
+            );
+        }
+    }
 }

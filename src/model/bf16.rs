@@ -3,9 +3,10 @@
 //! The policy is one process-wide setting, [`set_precision`] (the CLI's `--precision`): in
 //! [`Precision::Bf16`] the large GEMMs of [`super::gemm`] round their inputs to bf16 (round to
 //! nearest even, 8-bit mantissa) and accumulate in f32 with `vdpbf16ps`; master weights, optimizer
-//! state, activations and every other operator (LayerNorm, softmax, elementwise) stay f32. The
-//! kernel won on every GEMM shape of the models (see [`kernel`]), so every fused-op GEMM takes
-//! it. A CPU without AVX512-BF16 gets an error from [`set_precision`], not a silent fallback. [`emulate_bf16`] runs the same routing with a portable
+//! state, activations and every other operator (LayerNorm, softmax, elementwise) stay f32, and
+//! so do the products too small to gain, by measurement ([`bf16_wins`]: every dimension ≥ 128;
+//! the per-head attention products and the fmnist model's 96-wide products stay f32). A CPU
+//! without AVX512-BF16 gets an error from [`set_precision`], not a silent fallback. [`emulate_bf16`] runs the same routing with a portable
 //! emulation (inputs rounded to bf16, then the f32 GEMM): the reference the tests compare the
 //! kernel against, and the way the bf16 tests stay meaningful on AVX2-only machines.
 //!
@@ -84,14 +85,21 @@ pub fn precision() -> Precision {
     }
 }
 
-/// The kernel of a GEMM under the current setting. Under bf16 every GEMM of the fused operators
-/// takes the bf16 kernel: on every product shape of the models (d 384 and fmnist: token-row
-/// products, weight gradients, per-head attention, classifier heads) it was faster than f32,
-/// 1.0–2.1× (AMD EPYC, 2 threads; `cargo test --release --test bf16 -- --ignored --nocapture`,
-/// table in README, "bf16 mixed precision").
-pub(crate) fn kernel() -> Kernel {
+/// Whether an `m×k · k×n` product takes the bf16 kernel under the bf16 setting: every dimension
+/// at least 128. Measured on AMD EPYC (AVX512-BF16, 2 threads; README, "bf16 mixed precision"):
+/// the d 384 model's token-row products and weight gradients gain 1.1–1.8× from the kernel and
+/// its training step 1.24×; its per-head products (65×64) gain nothing inside the step (the
+/// attention class took the same time), and the fmnist model, whose products are all 96 wide,
+/// trained 25 % slower with every GEMM in bf16 (packing costs more than it saves at k = 96).
+pub fn bf16_wins(m: usize, k: usize, n: usize) -> bool {
+    m.min(k).min(n) >= 128
+}
+
+/// The kernel of an `m×k · k×n` GEMM under the current setting.
+pub(crate) fn kernel(m: usize, k: usize, n: usize) -> Kernel {
     match MODE.load(Ordering::Relaxed) {
         MODE_F32 => Kernel::F32,
+        _ if !bf16_wins(m, k, n) => Kernel::F32,
         MODE_BF16 => Kernel::Bf16,
         _ => Kernel::Bf16Emulated,
     }

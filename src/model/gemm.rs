@@ -167,9 +167,9 @@ unsafe fn gemm_split(
 }
 
 /// `A·B` as a new row-major `[m, n]` buffer, using every rayon thread for large products
-/// (in bf16 under the bf16 precision setting).
+/// (in bf16 under the bf16 setting where the shape gains, [`bf16::bf16_wins`]).
 pub fn matmul(a: MatRef, b: MatRef) -> Vec<f32> {
-    matmul_with(a, b, bf16::kernel())
+    matmul_with(a, b, bf16::kernel(a.rows, a.cols, b.cols))
 }
 
 /// [`matmul`] with a given kernel (`Kernel::Bf16` needs [`bf16::kernel_available`]).
@@ -190,7 +190,7 @@ pub fn matmul_with(a: MatRef, b: MatRef, kernel: Kernel) -> Vec<f32> {
 /// using every rayon thread for large products.
 pub fn matmul_onto(a: MatRef, b: MatRef, mut c: Vec<f32>, accumulate: bool) -> Vec<f32> {
     assert_eq!(c.len(), a.rows * b.cols, "matmul: output size");
-    let kernel = bf16::kernel();
+    let kernel = bf16::kernel(a.rows, a.cols, b.cols);
     // SAFETY: `c` holds exactly the m × n output, row stride n, disjoint from `a` and `b`.
     unsafe { run_split(a, b, SendPtr(c.as_mut_ptr()), accumulate, kernel) };
     c
@@ -270,7 +270,8 @@ unsafe fn split_k(a: MatRef, b: MatRef, c: SendPtr, accumulate: bool, parts: usi
 /// `C = A·B` or `C += A·B` into a row-major `c` `[m, n]`, on the calling thread (for per-head
 /// products that are already spread over the threads).
 pub fn matmul_into(a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool) {
-    matmul_into_with(a, b, c, accumulate, bf16::kernel())
+    let kernel = bf16::kernel(a.rows, a.cols, b.cols);
+    matmul_into_with(a, b, c, accumulate, kernel)
 }
 
 /// [`matmul_into`] with a given kernel (`Kernel::Bf16` needs [`bf16::kernel_available`]).
