@@ -216,6 +216,27 @@ fn time(reps: usize, f: impl FnMut()) -> f64 {
     time_cold(reps, false, f)
 }
 
+/// `A` `[m, k]` from `x` and `B` `[k, n]` from `y`, each stored transposed if asked.
+fn operands<'a>(
+    x: &'a [f32],
+    y: &'a [f32],
+    (m, k, n): (usize, usize, usize),
+    at: bool,
+    bt: bool,
+) -> (MatRef<'a>, MatRef<'a>) {
+    let a = if at {
+        MatRef::rows(x, k, m).t()
+    } else {
+        MatRef::rows(x, m, k)
+    };
+    let b = if bt {
+        MatRef::rows(y, n, k).t()
+    } else {
+        MatRef::rows(y, k, n)
+    };
+    (a, b)
+}
+
 #[test]
 #[ignore = "a measurement: prints GFLOP/s of f32 and bf16 on the model's GEMM shapes"]
 fn bf16_speed_table() {
@@ -237,16 +258,7 @@ fn bf16_speed_table() {
     ];
     for (m, k, n, at, bt, what) in big {
         let (x, y) = (values(m * k, 7), values(k * n, 8));
-        let a = if at {
-            MatRef::rows(&x, k, m).t()
-        } else {
-            MatRef::rows(&x, m, k)
-        };
-        let b = if bt {
-            MatRef::rows(&y, n, k).t()
-        } else {
-            MatRef::rows(&y, k, n)
-        };
+        let (a, b) = operands(&x, &y, (m, k, n), at, bt);
         let flop = 2.0 * (m * k * n) as f64;
         let reps = (3e10 / flop).clamp(5.0, 200.0) as usize;
         let t = |cold, kernel| {
@@ -280,16 +292,7 @@ fn bf16_speed_table() {
     ];
     for (m, k, n, at, bt, what) in heads {
         let (x, y) = (values(m * k, 9), values(k * n, 10));
-        let a = if at {
-            MatRef::rows(&x, k, m).t()
-        } else {
-            MatRef::rows(&x, m, k)
-        };
-        let b = if bt {
-            MatRef::rows(&y, n, k).t()
-        } else {
-            MatRef::rows(&y, k, n)
-        };
+        let (a, b) = operands(&x, &y, (m, k, n), at, bt);
         let mut c = vec![0f32; m * n];
         let flop = 2.0 * (m * k * n) as f64 * 200.0;
         let mut run = |kernel| {

@@ -181,19 +181,8 @@ mod x86 {
         static BUFS: RefCell<(Vec<u32>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
     }
 
+    /// `m, k, n > 0` (the caller handles empty products).
     pub unsafe fn gemm(a: MatRef, b: MatRef, c: *mut f32, ldc: usize, accumulate: bool) {
-        let (m, k, n) = (a.rows, a.cols, b.cols);
-        if m == 0 || n == 0 {
-            return;
-        }
-        if k == 0 {
-            if !accumulate {
-                for i in 0..m {
-                    std::ptr::write_bytes(c.add(i * ldc), 0, n);
-                }
-            }
-            return;
-        }
         let (mut pa, mut pb) = BUFS.with(|b| b.take());
         pa.resize(MC * KCP, 0);
         pb.resize(NC * KCP, 0);
@@ -254,6 +243,20 @@ mod x86 {
         _mm512_permutexvar_epi16(idx, t)
     }
 
+    /// The 16 pairs of up to 32 contiguous floats at `p` (`count` of them, the rest zero).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn pairs32(p: *const f32, count: usize) -> __m512i {
+        let (lo, hi) = (lanes(count), lanes(count.saturating_sub(16)));
+        let x_lo = _mm512_maskz_loadu_ps(lo, p);
+        let x_hi = if hi != 0 {
+            _mm512_maskz_loadu_ps(hi, p.add(16))
+        } else {
+            _mm512_setzero_ps()
+        };
+        std::mem::transmute(_mm512_cvtne2ps_pbh(x_hi, x_lo))
+    }
+
     fn lanes(count: usize) -> __mmask16 {
         if count >= 16 {
             0xffff
@@ -304,15 +307,7 @@ mod x86 {
                 for jj in 0..nr {
                     let col = d.add((jc + jr + jj) * b.cs + pc);
                     for p0 in (0..kp).step_by(16) {
-                        let k0 = 2 * p0;
-                        let (lo, hi) = (lanes(kc - k0), lanes((kc - k0).saturating_sub(16)));
-                        let x_lo = _mm512_maskz_loadu_ps(lo, col.add(k0));
-                        let x_hi = if hi != 0 {
-                            _mm512_maskz_loadu_ps(hi, col.add(k0 + 16))
-                        } else {
-                            _mm512_setzero_ps()
-                        };
-                        let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(x_hi, x_lo));
+                        let v = pairs32(col.add(2 * p0), kc - 2 * p0);
                         let base = panel.add(p0 * NR + jj) as *mut i32;
                         _mm512_mask_i32scatter_epi32::<4>(base, lanes(kp - p0), idx, v);
                     }
@@ -353,15 +348,7 @@ mod x86 {
                     }
                     let row = d.add((ic + ir + i) * a.rs + pc);
                     for p0 in (0..kp).step_by(16) {
-                        let k0 = 2 * p0;
-                        let (lo, hi) = (lanes(kc - k0), lanes((kc - k0).saturating_sub(16)));
-                        let x_lo = _mm512_maskz_loadu_ps(lo, row.add(k0));
-                        let x_hi = if hi != 0 {
-                            _mm512_maskz_loadu_ps(hi, row.add(k0 + 16))
-                        } else {
-                            _mm512_setzero_ps()
-                        };
-                        let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(x_hi, x_lo));
+                        let v = pairs32(row.add(2 * p0), kc - 2 * p0);
                         _mm512_mask_storeu_epi32(out.add(p0) as *mut i32, lanes(kp - p0), v);
                     }
                 }

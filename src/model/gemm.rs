@@ -34,6 +34,11 @@ impl<'a> MatRef<'a> {
         }
     }
 
+    /// The same shape, row-major in `data`.
+    fn with_data(self, data: &'a [f32]) -> Self {
+        Self::rows(data, self.rows, self.cols)
+    }
+
     /// The transpose, as a view.
     pub fn t(self) -> Self {
         Self {
@@ -80,9 +85,6 @@ unsafe fn gemm_serial(
     accumulate: bool,
     kernel: Kernel,
 ) {
-    if kernel == Kernel::Bf16 {
-        return bf16::gemm_serial(a, b, c, ldc, accumulate);
-    }
     let (m, k, n) = (a.rows, a.cols, b.cols);
     if m == 0 || n == 0 {
         return;
@@ -94,6 +96,9 @@ unsafe fn gemm_serial(
             }
         }
         return;
+    }
+    if kernel == Kernel::Bf16 {
+        return bf16::gemm_serial(a, b, c, ldc, accumulate);
     }
     gemm::gemm(
         m,
@@ -204,18 +209,10 @@ unsafe fn run_split(a: MatRef, b: MatRef, c: SendPtr, accumulate: bool, kernel: 
     assert_eq!(a.cols, b.rows, "matmul: inner dimensions differ");
     check_bounds(&a);
     check_bounds(&b);
-    if kernel == Kernel::Bf16Emulated {
-        let (ar, br) = (bf16::rounded_copy(a), bf16::rounded_copy(b));
-        let (a, b) = (
-            MatRef::rows(&ar, a.rows, a.cols),
-            MatRef::rows(&br, b.rows, b.cols),
-        );
+    if let Some((ar, br)) = emulated_inputs(a, b, kernel) {
+        let (a, b) = (a.with_data(&ar), b.with_data(&br));
         return run_split(a, b, c, accumulate, Kernel::F32);
     }
-    assert!(
-        kernel != Kernel::Bf16 || bf16::kernel_available(),
-        "matmul: the bf16 kernel needs AVX512-BF16"
-    );
     let (m, n) = (a.rows, b.cols);
     let parts = if m * n * a.cols < PARALLEL_MIN_FLOPS {
         1
@@ -280,20 +277,22 @@ pub fn matmul_into_with(a: MatRef, b: MatRef, c: &mut [f32], accumulate: bool, k
     assert_eq!(c.len(), a.rows * b.cols, "matmul: output size");
     check_bounds(&a);
     check_bounds(&b);
-    if kernel == Kernel::Bf16Emulated {
-        let (ar, br) = (bf16::rounded_copy(a), bf16::rounded_copy(b));
-        let (a, b) = (
-            MatRef::rows(&ar, a.rows, a.cols),
-            MatRef::rows(&br, b.rows, b.cols),
-        );
+    if let Some((ar, br)) = emulated_inputs(a, b, kernel) {
+        let (a, b) = (a.with_data(&ar), b.with_data(&br));
         return matmul_into_with(a, b, c, accumulate, Kernel::F32);
     }
+    // SAFETY: `c` is a distinct, exactly sized row-major buffer.
+    unsafe { gemm_serial(a, b, c.as_mut_ptr(), b.cols, accumulate, kernel) }
+}
+
+/// For the bf16 emulation, row-major copies of `a` and `b` rounded to bf16 (None for the other
+/// kernels, after checking that this CPU runs the bf16 one if asked).
+fn emulated_inputs(a: MatRef, b: MatRef, kernel: Kernel) -> Option<(Vec<f32>, Vec<f32>)> {
     assert!(
         kernel != Kernel::Bf16 || bf16::kernel_available(),
         "matmul: the bf16 kernel needs AVX512-BF16"
     );
-    // SAFETY: `c` is a distinct, exactly sized row-major buffer.
-    unsafe { gemm_serial(a, b, c.as_mut_ptr(), b.cols, accumulate, kernel) }
+    (kernel == Kernel::Bf16Emulated).then(|| (bf16::rounded_copy(a), bf16::rounded_copy(b)))
 }
 
 fn check_bounds(m: &MatRef) {
