@@ -249,10 +249,24 @@ fn bf16_speed_table() {
     // (m, k, n, A transposed, B transposed, what)
     let big = [
         (4160, 384, 384, false, false, "x·W (d384 q/out, ISTA)"),
-        (4160, 384, 1536, false, false, "x·W (d384 MLP up)"),
+        (
+            4160,
+            384,
+            1536,
+            false,
+            false,
+            "x·W (d384, 4× wide: overcomplete ISTA)",
+        ),
         (4160, 384, 384, false, true, "dP·Wᵀ (d384)"),
         (384, 4160, 384, true, false, "xᵀ·dP (d384 weight grad)"),
-        (384, 4160, 1536, true, false, "xᵀ·dP (d384 MLP weight grad)"),
+        (
+            384,
+            4160,
+            1536,
+            true,
+            false,
+            "xᵀ·dP (d384, 4× wide weight grad)",
+        ),
         (2176, 96, 96, false, false, "x·W (fmnist, batch 128)"),
         (96, 2176, 96, true, false, "xᵀ·dP (fmnist weight grad)"),
     ];
