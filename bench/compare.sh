@@ -4,7 +4,8 @@
 # classifiers, and a causal-CRATE training step at `lm train`'s char-level size. PyTorch runs in
 # three forms: the official computation (bench/crate_torch.py: 3-GEMM ISTA, f32), whitebox's
 # algebra in PyTorch (one-GEMM ISTA + scaled_dot_product_attention, f32) and the official form
-# under autocast bf16; the LM row runs crate-lm's crate_overcomplete.py computation
+# under autocast bf16, against whitebox in f32 and (where the CPU has AVX512-BF16) in
+# `--precision bf16`; the LM row runs crate-lm's crate_overcomplete.py computation
 # (bench/lm_torch.py, f32 and autocast bf16). Every PyTorch model is checked against the golden
 # outputs before timing. Each side runs ROUNDS times (default 3), alternating; the tables show
 # medians and max RSS. Not run by CI.
@@ -37,6 +38,9 @@ row() { # name config batch
   # alternate the sides ROUNDS times so drifts of a shared machine hit all alike; medians are reported
   for r in $(seq "$ROUNDS"); do
     timed "wb$r" ./target/release/whitebox bench --config "$cfg" --batch-size "$bs" --steps "$STEPS" --json
+    if [ -n "$WB_BF16" ]; then
+      timed "wbbf16$r" ./target/release/whitebox bench --config "$cfg" --batch-size "$bs" --steps "$STEPS" --json --precision bf16
+    fi
     for f in $FORMS; do
       timed "pt_$f$r" "$PY" bench/crate_torch.py --config "$cfg" --batch-size "$bs" --steps "$STEPS" --threads 2 \
           --golden tests/golden/crate_A.safetensors --form "$f"
@@ -61,7 +65,9 @@ for key, what in (("train_img_s", "train"), ("infer_img_s", "infer")):
     w = side("wb", key)
     pts = [side(f"pt_{f}", key) for f in forms]
     cells = " | ".join(f"{p:.1f} | {w / p:.2f}" for p in pts)
-    print(f"{what}| {name} | {bs} | {w:.1f} | {cells} | {rss('wb'):.0f} | {rss('pt_official'):.0f} | {cpu('wb')} % |")
+    # whitebox --precision bf16 against PyTorch autocast bf16 (the last form)
+    bf = f"{side('wbbf16', key):.1f} | {side('wbbf16', key) / pts[-1]:.2f}" if ok("wbbf16") else "– | –"
+    print(f"{what}| {name} | {bs} | {w:.1f} | {cells} | {bf} | {rss('wb'):.0f} | {rss('pt_official'):.0f} | {cpu('wb')} % |")
 PY
 }
 lm_row() { # LM training step: whitebox bench --task lm vs bench/lm_torch.py (f32, bf16)
@@ -87,14 +93,16 @@ w, f, b = side("lwb"), side("lpt_f32"), side("lpt_bf16")
 print(f"| causal CRATE (crate-lm-overcomplete, 4 layers, 4 heads, d 128, context 64) | 16 | {w:.0f} | {f:.0f} | {w / f:.2f} | {b:.0f} | {w / b:.2f} | {cpu('lwb')} % |")
 PY
 }
+# whitebox's bf16 kernel needs AVX512-BF16; without it the bf16 column shows –
+WB_BF16=$(grep -qm1 'avx512_bf16' /proc/cpuinfo && echo 1 || true)
 FLAGS=$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -xE 'avx2|fma|avx512f|avx512bw|avx512vl|avx512_vnni|avx512_bf16|amx_tile|amx_bf16|amx_int8' | xargs)
 echo "rounds: $ROUNDS alternating, steps: $STEPS; machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); ISA: $FLAGS; $(date -u '+%F %H:%M UTC'); torch $("$PY" -c 'import torch; print(torch.__version__)')"
 ROWS=$(row "fmnist default (28², patch 7, d 96, depth 6)" "$TMP/fmnist.json" 128; row "d 384, depth 12, 6 heads, 32², patch 4 (65 tokens)" "$TMP/cifar_d384.json" 64)
 for what in train infer; do
   echo
   echo "$what (images/s; ratio = whitebox / PyTorch):"
-  echo "| model | batch | whitebox | PyTorch official f32 | ratio | PyTorch our algebra + SDPA f32 | ratio | PyTorch autocast bf16 | ratio | whitebox peak RSS MiB | PyTorch official peak RSS MiB | whitebox CPU (/usr/bin/time) |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+  echo "| model | batch | whitebox f32 | PyTorch official f32 | ratio | PyTorch our algebra + SDPA f32 | ratio | PyTorch autocast bf16 | ratio | whitebox bf16 | ratio to autocast bf16 | whitebox peak RSS MiB | PyTorch official peak RSS MiB | whitebox CPU (/usr/bin/time) |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
   echo "$ROWS" | sed -n "s/^$what|/|/p"
 done
 echo

@@ -54,6 +54,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "peak_rss_bytes": peak_rss_bytes(),
         "backend": std::any::type_name::<InferBackend>(),
         "threads": threads,
+        "precision": format!("{:?}", crate::model::bf16::precision()).to_lowercase(),
     });
     if a.task != Task::Image {
         out["context"] = json!(a.context);

@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
 use crate::data::Format;
+use crate::model::bf16::Precision;
 use crate::train::OptimizerKind;
 use values::{FormatChoice, OptimizerChoice};
 
@@ -208,6 +209,9 @@ pub struct BenchArgs {
     /// Write the --scaling plot (PNG) here.
     #[arg(long)]
     pub plot: Option<std::path::PathBuf>,
+    /// GEMM arithmetic: f32, or bf16 inputs with f32 accumulation (needs AVX512-BF16; see README).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -303,6 +307,9 @@ pub struct TrainArgs {
     /// Number of test images the per-epoch measures use.
     #[arg(long, default_value_t = 64)]
     pub measure_images: usize,
+    /// GEMM arithmetic: f32, or bf16 inputs with f32 accumulation (needs AVX512-BF16; see README).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
     /// End by printing one JSON object on the last line.
     #[arg(long)]
     pub json: bool,
@@ -333,6 +340,9 @@ pub struct EvalArgs {
     pub test_limit: Option<usize>,
     #[arg(long)]
     pub json: bool,
+    /// GEMM arithmetic: f32, or bf16 inputs with f32 accumulation (needs AVX512-BF16; see README).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
 }
 
 #[derive(Args, Debug)]
@@ -360,6 +370,9 @@ pub struct ForwardArgs {
     /// Also write every per-layer activation under the golden names (act.layer{i}.mssa, …).
     #[arg(long)]
     pub activations: bool,
+    /// GEMM arithmetic: f32, or bf16 inputs with f32 accumulation (needs AVX512-BF16; see README).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
 }
 
 #[derive(Args, Debug)]
@@ -374,6 +387,20 @@ pub fn run() -> anyhow::Result<()> {
     let cli =
         <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let given = given_flags(&matches);
+    let precision = match &cli.command {
+        Some(Command::Train(a)) => a.precision,
+        Some(Command::Mae(MaeCommand::Train(a))) => a.train.precision,
+        Some(Command::Eval(a)) => a.precision,
+        Some(Command::Forward(a)) => a.precision,
+        Some(Command::Bench(a)) => a.precision,
+        _ => Precision::F32,
+    };
+    crate::model::bf16::set_precision(precision).map_err(|e| {
+        anyhow::anyhow!(
+            "--precision {}: {e}",
+            format!("{precision:?}").to_lowercase()
+        )
+    })?;
     match cli.command {
         None => train(TrainArgs::default_args()),
         Some(Command::Train(mut a)) => {

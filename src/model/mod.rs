@@ -3,6 +3,7 @@
 pub mod alpha;
 pub mod arch;
 pub mod bert;
+pub mod bf16;
 pub mod blocks;
 pub mod features;
 pub mod fused;
