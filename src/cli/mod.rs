@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use crate::data::Format;
 use crate::model::bf16::Precision;
 use crate::train::OptimizerKind;
-use values::{FormatChoice, OptimizerChoice};
+use values::{FormatChoice, OptimizerChoice, PrecisionChoice};
 
 #[derive(Parser, Debug)]
 #[command(name = "whitebox", version, about = "CRATE white-box transformers: train, evaluate, load official weights, run inference", long_about = None)]
@@ -210,7 +210,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub plot: Option<std::path::PathBuf>,
     /// GEMM arithmetic: f32, or bf16 inputs with f32 accumulation (needs AVX512-BF16; see README).
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    #[arg(long, value_parser = PrecisionChoice::parser(), default_value = "f32")]
     pub precision: Precision,
 }
 
@@ -308,7 +308,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 64)]
     pub measure_images: usize,
     /// GEMM arithmetic: f32, or bf16 inputs with f32 accumulation (needs AVX512-BF16; see README).
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    #[arg(long, value_parser = PrecisionChoice::parser(), default_value = "f32")]
     pub precision: Precision,
     /// End by printing one JSON object on the last line.
     #[arg(long)]
@@ -341,7 +341,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub json: bool,
     /// GEMM arithmetic: f32, or bf16 inputs with f32 accumulation (needs AVX512-BF16; see README).
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    #[arg(long, value_parser = PrecisionChoice::parser(), default_value = "f32")]
     pub precision: Precision,
 }
 
@@ -371,7 +371,7 @@ pub struct ForwardArgs {
     #[arg(long)]
     pub activations: bool,
     /// GEMM arithmetic: f32, or bf16 inputs with f32 accumulation (needs AVX512-BF16; see README).
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    #[arg(long, value_parser = PrecisionChoice::parser(), default_value = "f32")]
     pub precision: Precision,
 }
 

@@ -47,3 +47,10 @@ choices!(SslLossChoice => crate::model::ssl::SslLoss {
     /// DINO: cross-entropy to the centred, sharpened teacher (`DINOLoss`), with prototypes.
     Dino,
 });
+
+choices!(PrecisionChoice => crate::model::bf16::Precision {
+    /// Single precision throughout (the default and the tested reference).
+    F32,
+    /// GEMM inputs rounded to bf16, f32 accumulation (needs AVX512-BF16).
+    Bf16,
+});

@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use super::gemm::MatRef;
 
 /// The arithmetic of the GEMMs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// Single precision throughout (the default and the tested reference).
     #[default]
