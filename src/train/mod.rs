@@ -4,6 +4,7 @@
 //! reconstruction, ToST, DINO/SimDINO) and [`fit`], which runs a task epoch by epoch with
 //! per-epoch evaluation, JSONL metrics, atomic checkpoints and exact resume.
 
+pub mod adamw;
 pub mod bert;
 pub mod checkpoint;
 pub mod engine;
