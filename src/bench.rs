@@ -256,7 +256,7 @@ fn image(a: &Settings, cfg: &CrateConfig) -> Result<(Value, Timed)> {
             )
         },
         |m| {
-            let _ = m.forward(xi.clone()).into_data();
+            let _ = parallel::forward_slices(xi.clone(), |x| m.forward(x)).into_data();
         },
     );
     Ok((json!(cfg), timed))

@@ -124,7 +124,8 @@ pub fn evaluate<B: CrateBackend>(
     batch_size: usize,
     device: &B::Device,
 ) -> Result<EvalResult> {
-    evaluate_with(|x| model.forward(x), set, norm, batch_size, device)
+    let forward = |x| parallel::forward_slices(x, |x| model.forward(x));
+    evaluate_with(forward, set, norm, batch_size, device)
 }
 
 /// [`evaluate`] for any classifier given as its inference `forward` (NCHW batch → logits).

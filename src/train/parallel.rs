@@ -14,7 +14,7 @@
 
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Tensor};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
@@ -46,6 +46,38 @@ pub fn slices(n: usize) -> Vec<Range<usize>> {
     (0..parts)
         .map(|s| s * n / parts..(s + 1) * n / parts)
         .collect()
+}
+
+/// `f` of each job, each on its own pool, results in job order.
+fn run_on<J: Send, T: Send>(
+    pools: &[Arc<rayon::ThreadPool>],
+    jobs: Vec<J>,
+    f: impl Fn(J) -> T + Sync,
+) -> Vec<T> {
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .into_iter()
+            .zip(pools)
+            .map(|(job, pool)| s.spawn(move || pool.install(move || f(job))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
+}
+
+/// `f` of each slice of `parts` (consecutive rows of a batch), the slices on separate cores when
+/// there are several: inference over a batch cut like a training step's.
+pub fn map_slices<T: Send>(
+    parts: Vec<Range<usize>>,
+    f: impl Fn(Range<usize>) -> T + Sync,
+) -> Vec<T> {
+    match pools(parts.len()) {
+        Some(pools) if parts.len() > 1 => run_on(&pools, parts, f),
+        _ => parts.into_iter().map(f).collect(),
+    }
 }
 
 /// Adds each parameter's gradient of `from` into `into`.
@@ -91,28 +123,13 @@ where
         }
     };
     let replicas: Vec<M> = parts.iter().map(|_| M::from_inner(model.valid())).collect();
-    let loss = &loss;
-    let results: Vec<(f64, GradientsParams)> = std::thread::scope(|s| {
-        let handles: Vec<_> = replicas
-            .into_iter()
-            .zip(parts)
-            .zip(pools)
-            .map(|((replica, rows), pool)| {
-                s.spawn(move || {
-                    pool.install(move || {
-                        let w = rows.len() as f64 / n as f64;
-                        let l = loss(&replica, rows);
-                        let v: f64 = l.clone().into_scalar().elem();
-                        let g = GradientsParams::from_grads(l.mul_scalar(w).backward(), &replica);
-                        (v * w, g)
-                    })
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
+    let jobs: Vec<_> = replicas.into_iter().zip(parts).collect();
+    let results = run_on(&pools, jobs, |(replica, rows)| {
+        let w = rows.len() as f64 / n as f64;
+        let l = loss(&replica, rows);
+        let v: f64 = l.clone().into_scalar().elem();
+        let g = GradientsParams::from_grads(l.mul_scalar(w).backward(), &replica);
+        (v * w, g)
     });
     let mut total = 0.0;
     let mut grads = GradientsParams::new();
@@ -124,4 +141,19 @@ where
         });
     }
     (total, grads)
+}
+
+/// `f` of the batch `x` (NCHW) computed slice by slice on separate cores ([`slices`],
+/// [`map_slices`]), the outputs concatenated along the batch: an inference forward on every core.
+pub fn forward_slices<B: Backend, const D: usize>(
+    x: Tensor<B, 4>,
+    f: impl Fn(Tensor<B, 4>) -> Tensor<B, D> + Sync,
+) -> Tensor<B, D> {
+    let parts = slices(x.dims()[0]);
+    if parts.len() == 1 {
+        return f(x);
+    }
+    let x = &x;
+    let outs = map_slices(parts, |r| f(x.clone().narrow(0, r.start, r.len())));
+    Tensor::cat(outs, 0)
 }
