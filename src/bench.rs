@@ -17,9 +17,10 @@ use crate::model::lm::{cross_entropy, LmConfig};
 use crate::model::profile::{self, Class, Usage};
 use crate::model::tost::TostConfig;
 use crate::model::CrateConfig;
-use crate::train::{OptimSettings, OptimizerKind, TrainOptimizer};
+use crate::train::{parallel, OptimSettings, OptimizerKind, TrainOptimizer};
 use crate::viz::curves::ScalingSeries;
 use crate::TrainBackend;
+use std::ops::Range;
 
 /// What [`run`] times.
 #[derive(Clone, Debug, PartialEq)]
@@ -73,6 +74,8 @@ impl Settings {
 #[derive(Default)]
 pub struct StepProfile {
     pub steps: usize,
+    /// Batch slices whose forward and backward ran at once, one per core (`train::parallel`).
+    pub slices: usize,
     pub forward: Usage,
     pub backward: Usage,
     pub optimizer: Usage,
@@ -123,25 +126,43 @@ fn time_steps<B, M>(
     items: usize,
     mut model: M,
     mut optim: TrainOptimizer<M, B>,
-    loss: impl Fn(&M) -> Tensor<B, 1>,
+    split: bool,
+    loss: impl Fn(&M, Range<usize>) -> Tensor<B, 1> + Sync,
     infer: impl Fn(&M::InnerModule),
 ) -> Timed
 where
     B: AutodiffBackend,
-    M: AutodiffModule<B>,
+    M: AutodiffModule<B> + Send,
 {
-    let mut p = StepProfile::default();
+    // the batch over the cores (as `train::fit` does for the classifier), or one pass
+    let parts = if split {
+        parallel::slices(a.batch_size)
+    } else {
+        std::iter::once(0..a.batch_size).collect()
+    };
+    let mut p = StepProfile {
+        slices: parts.len(),
+        ..StepProfile::default()
+    };
     let (mut times, mut train_cpu) = (Vec::new(), 0.0);
     for i in 0..a.warmup + a.steps {
         let (t, cpu0) = (Instant::now(), profile::process_cpu_seconds());
         let c0 = profile::totals();
-        let (l, fwd) = profile::measure(|| {
-            let l = loss(&model);
-            let _: f64 = l.clone().into_scalar().elem(); // what the training loops read
-            l
-        });
-        let c1 = profile::totals();
-        let (grads, bwd) = profile::measure(|| GradientsParams::from_grads(l.backward(), &model));
+        let (grads, fwd, bwd, c1) = if parts.len() > 1 {
+            // forward and backward run together on every slice: all of it counts as forward
+            let ((_, g), fb) =
+                profile::measure(|| parallel::loss_and_grads(&model, parts.clone(), &loss));
+            (g, fb, Usage::default(), profile::totals())
+        } else {
+            let (l, fwd) = profile::measure(|| {
+                let l = loss(&model, 0..a.batch_size);
+                let _: f64 = l.clone().into_scalar().elem(); // what the training loops read
+                l
+            });
+            let c1 = profile::totals();
+            let (g, bwd) = profile::measure(|| GradientsParams::from_grads(l.backward(), &model));
+            (g, fwd, bwd, c1)
+        };
         let c2 = profile::totals();
         let (m, opt) =
             profile::measure(|| profile::time(Class::Optimizer, || optim.step(1e-4, model, grads)));
@@ -153,7 +174,14 @@ where
             p.forward = plus(p.forward, fwd);
             p.backward = plus(p.backward, bwd);
             p.optimizer = plus(p.optimizer, opt);
-            add_all(&mut p.class_fwd, &class_delta(&c1, &c0));
+            // slices ran at once: their threads' class times, averaged, are each core's
+            let per_core = |mut d: [Usage; N_CLASSES]| {
+                for u in &mut d {
+                    (u.wall, u.cpu) = (u.wall / parts.len() as f64, u.cpu / parts.len() as f64);
+                }
+                d
+            };
+            add_all(&mut p.class_fwd, &per_core(class_delta(&c1, &c0)));
             add_all(&mut p.class_bwd, &class_delta(&c2, &c1));
         }
     }
@@ -219,9 +247,16 @@ fn image(a: &Settings, cfg: &CrateConfig) -> Result<(Value, Timed)> {
         b,
         model,
         optim,
-        |m| ce.forward(m.forward(x.clone()), y.clone()),
+        true,
+        |m, r| {
+            let rows = |t: Tensor<TrainBackend, 4>| t.narrow(0, r.start, r.len());
+            ce.forward(
+                m.forward(rows(x.clone())),
+                y.clone().narrow(0, r.start, r.len()),
+            )
+        },
         |m| {
-            let _ = m.forward(xi.clone()).into_data();
+            let _ = parallel::forward_slices(xi.clone(), |x| m.forward(x)).into_data();
         },
     );
     Ok((json!(cfg), timed))
@@ -259,7 +294,8 @@ fn lm(a: &Settings) -> Result<(Value, Timed)> {
         b * t,
         model,
         optim,
-        |m| cross_entropy(m.forward(x.clone()), y.clone()),
+        false,
+        |m, _| cross_entropy(m.forward(x.clone()), y.clone()),
         |m| {
             let _ = m.forward(xi.clone()).into_data();
         },
@@ -295,7 +331,8 @@ fn bert(a: &Settings) -> Result<(Value, Timed)> {
         b * t,
         model,
         optim,
-        |m| m.mlm_loss(ids.clone(), &labels),
+        false,
+        |m, _| m.mlm_loss(ids.clone(), &labels),
         |m| {
             let _ = m.mlm_loss(idi.clone(), &labels).into_data();
         },
@@ -365,7 +402,7 @@ pub fn profile_json(p: &StepProfile) -> Value {
             json!({"class": r.name, "wall_s": t.wall, "cpu_s": t.cpu, "cores_busy": t.cores()})
         })
         .collect();
-    json!({"steps": p.steps, "forward_s": per_step(p.forward, p.steps).wall,
+    json!({"steps": p.steps, "slices": p.slices, "forward_s": per_step(p.forward, p.steps).wall,
            "backward_s": per_step(p.backward, p.steps).wall,
            "optimizer_s": per_step(p.optimizer, p.steps).wall, "classes": rows})
 }
@@ -446,7 +483,8 @@ pub fn scaling(
             b,
             crate_model.clone(),
             TrainOptimizer::new(adamw(0.05, 0.999, None), &crate_model),
-            |m| ce.forward(m.forward(x.clone()), y.clone()),
+            false,
+            |m, _| ce.forward(m.forward(x.clone()), y.clone()),
             |m| {
                 let _ = m.forward(xi.clone()).into_data();
             },
@@ -457,7 +495,8 @@ pub fn scaling(
             b,
             tost_model.clone(),
             TrainOptimizer::new(adamw(0.05, 0.999, None), &tost_model),
-            |m| ce.forward(m.forward_mode(x.clone(), true), y.clone()),
+            false,
+            |m, _| ce.forward(m.forward_mode(x.clone(), true), y.clone()),
             |m| {
                 let _ = m.forward(xi.clone()).into_data();
             },

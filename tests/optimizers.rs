@@ -131,3 +131,60 @@ fn no_decay_group_skips_weight_decay_on_vectors() {
         "{v:?}"
     );
 }
+
+#[test]
+fn fused_adamw_is_bit_identical_to_burns_adamw() {
+    use burn::optim::{AdamWConfig, Optimizer};
+    use burn::tensor::Distribution;
+    use whitebox::train::adamw::FusedAdamW;
+    let device = Default::default();
+    // 70,000 entries: the update is split over the cores (chunks of 16,384); 3: one core
+    for n in [70_000usize, 3] {
+        let start = Tensor::<B, 1>::random([n], Distribution::Normal(0.0, 1.0), &device);
+        let toy = || Toy {
+            w: Param::from_tensor(start.clone()),
+        };
+        let (mut a, mut b) = (toy(), toy());
+        let (beta1, beta2, eps, wd) = (0.9f32, 0.98f32, 1e-8f32, 0.05f32);
+        let mut burn_adamw = AdamWConfig::new()
+            .with_beta_1(beta1)
+            .with_beta_2(beta2)
+            .with_epsilon(eps)
+            .with_weight_decay(wd)
+            .init::<B, Toy<B>>();
+        let mut fused = burn::optim::adaptor::OptimizerAdaptor::<_, Toy<B>, B>::from(
+            FusedAdamW::new(beta1, beta2, eps, wd),
+        );
+        for (k, lr) in [2e-3, 1.7e-3, 3e-4, 1e-5].into_iter().enumerate() {
+            let g: Vec<f32> = Tensor::<B, 1>::random([n], Distribution::Normal(0.0, 1.0), &device)
+                .mul_scalar(10f32.powi(-(k as i32)))
+                .into_data()
+                .to_vec()
+                .unwrap();
+            let (ga, gb) = (grads_for_id(a.w.id, &g), grads_for_id(b.w.id, &g));
+            a = burn_adamw.step(lr, a, ga);
+            b = fused.step(lr, b, gb);
+            let (va, vb) = (values(&a), values(&b));
+            let same = va.iter().zip(&vb).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(
+                same,
+                "n {n}, step {k}: burn {:?} vs fused {:?}",
+                &va[..3],
+                &vb[..3]
+            );
+            assert!(va
+                .iter()
+                .zip(start.to_data().to_vec::<f32>().unwrap())
+                .any(|(x, y)| *x != y));
+        }
+    }
+}
+
+fn grads_for_id(id: burn::module::ParamId, g: &[f32]) -> GradientsParams {
+    let mut gp = GradientsParams::new();
+    gp.register::<burn::backend::Flex, 1>(
+        id,
+        Tensor::from_data(TensorData::new(g.to_vec(), [g.len()]), &Default::default()),
+    );
+    gp
+}

@@ -102,6 +102,14 @@ fn print_profile(p: &StepProfile) {
         per_step(p.backward, p.steps).wall * 1e3,
         per_step(p.optimizer, p.steps).wall * 1e3,
     );
+    if p.slices > 1 {
+        println!(
+            "forward and backward ran on {} batch slices at once, one per core (the forward column \
+             holds both): a class's ms is the mean over the slices' threads, its cores are the \
+             process's while it ran",
+            p.slices
+        );
+    }
     println!("| class | forward ms | backward ms | total ms | share of step | cores busy |");
     println!("|---|---|---|---|---|---|");
     let ms = |u: profile::Usage| format!("{:.2}", per_step(u, p.steps).wall * 1e3);

@@ -76,6 +76,7 @@ pub enum MaeCommand {
 }
 
 #[derive(Args, Debug)]
+#[command(mut_arg("epochs", |a| a.default_value(PRETRAIN_EPOCHS)))]
 pub struct MaeTrainArgs {
     /// The classifier's training flags; `--config` takes an MAE preset (mae-fmnist, mae-crate-tiny,
     /// mae-crate-small, mae-crate-base, mae-crate-large; `fmnist` = mae-fmnist) or a JSON config.
@@ -224,6 +225,9 @@ pub struct DataArgs {
     pub format: Format,
 }
 
+/// `--epochs` of `mae train` and `dino train` (the classifier's `train` has its own default).
+pub(crate) const PRETRAIN_EPOCHS: &str = "14";
+
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// Preset name (fmnist, crate-tiny, crate-small, crate-base, crate-large, crate-alpha-B/16, …,
@@ -252,7 +256,9 @@ pub struct TrainArgs {
     /// Start from these weights (safetensors or .pth); keys that don't fit (e.g. a new head) are reported and skipped.
     #[arg(long)]
     pub init_from: Option<PathBuf>,
-    #[arg(long, default_value_t = 14)]
+    /// Epochs of the schedule (`whitebox train`: the main job's 40; `mae train` and `dino
+    /// train`: 14).
+    #[arg(long, default_value_t = 40)]
     pub epochs: usize,
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,

@@ -32,6 +32,7 @@ pub enum DinoCommand {
 }
 
 #[derive(Args, Debug)]
+#[command(mut_arg("epochs", |a| a.default_value(super::PRETRAIN_EPOCHS)))]
 pub struct DinoTrainArgs {
     /// The classifier's training flags (`--label-smoothing`, `--crop-padding`, `--hflip` and
     /// `--measure-every` do not apply; the views are the multi-crop ones).

@@ -214,6 +214,16 @@ pub trait Job<B: CrateAutodiff> {
     /// Loss of micro-batch `micro` of step `step` and the samples it holds; its data and any
     /// randomness come from generators seeded by (step, micro), so a resumed run repeats them.
     fn loss(&mut self, model: &Self::Model, step: usize, micro: usize) -> (Tensor<B, 1>, usize);
+    /// Loss value, gradients and samples of step `step` (one micro-batch), where the job computes
+    /// them itself — the classifier cuts its batch over the cores ([`super::parallel`]); None =
+    /// [`Job::loss`] and one backward pass.
+    fn loss_and_grads(
+        &mut self,
+        _model: &Self::Model,
+        _step: usize,
+    ) -> Option<(f64, GradientsParams, usize)> {
+        None
+    }
     /// The model after step `step`'s update (self-distillation's EMA teacher).
     fn after_step(&mut self, model: Self::Model, _step: usize) -> Self::Model {
         model
@@ -465,6 +475,18 @@ fn step_gradients<B: CrateAutodiff, J: Job<B>>(
 ) -> std::result::Result<(GradientsParams, f64, usize), (&'static str, f64)> {
     debug_assert_eq!(opts.precision, Precision::F32);
     let n = job.micro_batches().max(1);
+    if n == 1 {
+        if let Some((l, grads, samples)) = job.loss_and_grads(model, step) {
+            if !l.is_finite() {
+                return Err(("loss", l));
+            }
+            return Ok((
+                opts.grad_sync.all_reduce(grads),
+                l * samples as f64,
+                samples,
+            ));
+        }
+    }
     let (mut loss_sum, mut seen) = (0.0, 0);
     let mut acc = GradientsAccumulator::<J::Model>::new();
     let mut single = None;

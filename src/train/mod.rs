@@ -4,6 +4,7 @@
 //! reconstruction, ToST, DINO/SimDINO) and [`fit`], which runs a task epoch by epoch with
 //! per-epoch evaluation, JSONL metrics, atomic checkpoints and exact resume.
 
+pub mod adamw;
 pub mod bert;
 pub mod checkpoint;
 pub mod engine;
@@ -11,6 +12,7 @@ pub mod lion;
 pub mod lm;
 pub mod mae;
 pub mod optim;
+pub mod parallel;
 pub mod probe;
 pub mod schedule;
 pub mod ssl;
@@ -19,6 +21,7 @@ pub mod tost;
 use anyhow::{ensure, Result};
 use burn::module::AutodiffModule;
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
+use burn::optim::GradientsParams;
 use rand::rngs::StdRng;
 
 use burn::tensor::{ElementConversion, Int, Tensor};
@@ -121,7 +124,8 @@ pub fn evaluate<B: CrateBackend>(
     batch_size: usize,
     device: &B::Device,
 ) -> Result<EvalResult> {
-    evaluate_with(|x| model.forward(x), set, norm, batch_size, device)
+    let forward = |x| parallel::forward_slices(x, |x| model.forward(x));
+    evaluate_with(forward, set, norm, batch_size, device)
 }
 
 /// [`evaluate`] for any classifier given as its inference `forward` (NCHW batch → logits).
@@ -241,6 +245,11 @@ pub trait Task<B: CrateAutodiff> {
         rng: &mut StdRng,
         at: Progress,
     ) -> Tensor<B, 1>;
+    /// The batch loss as a mean of per-example losses that needs only the model and the examples,
+    /// where the task has one: [`fit`] then cuts each batch over the cores ([`parallel`]).
+    fn mean_loss(&self) -> Option<MeanLoss<'_, B, Self::Model>> {
+        None
+    }
     /// Called with the model after each optimizer step (self-distillation's EMA teacher).
     fn after_step(&self, model: Self::Model, _at: Progress) -> Self::Model {
         model
@@ -294,6 +303,10 @@ pub trait Task<B: CrateAutodiff> {
     }
 }
 
+/// A loss that [`parallel::loss_and_grads`] can run on several slices of a batch at once.
+pub type MeanLoss<'a, B, M> =
+    Box<dyn Fn(&M, Tensor<B, 4>, Tensor<B, 1, Int>) -> Tensor<B, 1> + Sync + 'a>;
+
 /// The CRATE / CRATE-α classifier: cross-entropy with optional label smoothing.
 pub struct Classify<B: CrateAutodiff> {
     pub config: CrateConfig,
@@ -336,6 +349,12 @@ impl<B: CrateAutodiff> Task<B> for Classify<B> {
         _at: Progress,
     ) -> Tensor<B, 1> {
         self.ce.forward(model.forward(x), y)
+    }
+    fn mean_loss(&self) -> Option<MeanLoss<'_, B, Crate<B>>> {
+        let ce = &self.ce;
+        Some(Box::new(move |model: &Crate<B>, x, y| {
+            ce.forward(model.forward(x), y)
+        }))
     }
     fn evaluate(
         &self,
@@ -414,6 +433,24 @@ struct ImageJob<'a, 'r, B: CrateAutodiff, T: Task<B>> {
 }
 
 impl<B: CrateAutodiff, T: Task<B>> ImageJob<'_, '_, B, T> {
+    /// Images and labels of step `step`'s batch, with the batch's generator after augmentation.
+    fn batch(&mut self, step: usize) -> (Tensor<B, 4>, Tensor<B, 1, Int>, StdRng) {
+        let (seed, bs, n) = (
+            self.state.recipe.seed,
+            self.state.recipe.batch_size,
+            self.run.train.len(),
+        );
+        let (epoch, b) = (step / self.spe, step % self.spe);
+        if self.order.0 != epoch || self.order.1.is_empty() {
+            self.order = (epoch, epoch_order(n, seed, epoch));
+        }
+        let idx = &self.order.1[b * bs..((b + 1) * bs).min(n)];
+        let mut rng = batch_rng(seed, epoch, b);
+        let (x, y) = self
+            .batcher
+            .batch::<B>(self.run.train, idx, &mut rng, &self.device);
+        (x, y, rng)
+    }
     fn progress(&self, step: usize) -> Progress {
         Progress {
             epoch: step / self.spe,
@@ -465,22 +502,25 @@ impl<B: CrateAutodiff, T: Task<B>> engine::Job<B> for ImageJob<'_, '_, B, T> {
         }
     }
     fn loss(&mut self, model: &T::Model, step: usize, _micro: usize) -> (Tensor<B, 1>, usize) {
-        let (seed, bs, n) = (
-            self.state.recipe.seed,
-            self.state.recipe.batch_size,
-            self.run.train.len(),
-        );
-        let (epoch, b) = (step / self.spe, step % self.spe);
-        if self.order.0 != epoch || self.order.1.is_empty() {
-            self.order = (epoch, epoch_order(n, seed, epoch));
-        }
-        let idx = &self.order.1[b * bs..((b + 1) * bs).min(n)];
-        let mut rng = batch_rng(seed, epoch, b);
-        let (x, y) = self
-            .batcher
-            .batch::<B>(self.run.train, idx, &mut rng, &self.device);
-        let at = self.progress(step);
-        (self.task.loss(model, x, y, &mut rng, at), idx.len())
+        let (x, y, mut rng) = self.batch(step);
+        let (at, n) = (self.progress(step), y.dims()[0]);
+        (self.task.loss(model, x, y, &mut rng, at), n)
+    }
+    /// A classifier's batch over the cores: one slice per core ([`parallel`]).
+    fn loss_and_grads(
+        &mut self,
+        model: &T::Model,
+        step: usize,
+    ) -> Option<(f64, GradientsParams, usize)> {
+        let task = self.task;
+        let f = task.mean_loss()?;
+        let (x, y, _) = self.batch(step);
+        let n = y.dims()[0];
+        let (loss, grads) = parallel::loss_and_grads(model, parallel::slices(n), |m, r| {
+            let rows = |t: Tensor<B, 4>| t.narrow(0, r.start, r.len());
+            f(m, rows(x.clone()), y.clone().narrow(0, r.start, r.len()))
+        });
+        Some((loss, grads, n))
     }
     fn after_step(&mut self, model: T::Model, step: usize) -> T::Model {
         self.task.after_step(model, self.progress(step))

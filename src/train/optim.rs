@@ -1,17 +1,18 @@
-//! Optimizers for training: burn's AdamW (torch semantics) or Lion, with an optional second
+//! Optimizers for training: AdamW (burn's, torch semantics, as one fused pass) or Lion, with an optional second
 //! group without weight decay (norms, biases, embeddings), global-norm gradient clipping as
 //! `torch.nn.utils.clip_grad_norm_`, and state that saves and loads by parameter key.
 
 use anyhow::{Context, Result};
 use burn::module::{AutodiffModule, ModuleVisitor, Param, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+use super::adamw::FusedAdamW;
 use super::lion::Lion;
 use crate::weights::write_atomic;
 
@@ -124,21 +125,19 @@ where
 }
 
 enum Inner<M: AutodiffModule<B>, B: AutodiffBackend> {
-    AdamW(OptimizerAdaptor<AdamW, M, B>),
+    AdamW(OptimizerAdaptor<FusedAdamW, M, B>),
     Lion(OptimizerAdaptor<Lion, M, B>),
 }
 
 impl<M: AutodiffModule<B>, B: AutodiffBackend> Inner<M, B> {
     fn new(s: &OptimSettings, weight_decay: f64) -> Self {
         match s.kind {
-            OptimizerKind::Adamw => Inner::AdamW(
-                AdamWConfig::new()
-                    .with_beta_1(s.beta1 as f32)
-                    .with_beta_2(s.beta2 as f32)
-                    .with_epsilon(1e-8)
-                    .with_weight_decay(weight_decay as f32)
-                    .init(),
-            ),
+            OptimizerKind::Adamw => Inner::AdamW(OptimizerAdaptor::from(FusedAdamW::new(
+                s.beta1 as f32,
+                s.beta2 as f32,
+                1e-8,
+                weight_decay as f32,
+            ))),
             OptimizerKind::Lion => Inner::Lion(OptimizerAdaptor::from(Lion {
                 beta_1: s.beta1 as f32,
                 beta_2: s.beta2 as f32,
