@@ -2,7 +2,6 @@
 //! on burn. Model code is generic over `B: Backend`; the CPU default is `Autodiff<Flex>`.
 
 pub mod bench;
-pub mod cli;
 pub mod data;
 pub mod measure;
 pub mod model;

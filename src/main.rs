@@ -1,3 +1,7 @@
+/// The command line: parses flags, calls the library, prints. Private to the binary; the
+/// library (`whitebox::…`) is the API.
+mod cli;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -25,7 +29,7 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    if let Err(e) = whitebox::cli::run() {
+    if let Err(e) = cli::run() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

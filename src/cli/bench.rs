@@ -7,12 +7,12 @@ use anyhow::Result;
 use serde_json::json;
 
 use super::BenchArgs;
-use crate::bench::{
+use whitebox::bench::{
     self, peak_rss_bytes, per_step, plus, profile_json, profile_rows, Scaling, StepProfile,
 };
-use crate::model::profile;
-use crate::model::CrateConfig;
-use crate::InferBackend;
+use whitebox::model::profile;
+use whitebox::model::CrateConfig;
+use whitebox::InferBackend;
 
 /// What `whitebox bench` times.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -54,7 +54,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         "peak_rss_bytes": peak_rss_bytes(),
         "backend": std::any::type_name::<InferBackend>(),
         "threads": threads,
-        "precision": format!("{:?}", crate::model::bf16::precision()).to_lowercase(),
+        "precision": format!("{:?}", whitebox::model::bf16::precision()).to_lowercase(),
     });
     if a.task != Task::Image {
         out["context"] = json!(a.context);
@@ -163,7 +163,7 @@ fn scaling(a: &BenchArgs, settings: &bench::Settings) -> Result<()> {
     })?;
     if let Some(path) = &a.plot {
         let title = format!("Time per image vs tokens (d = {d}, depth {depth}, {heads} heads)");
-        crate::viz::curves::save_scaling(path, &title, &bench::scaling_series(&rows))?;
+        whitebox::viz::curves::save_scaling(path, &title, &bench::scaling_series(&rows))?;
         println!("wrote {}", path.display());
     }
     if a.json {

@@ -13,14 +13,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::WeightArgs;
-use crate::model::bert::{BertConfig, CrateBert};
-use crate::model::CrateAutodiff;
-use crate::text::{self, TokenFile, Tokenizer};
-use crate::train::bert::{fit_bert, ids, restore, vocab_size, BertRecipe, BertRun, BertState};
-pub use crate::train::bert::{FIRST_CHAR, MASK, PAD};
-use crate::train::{Checkpoint, OptimSettings, OptimizerKind, TrainOptimizer};
-use crate::weights::canonical_ids;
-use crate::{InferBackend, TrainBackend};
+use whitebox::model::bert::{BertConfig, CrateBert};
+use whitebox::model::CrateAutodiff;
+use whitebox::text::{self, TokenFile, Tokenizer};
+use whitebox::train::bert::{fit_bert, ids, restore, vocab_size, BertRecipe, BertRun, BertState};
+pub use whitebox::train::bert::{FIRST_CHAR, MASK, PAD};
+use whitebox::train::{Checkpoint, OptimSettings, OptimizerKind, TrainOptimizer};
+use whitebox::weights::canonical_ids;
+use whitebox::{InferBackend, TrainBackend};
 
 #[derive(Args, Debug)]
 pub struct BertArgs {
@@ -237,7 +237,7 @@ fn resume<B: CrateAutodiff>(
     tokenizer: &Tokenizer,
     device: &B::Device,
 ) -> Result<BertRun<B>> {
-    let dir = crate::train::checkpoint::resume_dir(&a.run_dir)?;
+    let dir = whitebox::train::checkpoint::resume_dir(&a.run_dir)?;
     let (cfg, model, optim, state) = restore::<B>(&dir, device)?;
     check_resume_flags(a, &cfg, &state.recipe, &a.run_dir)?;
     ensure!(
@@ -266,7 +266,7 @@ pub fn train(a: BertTrainArgs) -> Result<()> {
         );
     };
     let device = Default::default();
-    let _lock = crate::train::checkpoint::RunLock::acquire(&a.run_dir)?;
+    let _lock = whitebox::train::checkpoint::RunLock::acquire(&a.run_dir)?;
     let (cfg, model, optim, state) = if a.resume {
         resume::<TrainBackend>(&a, &meta.tokenizer, &device)?
     } else {
@@ -278,7 +278,7 @@ pub fn train(a: BertTrainArgs) -> Result<()> {
         let model = canonical_ids(cfg.init::<TrainBackend>(&device));
         let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
         let state = BertState::fresh(recipe, meta.tokenizer.clone(), &a.data);
-        crate::train::checkpoint::start_fresh(&a.run_dir, a.overwrite)?;
+        whitebox::train::checkpoint::start_fresh(&a.run_dir, a.overwrite)?;
         (cfg, model, optim, state)
     };
     let train_tok = TokenFile::open(&a.data.join("train.bin"))?;
@@ -295,7 +295,7 @@ pub fn train(a: BertTrainArgs) -> Result<()> {
             state.recipe.seq_len
         );
     }
-    let run = crate::train::lm::TokenRun {
+    let run = whitebox::train::lm::TokenRun {
         options: super::lm::token_run_options(&a.run_dir, a.json, a.stop_after, a.max_seconds),
         train: &train_tok,
         val: &val_tok,

@@ -8,14 +8,16 @@ use std::path::Path;
 use std::time::Instant;
 
 use super::{EvalArgs, InfoArgs, MeasureArgs, PredictArgs, TrainArgs, WeightArgs};
-use crate::data::{self, Augment, Normalization, Split};
-use crate::model::{Activations, CrateBackend, CrateConfig};
-use crate::train::{self, Checkpoint, OptimSettings, Recipe, TrainOptimizer, TrainRun, TrainState};
-use crate::weights::{
+use whitebox::data::{self, Augment, Normalization, Split};
+use whitebox::model::{Activations, CrateBackend, CrateConfig};
+use whitebox::train::{
+    self, Checkpoint, OptimSettings, Recipe, TrainOptimizer, TrainRun, TrainState,
+};
+use whitebox::weights::{
     self, apply_state_dict, canonical_ids, read_input_tensor, read_state_dict, safetensors_bytes,
     write_atomic, Loaded, ModelConfig, StateDict,
 };
-use crate::{InferBackend, TrainBackend};
+use whitebox::{InferBackend, TrainBackend};
 
 pub fn info(a: InfoArgs) -> Result<()> {
     let config = ModelConfig::resolve(&a.config)?;
@@ -133,7 +135,7 @@ pub(super) fn recipe_from(a: &TrainArgs, image_size: usize) -> Result<Recipe> {
             beta1: a.beta1,
             beta2: a.beta2,
             no_decay_norm_bias: a.no_decay_norm_bias,
-            clip_grad_norm: crate::train::optim::clip_setting(a.clip_grad_norm)?,
+            clip_grad_norm: whitebox::train::optim::clip_setting(a.clip_grad_norm)?,
         },
         augment: Augment {
             crop_padding: a.crop_padding,
@@ -183,6 +185,7 @@ pub(super) fn train_run<'a>(
         show_progress: !a.json,
         stop_after: a.stop_after,
         cancel: train::Cancel::on_signals(),
+        precision: Some(a.precision),
         ..train::RunOptions::in_dir(&a.run_dir)
     };
     TrainRun {
@@ -298,7 +301,7 @@ fn recipe_flags(a: &TrainArgs, s: &TrainState) -> Vec<(&'static str, Option<Stri
 /// `read_config` reads its `config.json`, `init` builds the model). Hold the run's lock.
 pub fn resume_run<
     C,
-    M: burn::module::AutodiffModule<TrainBackend> + crate::weights::OfficialKeys,
+    M: burn::module::AutodiffModule<TrainBackend> + whitebox::weights::OfficialKeys,
 >(
     a: &TrainArgs,
     read_config: impl Fn(&Path) -> Result<C>,
@@ -313,7 +316,7 @@ pub fn resume_run<
 /// [`resume_run`] for a checkpoint whose weights `read_weights` gathers from its folder.
 pub fn resume_run_with<
     C,
-    M: burn::module::AutodiffModule<TrainBackend> + crate::weights::OfficialKeys,
+    M: burn::module::AutodiffModule<TrainBackend> + whitebox::weights::OfficialKeys,
 >(
     a: &TrainArgs,
     read_config: impl Fn(&Path) -> Result<C>,
@@ -382,7 +385,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             None => None,
         };
         if let Some((p, sd)) = init.as_mut() {
-            if crate::model::mae::is_mae_state_dict(sd) {
+            if whitebox::model::mae::is_mae_state_dict(sd) {
                 // fine-tune from a CRATE-MAE encoder: its shape, a new head of --config's classes
                 let ModelConfig::Mae(mae) = weights::load::config_of(p, None)? else {
                     bail!(
@@ -391,7 +394,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
                     );
                 };
                 config = mae.encoder_classifier(config.num_classes);
-                *sd = crate::model::mae::encoder_state_dict(sd);
+                *sd = whitebox::model::mae::encoder_state_dict(sd);
                 tracing::info!(
                     "--init-from {}: CRATE-MAE encoder → {} classifier",
                     p.display(),
@@ -619,11 +622,11 @@ pub fn measure(a: MeasureArgs) -> Result<()> {
         }
         (None, None) => bail!("give --input X.safetensors or --data DIR"),
     };
-    let s = crate::measure::MeasureSettings {
+    let s = whitebox::measure::MeasureSettings {
         eps_sq: a.eps_sq,
         official_eps: a.official_eps,
     };
-    let m = crate::measure::measure_batch(&l.model, x, s)?;
+    let m = whitebox::measure::measure_batch(&l.model, x, s)?;
     println!(
         "{:<8} {:>14} {:>12} {:>12} {:>12} {:>12} {:>10}",
         "layer", "official R^c", "R(Z½)", "R^c(Z½)", "R(Z')", "R^c(Z')", "zeros"
@@ -651,9 +654,9 @@ pub fn measure(a: MeasureArgs) -> Result<()> {
         println!("wrote {} measures to {}", m.len(), path.display());
     }
     if let Some(prefix) = &a.plot {
-        let curves = crate::measure::LayerCurves::from_measures(&m, cfg.depth)?;
+        let curves = whitebox::measure::LayerCurves::from_measures(&m, cfg.depth)?;
         let (png, svg) =
-            crate::viz::curves::save_layer_curves(prefix, &[(String::new(), &curves)])?;
+            whitebox::viz::curves::save_layer_curves(prefix, &[(String::new(), &curves)])?;
         println!("wrote {} and {}", png.display(), svg.display());
     }
     Ok(())

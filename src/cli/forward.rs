@@ -5,9 +5,9 @@ use anyhow::{bail, ensure, Result};
 
 use super::commands::{input_shape, load, read_input, write_forward};
 use super::{lm, mae, ForwardArgs};
-use crate::model::Activations;
-use crate::weights::Loaded;
-use crate::InferBackend;
+use whitebox::model::Activations;
+use whitebox::weights::Loaded;
+use whitebox::InferBackend;
 
 pub fn forward(a: ForwardArgs) -> Result<()> {
     let device = Default::default();

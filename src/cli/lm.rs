@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 
 use super::commands::{check_resume_flags, flag, given};
 use super::{ForwardArgs, WeightArgs};
-use crate::model::lm::{self, CausalLm, LmConfig, Sampling};
-use crate::model::Activations;
-use crate::text::{self, StreamDecoder, TokenFile, Tokenizer};
-use crate::train::checkpoint::{self, RunLock};
-use crate::train::lm::{fit_lm, fresh, restore, sequential_loss, LmRecipe, LmState, TokenRun};
-use crate::train::{Cancel, Checkpoint, OptimSettings, OptimizerKind, RunOptions};
-use crate::weights::{read_safetensors_all, Weights};
-use crate::{InferBackend, TrainBackend};
+use whitebox::model::lm::{self, CausalLm, LmConfig, Sampling};
+use whitebox::model::Activations;
+use whitebox::text::{self, StreamDecoder, TokenFile, Tokenizer};
+use whitebox::train::checkpoint::{self, RunLock};
+use whitebox::train::lm::{fit_lm, fresh, restore, sequential_loss, LmRecipe, LmState, TokenRun};
+use whitebox::train::{Cancel, Checkpoint, OptimSettings, OptimizerKind, RunOptions};
+use whitebox::weights::{read_safetensors_all, Weights};
+use whitebox::{InferBackend, TrainBackend};
 
 #[derive(Args, Debug)]
 pub struct LmArgs {
@@ -349,7 +349,7 @@ pub fn train(a: LmTrainArgs) -> Result<()> {
                 beta2: a.beta2,
                 // LayerNorm weights and biases are the only < 2-D parameters: decay ≥ 2-D only
                 no_decay_norm_bias: true,
-                clip_grad_norm: crate::train::optim::clip_setting(a.clip_grad_norm)?,
+                clip_grad_norm: whitebox::train::optim::clip_setting(a.clip_grad_norm)?,
             },
             eval_interval: a.eval_interval,
             eval_iters: a.eval_iters,

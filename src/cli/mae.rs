@@ -14,18 +14,18 @@ use super::commands::{
     run_splits, train_run,
 };
 use super::{ForwardArgs, MaeTrainArgs, ProbeArgs, ReconstructArgs};
-use crate::data::{self, batch_rng, Augment, Batcher, ImageSet, Split};
-use crate::model::mae::{CrateMae, MaeConfig};
-use crate::model::Activations;
-use crate::train::mae::{evaluate_mae, Reconstruct};
-use crate::train::probe::{self, ProbeRecipe};
-use crate::train::ssl::extract_features;
-use crate::train::{self, Checkpoint, TrainOptimizer};
-use crate::weights::{
+use whitebox::data::{self, batch_rng, Augment, Batcher, ImageSet, Split};
+use whitebox::model::mae::{CrateMae, MaeConfig};
+use whitebox::model::Activations;
+use whitebox::train::mae::{evaluate_mae, Reconstruct};
+use whitebox::train::probe::{self, ProbeRecipe};
+use whitebox::train::ssl::extract_features;
+use whitebox::train::{self, Checkpoint, TrainOptimizer};
+use whitebox::weights::{
     apply_state_dict, canonical_ids, check_finite, read_input_tensor, read_safetensors_all,
     read_state_dict, safetensors_bytes, write_atomic, Weights,
 };
-use crate::{InferBackend, TrainBackend};
+use whitebox::{InferBackend, TrainBackend};
 
 /// `whitebox forward` on a CRATE-MAE: reads `input` and optional `noise`, writes `pred`, `mask`,
 /// `ids_restore`, `ids_keep`, `ids_shuffle`, `recon_img` and `loss` (golden names).
@@ -93,7 +93,7 @@ pub fn train(m: MaeTrainArgs) -> Result<()> {
         a.measure_every == 0,
         "--measure-every measures classifier layers; it is not available for `mae train`"
     );
-    let _lock = crate::train::checkpoint::RunLock::acquire(&a.run_dir)?;
+    let _lock = whitebox::train::checkpoint::RunLock::acquire(&a.run_dir)?;
     let config_flags = |run: &MaeConfig| -> Result<Vec<(&'static str, Option<String>, String)>> {
         let g = &a.given;
         let mut v = vec![
@@ -192,7 +192,7 @@ pub fn train(m: MaeTrainArgs) -> Result<()> {
     let loss = match &last {
         Some(m) => m.test_loss,
         None => {
-            let l = crate::weights::load::<InferBackend>(
+            let l = whitebox::weights::load::<InferBackend>(
                 &dir.join("model.safetensors"),
                 None,
                 true,
@@ -236,7 +236,7 @@ pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
     let norm = norm_or_train(l.normalization(l.config.in_chans)?, &a.data)?;
     let mut model = l.model;
     if let Some(r) = a.mask_ratio {
-        crate::model::mae::check_mask_ratio(r)?;
+        whitebox::model::mae::check_mask_ratio(r)?;
         model.mask_ratio = r;
     }
     let c = &l.config;
@@ -255,13 +255,14 @@ pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
     let (s, ch) = (c.img_size, c.in_chans);
     let f32s = |t: Tensor<InferBackend, 4>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
     let (x, removed) = (f32s(x), f32s(r.removed));
-    let px = |v: &[f32], grey| crate::viz::maps::denormalize(v, grey, s * s, &norm);
+    let px = |v: &[f32], grey| whitebox::viz::maps::denormalize(v, grey, s * s, &norm);
     let rows = [
         px(&x, None),
         px(&x, Some(&removed)),
         px(&f32s(r.pasted), None),
     ];
-    let img = crate::viz::maps::image_rows(&rows, n, ch, s, (s * a.scale.max(1) as usize) as u32);
+    let img =
+        whitebox::viz::maps::image_rows(&rows, n, ch, s, (s * a.scale.max(1) as usize) as u32);
     let (w, h) = (img.width(), img.height());
     if let Some(dir) = a.output.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;

@@ -14,10 +14,10 @@ mod values;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
-use crate::data::Format;
-use crate::model::bf16::Precision;
-use crate::train::OptimizerKind;
 use values::{FormatChoice, OptimizerChoice, PrecisionChoice};
+use whitebox::data::Format;
+use whitebox::model::bf16::Precision;
+use whitebox::train::OptimizerKind;
 
 #[derive(Parser, Debug)]
 #[command(name = "whitebox", version, about = "CRATE white-box transformers: train, evaluate, load official weights, run inference", long_about = None)]
@@ -218,7 +218,7 @@ pub struct BenchArgs {
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {
     /// Data folder (IDX, CIFAR binary, or ImageFolder with train/ and test/).
-    #[arg(long, default_value = crate::data::DEFAULT_DATA)]
+    #[arg(long, default_value = whitebox::data::DEFAULT_DATA)]
     pub data: PathBuf,
     /// Layout of the data folder.
     #[arg(long, value_parser = FormatChoice::parser(), default_value = "auto")]
@@ -401,7 +401,7 @@ pub fn run() -> anyhow::Result<()> {
         Some(Command::Bench(a)) => a.precision,
         _ => Precision::F32,
     };
-    crate::model::bf16::set_precision(precision).map_err(|e| {
+    whitebox::model::bf16::set_precision(precision).map_err(|e| {
         anyhow::anyhow!(
             "--precision {}: {e}",
             format!("{precision:?}").to_lowercase()
@@ -443,7 +443,7 @@ pub fn run() -> anyhow::Result<()> {
 
 /// `whitebox train`: a ToST run (`tost.rs`) or a CRATE run (`commands.rs`), holding the run's lock.
 fn train(a: TrainArgs) -> anyhow::Result<()> {
-    let _lock = crate::train::checkpoint::RunLock::acquire(&a.run_dir)?;
+    let _lock = whitebox::train::checkpoint::RunLock::acquire(&a.run_dir)?;
     if tost::wants_tost(&a) {
         tost::train(a)
     } else {

@@ -7,13 +7,13 @@ use std::path::PathBuf;
 
 use super::commands::{load, load_split};
 use super::{DataArgs, WeightArgs};
-use crate::data::{Format, Normalization, Split};
-use crate::model::{Crate, CrateConfig};
-use crate::viz::maps::{attention_grid, look, pca_grid, Looked, PcaOptions};
-use crate::viz::report::run_report;
-use crate::viz::save_png;
-use crate::weights::{write_atomic, Weights};
-use crate::InferBackend;
+use whitebox::data::{Format, Normalization, Split};
+use whitebox::model::{Crate, CrateConfig};
+use whitebox::viz::maps::{attention_grid, look, pca_grid, Looked, PcaOptions};
+use whitebox::viz::report::run_report;
+use whitebox::viz::save_png;
+use whitebox::weights::{write_atomic, Weights};
+use whitebox::InferBackend;
 
 #[derive(Args, Debug)]
 pub struct PictureArgs {
@@ -135,7 +135,7 @@ fn look_at_files(p: &PictureArgs) -> Result<Looked> {
     let pixels = p
         .images
         .iter()
-        .map(|path| crate::data::folder::read_image(path, c, size))
+        .map(|path| whitebox::data::folder::read_image(path, c, size))
         .collect::<Result<Vec<_>>>()?;
     let norm = normalization(&l)?;
     look(l.model, &l.config, &norm, &pixels, size, p.layer, p.cell)

@@ -11,18 +11,18 @@ use super::commands::{
     run_splits, train_run,
 };
 use super::{DataArgs, TrainArgs, WeightArgs};
-use crate::data::multicrop::MultiCrop;
-use crate::data::{Augment, Normalization, Split};
-use crate::model::features::Features;
-use crate::model::ssl::{HeadConfig, SslConfig, SslLoss, STUDENT_PREFIX};
-use crate::model::CrateConfig;
-use crate::train::ssl::{
+use whitebox::data::multicrop::MultiCrop;
+use whitebox::data::{Augment, Normalization, Split};
+use whitebox::model::features::Features;
+use whitebox::model::ssl::{HeadConfig, SslConfig, SslLoss, STUDENT_PREFIX};
+use whitebox::model::CrateConfig;
+use whitebox::train::ssl::{
     knn_eval, read_checkpoint_weights, DinoSettings, McrSettings, SelfDistillTask, SslRunConfig,
     SslSettings,
 };
-use crate::train::{self, Checkpoint, LrSchedule, TrainOptimizer};
-use crate::weights::{apply_state_dict, canonical_ids, read_state_dict};
-use crate::{InferBackend, TrainBackend};
+use whitebox::train::{self, Checkpoint, LrSchedule, TrainOptimizer};
+use whitebox::weights::{apply_state_dict, canonical_ids, read_state_dict};
+use whitebox::{InferBackend, TrainBackend};
 
 #[derive(Subcommand, Debug)]
 pub enum DinoCommand {
@@ -189,7 +189,7 @@ fn fresh_config(d: &DinoTrainArgs) -> Result<SslRunConfig> {
         backbone = backbone.with_arch(arch.parse()?)?;
     }
     ensure!(
-        backbone.pool == crate::model::Pool::Cls,
+        backbone.pool == whitebox::model::Pool::Cls,
         "--config: self-distillation reads the cls feature; the config has pool = \"{}\"",
         backbone.pool
     );
@@ -347,7 +347,7 @@ pub fn train(d: DinoTrainArgs) -> Result<()> {
     let (top1, top5, terms, loss) = match last {
         Some(m) => (m.test_acc, m.test_top5, m.terms, m.train_loss),
         None => {
-            let l = crate::weights::load::<InferBackend>(&weights, None, true, &device)?
+            let l = whitebox::weights::load::<InferBackend>(&weights, None, true, &device)?
                 .into_crate()?;
             let mut b = train_set.clone();
             b.truncate(bank);

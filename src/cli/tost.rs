@@ -5,13 +5,13 @@ use anyhow::{bail, Result};
 
 use super::commands::{fresh_state, recipe_from, resume_run, run_classifier, Classifier};
 use super::TrainArgs;
-use crate::model::tost::{self, TostConfig};
-use crate::model::Arch;
-use crate::train::tost::ClassifyTost;
-use crate::train::{Checkpoint, TrainOptimizer};
-use crate::weights::load::spec_arch;
-use crate::weights::{apply_state_dict, canonical_ids, read_state_dict, ModelConfig};
-use crate::TrainBackend;
+use whitebox::model::tost::{self, TostConfig};
+use whitebox::model::Arch;
+use whitebox::train::tost::ClassifyTost;
+use whitebox::train::{Checkpoint, TrainOptimizer};
+use whitebox::weights::load::spec_arch;
+use whitebox::weights::{apply_state_dict, canonical_ids, read_state_dict, ModelConfig};
+use whitebox::TrainBackend;
 
 const ARCH_TOST: &str = Arch::Tost.name();
 

@@ -26,7 +26,7 @@ macro_rules! choices {
     };
 }
 
-choices!(FormatChoice => crate::data::Format {
+choices!(FormatChoice => whitebox::data::Format {
     /// Detect from the folder's contents.
     Auto,
     /// MNIST-family IDX files (`train-images-idx3-ubyte[.gz]`, …).
@@ -39,16 +39,16 @@ choices!(FormatChoice => crate::data::Format {
     Folder,
 });
 
-choices!(OptimizerChoice => crate::train::OptimizerKind { Adamw, Lion });
+choices!(OptimizerChoice => whitebox::train::OptimizerKind { Adamw, Lion });
 
-choices!(SslLossChoice => crate::model::ssl::SslLoss {
+choices!(SslLossChoice => whitebox::model::ssl::SslLoss {
     /// SimDINO: coding-rate expansion + cosine compression (`MCRLoss`), no prototypes.
     Simdino,
     /// DINO: cross-entropy to the centred, sharpened teacher (`DINOLoss`), with prototypes.
     Dino,
 });
 
-choices!(PrecisionChoice => crate::model::bf16::Precision {
+choices!(PrecisionChoice => whitebox::model::bf16::Precision {
     /// Single precision throughout (the default and the tested reference).
     F32,
     /// GEMM inputs rounded to bf16, f32 accumulation (needs AVX512-BF16).

@@ -72,6 +72,23 @@ pub fn set_precision(p: Precision) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The setting for a scope: [`set_precision`] now, the previous setting back on drop.
+pub struct PrecisionScope(u8);
+
+impl PrecisionScope {
+    pub fn set(p: Precision) -> anyhow::Result<Self> {
+        let previous = MODE.load(Ordering::Relaxed);
+        set_precision(p)?;
+        Ok(Self(previous))
+    }
+}
+
+impl Drop for PrecisionScope {
+    fn drop(&mut self) {
+        MODE.store(self.0, Ordering::Relaxed);
+    }
+}
+
 /// Route the bf16-class GEMMs through the portable emulation (inputs rounded to bf16, f32 GEMM)
 /// instead of the kernel: for tests and comparisons; slower than f32.
 pub fn emulate_bf16() {

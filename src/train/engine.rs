@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use super::checkpoint::{self, Checkpoint, METRICS};
 use super::TrainOptimizer;
+use crate::model::bf16::{Precision, PrecisionScope};
 use crate::model::CrateAutodiff;
 
 /// A cancellation handle: clones share one flag; the engine saves a checkpoint at the next step
@@ -78,16 +79,6 @@ impl GradSync for LocalSync {
     }
 }
 
-/// Where a mixed-precision policy goes: the numeric format of a training step's forward and
-/// backward. Only full f32 exists today; a bf16 policy would cast the forward's GEMM inputs (the
-/// precision setting of `model::gemm`), keep f32 master weights in the optimizer and scale the
-/// loss, all inside the engine's step ([`run`]'s `step_gradients`), so no [`Job`] changes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub enum Precision {
-    #[default]
-    F32,
-}
-
 /// How the engine runs a job: where it writes, when it stops, what cancels it.
 #[derive(Clone)]
 pub struct RunOptions {
@@ -102,7 +93,10 @@ pub struct RunOptions {
     pub max_seconds: Option<f64>,
     pub cancel: Cancel,
     pub grad_sync: Arc<dyn GradSync + Send + Sync>,
-    pub precision: Precision,
+    /// The mixed-precision policy of the run's GEMMs (`model::bf16`: f32 master weights and
+    /// optimizer state, bf16 GEMM inputs with f32 accumulation), set for the run and restored
+    /// after it; `None` keeps the process's setting.
+    pub precision: Option<Precision>,
 }
 
 impl Default for RunOptions {
@@ -114,7 +108,7 @@ impl Default for RunOptions {
             max_seconds: None,
             cancel: Cancel::new(),
             grad_sync: Arc::new(LocalSync),
-            precision: Precision::F32,
+            precision: None,
         }
     }
 }
@@ -299,6 +293,7 @@ pub fn run<B: CrateAutodiff, J: Job<B>>(
     opts: &RunOptions,
 ) -> Result<Fitted<J::Model, J::Metrics>> {
     let run_dir = opts.run_dir.as_deref();
+    let _precision = opts.precision.map(PrecisionScope::set).transpose()?;
     let mut pos = job.position();
     let (total, period) = (job.total_steps(), job.period().max(1));
     let stop = opts
@@ -465,15 +460,14 @@ fn end_period<B: CrateAutodiff, J: Job<B>>(
 
 /// The gradients of step `step` (its micro-batches accumulated, then [`GradSync`]) with Σ loss ×
 /// samples and the samples; a non-finite micro-batch loss is returned as `("loss", value)`.
-/// Data parallelism within a step (micro-batches on several cores or devices) and a
-/// mixed-precision forward ([`Precision`]) would go here.
+/// A job's own split of the step over the cores is [`Job::loss_and_grads`]; gradients of
+/// several devices meet in [`GradSync`].
 fn step_gradients<B: CrateAutodiff, J: Job<B>>(
     job: &mut J,
     model: &J::Model,
     step: usize,
     opts: &RunOptions,
 ) -> std::result::Result<(GradientsParams, f64, usize), (&'static str, f64)> {
-    debug_assert_eq!(opts.precision, Precision::F32);
     let n = job.micro_batches().max(1);
     if n == 1 {
         if let Some((l, grads, samples)) = job.loss_and_grads(model, step) {
