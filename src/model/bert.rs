@@ -16,15 +16,12 @@ use burn::tensor::{Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::blocks::{Ista, Mssa};
+use super::blocks::{Ista, Mssa, ISTA_ETA, ISTA_LAMBDA};
 use super::fused::{layer_norm, AttnMask, CrateBackend};
 use crate::weights::StateDict;
 
 /// LayerNorm eps of the two pre-norms inside each layer (`nn.LayerNorm(d)`).
 pub const LAYER_LN_EPS: f64 = 1e-5;
-/// ISTA step size η and sparsity λ of the port.
-pub const ISTA_STEP: f64 = 0.1;
-pub const ISTA_LAMBDA: f64 = 0.1;
 
 /// `CrateConfig` of the port (HF field names and defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,7 +124,7 @@ impl BertConfig {
                     norm_a: ln(LAYER_LN_EPS),
                     mssa: Mssa::new(d, heads, d / heads, false, 0.0, device),
                     norm_b: ln(LAYER_LN_EPS),
-                    ista: Ista::new(d, ISTA_STEP, ISTA_LAMBDA, device),
+                    ista: Ista::new(d, ISTA_ETA, ISTA_LAMBDA, device),
                 })
                 .collect(),
             mlm_dense: LinearConfig::new(d, d)

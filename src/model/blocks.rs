@@ -1,12 +1,21 @@
 //! The operators every white-box variant is built from: MSSA (a gradient step on the
-//! compression term R^c), one ISTA step (a proximal step on the sparse-coding term) and ToST's
+//! compression term R^c), one ISTA step (a proximal step on the sparse-coding term), the
+//! overcomplete two-step ISTA of CRATE-α and crate-lm, and ToST's
 //! TSSA (a step on the variational form of R^c, linear in the number of tokens).
 
 use super::fused::{self, AttnMask, CrateBackend};
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
-use burn::tensor::activation::softmax;
+use burn::tensor::activation::{relu, softmax};
 use burn::tensor::Tensor;
+
+/// ISTA step size η and sparsity λ, hard-coded to 0.1 in the official CRATE classifier, CRATE-α,
+/// both crate-lm files and the BERT port; η is also CRATE-MAE's encoder step (`crate_encoder.FeedForward`
+/// default), whose λ is 0.5 (`mae.rs`).
+pub const ISTA_ETA: f64 = 0.1;
+pub const ISTA_LAMBDA: f64 = 0.1;
+/// Overcomplete ratio `s / d` of the sparse codes (4 in CRATE-α and crate-lm).
+pub const OVERCOMPLETE: usize = 4;
 
 /// Multi-head subspace self-attention with one shared projection `U = [U_1 … U_K]` for q, k and v.
 #[derive(Module, Debug)]
@@ -166,6 +175,91 @@ impl<B: CrateBackend> Ista<B> {
     /// The argument of the ReLU, `x·M − ηλ` (recorded as `prerelu` by the language models).
     pub fn prerelu(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
         fused::matmul(x, self.step_matrix()).sub_scalar(self.step_size * self.lambd)
+    }
+}
+
+/// Two non-negative ISTA steps from `A⁰ = 0` on `min λ‖A‖₁ + ½‖y − D A‖²` with an overcomplete
+/// dictionary `D` `[d, s]`, decoded by a separate `D₁` (CRATE-α) or by `D` itself (crate-lm).
+#[derive(Module, Debug)]
+pub struct OvercompleteIsta<B: CrateBackend> {
+    /// The dictionary in its family's checkpoint layout: `D` `[d, s]` (CRATE-α `fn.D`) or,
+    /// when `atoms_in_rows`, `W = Dᵀ` `[s, d]` (crate-lm `ista.weight`).
+    pub weight: Param<Tensor<B, 2>>,
+    /// Separate decoding dictionary `D₁` `[d, s]` (CRATE-α `fn.D1`); `None`: decoded by `D`.
+    pub decoder: Option<Param<Tensor<B, 2>>>,
+    /// `weight` holds `Dᵀ` (`[s, d]`, one atom per row) instead of `D`.
+    pub atoms_in_rows: bool,
+    pub step_size: f64,
+    pub lambd: f64,
+}
+
+/// torch `kaiming_uniform_` (a = 0) of a `[rows, cols]` weight: U(±√(6/fan_in)), fan_in = cols.
+fn kaiming_uniform<B: CrateBackend>(shape: [usize; 2], device: &B::Device) -> Param<Tensor<B, 2>> {
+    let bound = (6.0 / shape[1] as f64).sqrt();
+    Initializer::Uniform {
+        min: -bound,
+        max: bound,
+    }
+    .init(shape, device)
+}
+
+impl<B: CrateBackend> OvercompleteIsta<B> {
+    /// CRATE-α (`crate_alpha.py` `OvercompleteISTABlock`): `D`, `D₁` `[d, s]`, s = 4d.
+    pub fn separate(dim: usize, device: &B::Device) -> Self {
+        let s = OVERCOMPLETE * dim;
+        Self {
+            weight: kaiming_uniform([dim, s], device),
+            decoder: Some(kaiming_uniform([dim, s], device)),
+            atoms_in_rows: false,
+            step_size: ISTA_ETA,
+            lambd: ISTA_LAMBDA,
+        }
+    }
+
+    /// crate-lm (`crate_overcomplete.py`): one `W = Dᵀ` `[4d, d]`, the tied decode `A W`.
+    pub fn tied(dim: usize, device: &B::Device) -> Self {
+        Self {
+            weight: kaiming_uniform([OVERCOMPLETE * dim, dim], device),
+            decoder: None,
+            atoms_in_rows: true,
+            step_size: ISTA_ETA,
+            lambd: ISTA_LAMBDA,
+        }
+    }
+
+    /// `D` `[d, s]` (a transposed view of `weight` when `atoms_in_rows`).
+    fn dictionary(&self) -> Tensor<B, 2> {
+        let w = self.weight.val();
+        if self.atoms_in_rows {
+            w.transpose()
+        } else {
+            w
+        }
+    }
+
+    /// The argument of the second ReLU on token rows `y` `[r, d]` (row form: `Dᵀy` is `y·D`),
+    /// `A¹ = relu(η Dᵀy − ηλ)`, `A¹ + η(Dᵀy − DᵀD A¹) − ηλ`, `[r, s]` (crate-lm records it as `prerelu`).
+    pub fn prerelu(&self, y: Tensor<B, 2>) -> Tensor<B, 2> {
+        let (eta, shrink) = (self.step_size, self.step_size * self.lambd);
+        let d = self.dictionary();
+        let dty = fused::matmul(y, d.clone()); // Dᵀy
+        let a1 = relu(dty.clone().mul_scalar(eta).sub_scalar(shrink));
+        let dtda1 = fused::matmul(fused::matmul(a1.clone(), d.clone().transpose()), d); // DᵀD A¹
+        a1 + (dty - dtda1).mul_scalar(eta) - shrink
+    }
+
+    /// The decoded codes `D₁ A` (`D A` when tied), `[r, d]`.
+    pub fn decode(&self, codes: Tensor<B, 2>) -> Tensor<B, 2> {
+        let d1 = match &self.decoder {
+            Some(d1) => d1.val(),
+            None => self.dictionary(),
+        };
+        fused::matmul(codes, d1.transpose())
+    }
+
+    /// `D₁ A²`, `A² = relu(prerelu(y))` (CRATE-α adds the residual, crate-lm does not).
+    pub fn forward(&self, y: Tensor<B, 2>) -> Tensor<B, 2> {
+        self.decode(relu(self.prerelu(y)))
     }
 }
 

@@ -14,7 +14,7 @@
 //!
 //! and `logits = X_L wteᵀ` (`lm_head` tied to `wte`).
 
-use super::blocks::{Ista, Mssa};
+use super::blocks::{Ista, Mssa, OvercompleteIsta, ISTA_ETA, ISTA_LAMBDA, OVERCOMPLETE};
 use super::fused::{self, layer_norm, matmul, merge_heads, split_heads, AttnMask, CrateBackend};
 use super::tost_lm::{self, TostLmBlock};
 use super::{Activations, Arch};
@@ -29,9 +29,6 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// ISTA step size η and sparsity λ, hard-coded to 0.1 in both crate-lm model files.
-pub const ISTA_ETA: f64 = 0.1;
-pub const ISTA_LAMBDA: f64 = 0.1;
 /// LayerNorm epsilon of every norm (torch default).
 pub const LN_EPS: f64 = 1e-5;
 /// Standard deviation of the nanoGPT initialisation of every Linear and Embedding.
@@ -204,7 +201,7 @@ impl LmConfig {
             2 * ln + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d)
         } else {
             let ista = if self.overcomplete() {
-                4 * d * d
+                OVERCOMPLETE * d * d
             } else {
                 d * d
             };
@@ -314,47 +311,12 @@ fn causal_mssa<B: CrateBackend>(
     }
 }
 
-/// Two non-negative ISTA steps from `a = 0` on codes of width 4d, decoded with the same dictionary.
-#[derive(Module, Debug)]
-pub struct OvercompleteIsta<B: CrateBackend> {
-    /// `W` `[4d, d]` (dictionary `D = Wᵀ`), official layout.
-    pub weight: Param<Tensor<B, 2>>,
-}
-
-impl<B: CrateBackend> OvercompleteIsta<B> {
-    fn new(d: usize, device: &B::Device) -> Self {
-        // torch `kaiming_uniform_` (a = 0): U(±√(6/fan_in)), fan_in = d
-        let bound = (6.0 / d as f64).sqrt();
-        Self {
-            weight: Initializer::Uniform {
-                min: -bound,
-                max: bound,
-            }
-            .init([4 * d, d], device),
-        }
-    }
-
-    /// `a₀ = ReLU(η zWᵀ − ηλ)`, `a₁ = ReLU(a₀ + η(zWᵀ − a₀WWᵀ) − ηλ)`, out `= a₁W`.
-    fn forward(&self, z: Tensor<B, 2>, rec: &mut Recorder<B>) -> Tensor<B, 2> {
-        let w = self.weight.val();
-        let shrink = ISTA_ETA * ISTA_LAMBDA;
-        let dtz = matmul(z, w.clone().transpose()); // Dᵀz
-        let a0 = relu(dtz.clone().mul_scalar(ISTA_ETA).sub_scalar(shrink));
-        let dtda0 = matmul(matmul(a0.clone(), w.clone()), w.clone().transpose()); // DᵀD a₀
-        let pre = a0 + (dtz - dtda0).mul_scalar(ISTA_ETA) - shrink;
-        rec.push("prerelu", &pre);
-        let a1 = relu(pre);
-        rec.push("codes", &a1);
-        matmul(a1, w)
-    }
-}
-
 /// The ISTA sub-layer of either crate-lm file.
 #[derive(Module, Debug)]
 pub enum IstaStep<B: CrateBackend> {
     /// `crate.py`: `ReLU(z + η(zW − zWᵀW) − ηλ)`, W `[d, d]`.
     Complete(Ista<B>),
-    /// `crate_overcomplete.py`.
+    /// `crate_overcomplete.py`: two ISTA steps on codes of width 4d, W `[4d, d]`, tied decode `a₁W`.
     Overcomplete(OvercompleteIsta<B>),
 }
 
@@ -369,7 +331,13 @@ impl<B: CrateBackend> IstaStep<B> {
                 rec.push("prerelu", &pre);
                 relu(pre)
             }
-            IstaStep::Overcomplete(ista) => ista.forward(z, rec),
+            IstaStep::Overcomplete(ista) => {
+                let pre = ista.prerelu(z);
+                rec.push("prerelu", &pre);
+                let codes = relu(pre);
+                rec.push("codes", &codes);
+                ista.decode(codes)
+            }
         }
     }
 }
@@ -390,7 +358,7 @@ impl<B: CrateBackend> CrateLmBlock<B> {
             attn: causal_mssa(d, n_head, proj_std, dev),
             prenorm_2: ln(d, dev),
             ista: if overcomplete {
-                IstaStep::Overcomplete(OvercompleteIsta::new(d, dev))
+                IstaStep::Overcomplete(OvercompleteIsta::tied(d, dev))
             } else {
                 IstaStep::Complete(Ista::new(d, ISTA_ETA, ISTA_LAMBDA, dev))
             },

@@ -19,7 +19,7 @@ use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-use super::blocks::{Ista, Mssa, PatchConv};
+use super::blocks::{Ista, Mssa, PatchConv, ISTA_ETA};
 use super::fused::{layer_norm, CrateBackend};
 use super::vision::{patchify, CrateConfig, CrateLayer, Sparsify, LN_EPS};
 use super::{Activations, Arch, Pool};
@@ -27,8 +27,6 @@ use crate::weights::StateDict;
 
 /// eps of the two outer norms (`norm`, `decoder_norm`): `partial(nn.LayerNorm, eps=1e-6)`.
 pub const OUTER_EPS: f64 = 1e-6;
-/// ISTA step size of the encoder blocks (`crate_encoder.FeedForward` default).
-pub const ENCODER_STEP: f64 = 0.1;
 
 /// Constructor arguments of the official `MaskedAutoencoderViT` (same names; the block and norm
 /// classes are accepted as the strings the golden manifest records and otherwise fixed).
@@ -284,7 +282,7 @@ impl MaeConfig {
                     norm1: ln(LN_EPS),
                     mssa: mssa(self.num_heads),
                     norm2: ln(LN_EPS),
-                    ista: Sparsify::Ista(Ista::new(d, ENCODER_STEP, self.lambd, device)),
+                    ista: Sparsify::Ista(Ista::new(d, ISTA_ETA, self.lambd, device)),
                     ln_eps: LN_EPS,
                 })
                 .collect(),
@@ -718,7 +716,7 @@ impl MaeConfig {
             dim_head: self.embed_dim / self.num_heads,
             dropout: 0.0,
             emb_dropout: 0.0,
-            ista: ENCODER_STEP,
+            ista: ISTA_ETA,
             lambd: Some(self.lambd),
         }
     }

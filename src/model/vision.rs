@@ -14,8 +14,8 @@ use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-use super::alpha::{self, OvercompleteIsta};
-use super::blocks::{Ista, Mssa, PatchConv};
+use super::alpha;
+use super::blocks::{Ista, Mssa, OvercompleteIsta, PatchConv, ISTA_ETA, ISTA_LAMBDA};
 use super::{Activations, Arch, Pool};
 
 /// Constructor arguments of the official `CRATE` class (same names, same defaults).
@@ -58,11 +58,9 @@ fn default_dim_head() -> usize {
     64
 }
 fn default_ista() -> f64 {
-    0.1
+    ISTA_ETA
 }
 
-/// ISTA sparsity penalty λ, hard-coded to 0.1 in the official classifier.
-pub const ISTA_LAMBDA: f64 = 0.1;
 /// LayerNorm epsilon of every norm in the official classifier (torch default).
 pub const LN_EPS: f64 = 1e-5;
 
@@ -310,7 +308,7 @@ impl CrateConfig {
     }
 
     /// A CRATE-α classifier (conv tokenizer, layers with pre-norm eps 1e-6, MSSA without output
-    /// bias and the overcomplete ISTA of `alpha.rs`) with torch-like initial weights.
+    /// bias and `blocks::OvercompleteIsta::separate`) with torch-like initial weights.
     fn init_alpha<B: CrateBackend>(&self, device: &B::Device) -> Crate<B> {
         let d = self.dim;
         let ln = |n: usize, eps: f64| LayerNormConfig::new(n).with_epsilon(eps).init(device);
@@ -331,7 +329,7 @@ impl CrateConfig {
                     norm1: ln(d, alpha::PRENORM_EPS),
                     mssa: Mssa::new(d, self.heads, self.dim_head, false, self.dropout, device),
                     norm2: ln(d, alpha::PRENORM_EPS),
-                    ista: Sparsify::Overcomplete(OvercompleteIsta::new(d, device)),
+                    ista: Sparsify::Overcomplete(OvercompleteIsta::separate(d, device)),
                     ln_eps: alpha::PRENORM_EPS,
                 })
                 .collect(),
