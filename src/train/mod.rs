@@ -14,6 +14,7 @@ pub mod mae;
 pub mod optim;
 pub mod parallel;
 pub mod probe;
+pub mod resume;
 pub mod schedule;
 pub mod ssl;
 pub mod tost;
