@@ -6,24 +6,23 @@ use burn::tensor::{Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde_json::json;
-use std::path::Path;
 use std::time::Instant;
 
 use super::commands::{
-    check_shape, fresh_state, given, load, load_split, norm_or_train, recipe_from, resume_run,
-    run_splits, train_run,
+    check_shape, fresh_state, image_run, init_weights, load, load_split, norm_or_train,
+    recipe_from, resume_check,
 };
 use super::{ForwardArgs, MaeTrainArgs, ProbeArgs, ReconstructArgs};
 use whitebox::data::{self, batch_rng, Augment, Batcher, ImageSet, Split};
 use whitebox::model::mae::{CrateMae, MaeConfig};
 use whitebox::model::Activations;
+use whitebox::train::image_run::{self, Saved};
 use whitebox::train::mae::{evaluate_mae, Reconstruct};
 use whitebox::train::probe::{self, ProbeRecipe};
+use whitebox::train::resume::same_json;
 use whitebox::train::ssl::extract_features;
-use whitebox::train::{self, Checkpoint, TrainOptimizer};
 use whitebox::weights::{
-    apply_state_dict, canonical_ids, check_finite, read_input_tensor, read_safetensors_all,
-    read_state_dict, safetensors_bytes, write_atomic, Weights,
+    check_finite, read_input_tensor, read_safetensors_all, safetensors_bytes, write_atomic, Weights,
 };
 use whitebox::{InferBackend, TrainBackend};
 
@@ -69,19 +68,17 @@ pub fn forward(a: ForwardArgs, l: Weights<MaeConfig, CrateMae<InferBackend>>) ->
     Ok(())
 }
 
-fn check_mae_shape(cfg: &MaeConfig, set: &ImageSet, what: &Path) -> Result<()> {
-    ensure!(
-        set.channels == cfg.in_chans && set.height == cfg.img_size && set.width == cfg.img_size,
-        "{}: images are {}×{}×{} but the MAE expects {}×{}×{} (channels × height × width)",
-        what.display(),
-        set.channels,
-        set.height,
-        set.width,
-        cfg.in_chans,
-        cfg.img_size,
-        cfg.img_size
-    );
-    Ok(())
+/// The MAE config of the flags: `--config` (`fmnist` = `mae-fmnist`) with `--mask-ratio` and
+/// `--norm-pix-loss`.
+fn mae_config(m: &MaeTrainArgs) -> Result<MaeConfig> {
+    let spec = m.train.config.as_str();
+    let mut config = MaeConfig::resolve(if spec == "fmnist" { "mae-fmnist" } else { spec })?;
+    if let Some(r) = m.mask_ratio {
+        config.mask_ratio = r;
+    }
+    config.norm_pix_loss |= m.norm_pix_loss;
+    config.validate()?;
+    Ok(config)
 }
 
 /// `whitebox mae train`: masked-autoencoder pre-training with the classifier's training machinery.
@@ -94,72 +91,34 @@ pub fn train(m: MaeTrainArgs) -> Result<()> {
         "--measure-every measures classifier layers; it is not available for `mae train`"
     );
     let _lock = whitebox::train::checkpoint::RunLock::acquire(&a.run_dir)?;
-    let config_flags = |run: &MaeConfig| -> Result<Vec<(&'static str, Option<String>, String)>> {
-        let g = &a.given;
-        let mut v = vec![
-            (
-                "--mask-ratio",
-                m.mask_ratio.map(|r| r.to_string()),
-                run.mask_ratio.to_string(),
-            ),
-            (
-                "--norm-pix-loss",
-                given(g, "norm_pix_loss", m.norm_pix_loss),
-                run.norm_pix_loss.to_string(),
-            ),
-        ];
-        if g.iter().any(|f| f == "config") {
-            let spec = if a.config == "fmnist" {
-                "mae-fmnist"
-            } else {
-                a.config.as_str()
+    let saved = Saved {
+        read_config: MaeConfig::from_json_file,
+        init: |c: &MaeConfig, d| c.init::<TrainBackend>(d),
+        read_weights: image_run::model_weights,
+    };
+    let mut started = if a.resume {
+        saved.resume(&a.run_dir, |run, state| {
+            let wanted = mae_config(&m)?;
+            // --config names the model; --mask-ratio and --norm-pix-loss are checked on their own
+            let same = || {
+                let mut c = wanted.clone();
+                (c.mask_ratio, c.norm_pix_loss) = (run.mask_ratio, run.norm_pix_loss);
+                same_json(&c, run)
             };
-            let mut c = MaeConfig::resolve(spec)?;
-            (c.mask_ratio, c.norm_pix_loss) = (run.mask_ratio, run.norm_pix_loss);
-            if serde_json::to_value(&c)? != serde_json::to_value(run)? {
-                v.push((
-                    "--config",
-                    Some(a.config.clone()),
-                    "another model (its checkpoint/config.json)".into(),
-                ));
-            }
-        }
-        Ok(v)
-    };
-    let resumed = resume_run(a, MaeConfig::from_json_file, config_flags, |c| {
-        c.init::<TrainBackend>(&device)
-    })?;
-    let (config, state, model, optim) = if let Some(r) = resumed {
-        r
+            resume_check(a, recipe_from(a, run.img_size)?, state)
+                .fields(&wanted, run, &[])
+                .model(&a.config, same)
+                .check(&a.run_dir)
+        })?
     } else {
-        let spec = if a.config == "fmnist" {
-            "mae-fmnist"
-        } else {
-            a.config.as_str()
-        };
-        let mut config = MaeConfig::resolve(spec)?;
-        if let Some(r) = m.mask_ratio {
-            config.mask_ratio = r;
-        }
-        config.norm_pix_loss |= m.norm_pix_loss;
-        config.validate()?;
-        <TrainBackend as burn::tensor::backend::Backend>::seed(&device, a.seed);
-        let mut model = canonical_ids(config.init::<TrainBackend>(&device));
-        if let Some(p) = &a.init_from {
-            let (mm, report) = apply_state_dict(model, &read_state_dict(p)?, false)?;
-            if !report.is_clean() {
-                tracing::warn!("--init-from {}: {}", p.display(), report.describe());
-            }
-            model = mm;
-        }
-        let recipe = recipe_from(a, config.img_size)?;
-        let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
-        (config, fresh_state(recipe, a), model, optim)
+        let config = mae_config(&m)?;
+        let state = fresh_state(recipe_from(a, config.img_size)?, a);
+        saved.fresh(&a.run_dir, a.overwrite, config, state, init_weights(a)?)?
     };
-    let mut state = state;
-    let (train_set, test_set) = run_splits(a, &mut state, |set| {
-        check_mae_shape(&config, set, &a.data.data)
-    })?;
+    let config = started.config.clone();
+    let run = image_run(a);
+    let input = [config.in_chans, config.img_size, config.img_size];
+    let (train_set, test_set) = run.splits(&mut started.state, input, None)?;
     tracing::info!(
         "MAE pre-training {} params on {} images ({} test) from {}, mask ratio {}, {} epochs",
         config.param_count(),
@@ -167,61 +126,37 @@ pub fn train(m: MaeTrainArgs) -> Result<()> {
         test_set.len(),
         a.data.data.display(),
         config.mask_ratio,
-        state.recipe.epochs
+        started.state.recipe.epochs
     );
+    let norm = started.state.normalization.clone();
     // masked-patch loss of the starting weights, for the log and the JSON summary
-    let start_loss = if state.step == 0 {
-        Some(
-            evaluate_mae(
-                &model.valid(),
-                &test_set,
-                &state.normalization,
-                500,
-                &device,
-            )?
-            .loss,
-        )
+    let start_loss = if started.state.step == 0 {
+        Some(evaluate_mae(&started.model.valid(), &test_set, &norm, 500, &device)?.loss)
     } else {
         None
     };
-    let run = train_run(a, &train_set, &test_set);
-    let task = Reconstruct { config };
-    let last = train::fit(&run, &task, model, optim, state, &device)?.last;
-    let dir = Checkpoint::dir(&a.run_dir);
-    let final_state = Checkpoint::load_state(&dir)?;
-    let loss = match &last {
+    let end = run.fit(&Reconstruct { config }, started, &train_set, &test_set)?;
+    let loss = match &end.last {
         Some(m) => m.test_loss,
         None => {
-            let l = whitebox::weights::load::<InferBackend>(
-                &dir.join("model.safetensors"),
-                None,
-                true,
-                &device,
-            )?
-            .into_mae()?;
-            evaluate_mae(
-                &l.model,
-                &test_set,
-                &final_state.normalization,
-                500,
-                &device,
-            )?
-            .loss
+            let l = whitebox::weights::load::<InferBackend>(&end.weights, None, true, &device)?
+                .into_mae()?;
+            evaluate_mae(&l.model, &test_set, &end.state.normalization, 500, &device)?.loss
         }
     };
     println!(
         "test masked-patch loss {:.4}{}  ({} epochs, weights in {})",
         loss,
         start_loss.map_or(String::new(), |s| format!(" (at step 0: {s:.4})")),
-        final_state.epoch,
-        dir.join("model.safetensors").display()
+        end.state.epoch,
+        end.weights.display()
     );
     if a.json {
         println!(
             "{}",
-            json!({"test_loss": loss, "start_test_loss": start_loss, "epochs": final_state.epoch,
-                   "steps": final_state.step, "seconds": t_start.elapsed().as_secs_f64(),
-                   "train_seconds": final_state.seconds, "weights": dir.join("model.safetensors")})
+            json!({"test_loss": loss, "start_test_loss": start_loss, "epochs": end.state.epoch,
+                   "steps": end.state.step, "seconds": t_start.elapsed().as_secs_f64(),
+                   "train_seconds": end.state.seconds, "weights": end.weights})
         );
     }
     Ok(())
@@ -242,7 +177,7 @@ pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
     let c = &l.config;
     let mut set = data::load(&a.data.data, a.data.format, Split::Test)?;
     set.truncate(a.count.max(1));
-    check_mae_shape(c, &set, &a.data.data)?;
+    check_shape([c.in_chans, c.img_size, c.img_size], &set, &a.data.data)?;
     let batcher = Batcher {
         norm: norm.clone(),
         augment: Augment::none(),

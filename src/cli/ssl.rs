@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::commands::{
-    check_shape, fresh_state, input_shape, load, load_split, recipe_from, resume_run_with,
-    run_splits, train_run,
+    check_shape, fresh_state, image_run, init_weights, input_shape, load, load_split, recipe_from,
+    resume_check,
 };
 use super::{DataArgs, TrainArgs, WeightArgs};
 use whitebox::data::multicrop::MultiCrop;
@@ -16,12 +16,13 @@ use whitebox::data::{Augment, Normalization, Split};
 use whitebox::model::features::Features;
 use whitebox::model::ssl::{HeadConfig, SslConfig, SslLoss, STUDENT_PREFIX};
 use whitebox::model::CrateConfig;
+use whitebox::train::image_run::Saved;
+use whitebox::train::resume::same_json;
 use whitebox::train::ssl::{
     knn_eval, read_checkpoint_weights, DinoSettings, McrSettings, SelfDistillTask, SslRunConfig,
     SslSettings,
 };
-use whitebox::train::{self, Checkpoint, LrSchedule, TrainOptimizer};
-use whitebox::weights::{apply_state_dict, canonical_ids, read_state_dict};
+use whitebox::train::{self, LrSchedule, Recipe};
 use whitebox::{InferBackend, TrainBackend};
 
 #[derive(Subcommand, Debug)]
@@ -253,6 +254,21 @@ fn fresh_config(d: &DinoTrainArgs) -> Result<SslRunConfig> {
     })
 }
 
+/// The recipe of the flags with DINO's schedule: weight decay along a cosine to
+/// `--weight-decay-end`, no augmentation or label smoothing, no decay of biases and norms (as in
+/// the references).
+fn ssl_recipe(d: &DinoTrainArgs, image_size: usize) -> Result<Recipe> {
+    let mut recipe = Recipe {
+        schedule: LrSchedule::Dino,
+        weight_decay_end: Some(d.weight_decay_end),
+        augment: Augment::none(),
+        label_smoothing: 0.0,
+        ..recipe_from(&d.train, image_size)?
+    };
+    recipe.optim.no_decay_norm_bias = true;
+    Ok(recipe)
+}
+
 /// `whitebox dino train`: DINO / SimDINO on the classifier's training engine.
 pub fn train(d: DinoTrainArgs) -> Result<()> {
     check_flags(&d)?;
@@ -260,66 +276,44 @@ pub fn train(d: DinoTrainArgs) -> Result<()> {
     let device = Default::default();
     let t_start = Instant::now();
     let _lock = train::checkpoint::RunLock::acquire(&a.run_dir)?;
-    // a --config given on --resume must name the run's backbone
-    let config_flags = |run: &SslRunConfig| -> Result<Vec<(&'static str, Option<String>, String)>> {
-        let given = a.given.iter().any(|g| g == "config");
-        let differs = given
-            && serde_json::to_value(CrateConfig::resolve(&a.config)?).ok()
-                != serde_json::to_value(&run.model.backbone).ok();
-        Ok(if differs {
-            vec![(
-                "--config",
-                Some(a.config.clone()),
-                "another backbone (its checkpoint/config.json)".into(),
-            )]
-        } else {
-            vec![]
-        })
+    let saved = Saved {
+        read_config: SslRunConfig::from_json_file,
+        init: |c: &SslRunConfig, dev| c.model.init::<TrainBackend>(dev),
+        read_weights: read_checkpoint_weights,
     };
-    let resumed = resume_run_with(
-        a,
-        SslRunConfig::from_json_file,
-        config_flags,
-        |c| c.model.init::<TrainBackend>(&device),
-        read_checkpoint_weights,
-    )?;
-    let (config, state, model, optim) = if let Some(r) = resumed {
-        r
+    let mut started = if a.resume {
+        saved.resume(&a.run_dir, |run, state| {
+            let wanted = fresh_config(&d)?;
+            let aliases = [
+                ("head_hidden", "hidden_dim"),
+                ("head_bottleneck", "bottleneck_dim"),
+                ("head_layers", "nlayers"),
+                ("knn_temperature", "knn_t"),
+            ];
+            resume_check(a, ssl_recipe(&d, run.model.backbone.image_size)?, state)
+                .fields(&wanted, run, &aliases)
+                .model(&a.config, || {
+                    same_json(&wanted.model.backbone, &run.model.backbone)
+                })
+                .check(&a.run_dir)
+        })?
     } else {
         let config = fresh_config(&d)?;
-        <TrainBackend as burn::tensor::backend::Backend>::seed(&device, a.seed);
-        let mut model = canonical_ids(config.model.init::<TrainBackend>(&device));
-        if let Some(p) = &a.init_from {
-            // the same backbone weights for teacher (official keys) and student
-            let sd = read_state_dict(p)?;
-            let mut both = sd.clone();
-            both.extend(
-                sd.into_iter()
-                    .map(|(k, v)| (format!("{STUDENT_PREFIX}{k}"), v)),
-            );
-            let (m, report) = apply_state_dict(model, &both, false)?;
-            tracing::info!(
-                "--init-from {}: {} keys missing (heads are new), {} unused",
-                p.display(),
-                report.missing.len(),
-                report.unexpected.len()
-            );
-            model = m;
-        }
-        let mut recipe = recipe_from(a, config.model.backbone.image_size)?;
-        recipe.schedule = LrSchedule::Dino;
-        recipe.weight_decay_end = Some(d.weight_decay_end);
-        recipe.augment = Augment::none();
-        recipe.label_smoothing = 0.0;
-        // the references exclude biases and norms from weight decay
-        recipe.optim.no_decay_norm_bias = true;
-        let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
-        (config, fresh_state(recipe, a), model, optim)
+        // the same backbone weights for teacher (official keys) and student
+        let init = init_weights(a)?.map(|(p, sd)| {
+            let student = sd
+                .iter()
+                .map(|(k, v)| (format!("{STUDENT_PREFIX}{k}"), v.clone()));
+            let both = sd.clone().into_iter().chain(student).collect();
+            (p, both)
+        });
+        let state = fresh_state(ssl_recipe(&d, config.model.backbone.image_size)?, a);
+        saved.fresh(&a.run_dir, a.overwrite, config, state, init)?
     };
-    let mut state = state;
-    let shape = input_shape(&config.model.backbone);
-    let (train_set, test_set) =
-        run_splits(a, &mut state, |set| check_shape(shape, set, &a.data.data))?;
+    let config = started.config.clone();
+    let run = image_run(a);
+    let input = input_shape(&config.model.backbone);
+    let (train_set, test_set) = run.splits(&mut started.state, input, None)?;
     let s = &config.settings;
     tracing::info!(
         "{:?} pre-training of a {}-parameter CRATE on {} images of {} ({} test): 2 global {}px + {} local {}px views, {} epochs",
@@ -331,35 +325,21 @@ pub fn train(d: DinoTrainArgs) -> Result<()> {
         s.crops.global_size,
         s.crops.local_crops,
         s.crops.local_size,
-        state.recipe.epochs
+        started.state.recipe.epochs
     );
-    let run = train_run(a, &train_set, &test_set);
     let (k, t, bank) = (s.knn_k, s.knn_t, s.knn_bank);
-    let task = SelfDistillTask::<TrainBackend>::new(
-        config.clone(),
-        state.normalization.clone(),
-        &train_set,
-    );
-    let last = train::fit(&run, &task, model, optim, state, &device)?.last;
-    let dir = Checkpoint::dir(&a.run_dir);
-    let final_state = Checkpoint::load_state(&dir)?;
-    let weights = dir.join("model.safetensors");
-    let (top1, top5, terms, loss) = match last {
+    let norm = started.state.normalization.clone();
+    let task = SelfDistillTask::<TrainBackend>::new(config.clone(), norm, &train_set);
+    let end = run.fit(&task, started, &train_set, &test_set)?;
+    let (top1, top5, terms, loss) = match end.last {
         Some(m) => (m.test_acc, m.test_top5, m.terms, m.train_loss),
         None => {
-            let l = whitebox::weights::load::<InferBackend>(&weights, None, true, &device)?
+            let l = whitebox::weights::load::<InferBackend>(&end.weights, None, true, &device)?
                 .into_crate()?;
             let mut b = train_set.clone();
             b.truncate(bank);
-            let r = knn_eval(
-                &b,
-                &test_set,
-                &final_state.normalization,
-                k,
-                t,
-                &device,
-                |x| l.model.features(x),
-            )?;
+            let norm = &end.state.normalization;
+            let r = knn_eval(&b, &test_set, norm, k, t, &device, |x| l.model.features(x))?;
             (r.top1, r.top5, None, f64::NAN)
         }
     };
@@ -368,17 +348,17 @@ pub fn train(d: DinoTrainArgs) -> Result<()> {
         100.0 * top1,
         100.0 * top5,
         bank.min(train_set.len()),
-        final_state.epoch,
-        weights.display()
+        end.state.epoch,
+        end.weights.display()
     );
     if a.json {
         println!(
             "{}",
             json!({"loss": config.model.loss, "knn_top1": top1, "knn_top5": top5, "knn_k": k, "knn_T": t,
                    "train_loss": if loss.is_finite() { Some(loss) } else { None }, "terms": terms,
-                   "epochs": final_state.epoch, "steps": final_state.step,
-                   "seconds": t_start.elapsed().as_secs_f64(), "train_seconds": final_state.seconds,
-                   "weights": weights})
+                   "epochs": end.state.epoch, "steps": end.state.step,
+                   "seconds": t_start.elapsed().as_secs_f64(), "train_seconds": end.state.seconds,
+                   "weights": end.weights})
         );
     }
     Ok(())

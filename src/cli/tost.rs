@@ -3,14 +3,18 @@
 
 use anyhow::{bail, Result};
 
-use super::commands::{fresh_state, recipe_from, resume_run, run_classifier, Classifier};
+use serde_json::json;
+
+use super::commands::{fresh_state, init_weights, recipe_from, resume_check, run_classifier};
 use super::TrainArgs;
 use whitebox::model::tost::{self, TostConfig};
 use whitebox::model::Arch;
+use whitebox::train::image_run::{self, Saved};
+use whitebox::train::resume::same_json;
 use whitebox::train::tost::ClassifyTost;
-use whitebox::train::{Checkpoint, TrainOptimizer};
+use whitebox::train::Checkpoint;
 use whitebox::weights::load::spec_arch;
-use whitebox::weights::{apply_state_dict, canonical_ids, read_state_dict, ModelConfig};
+use whitebox::weights::ModelConfig;
 use whitebox::TrainBackend;
 
 const ARCH_TOST: &str = Arch::Tost.name();
@@ -28,16 +32,20 @@ pub fn wants_tost(a: &TrainArgs) -> bool {
 
 /// `whitebox train` of a ToST classifier (fresh, `--init-from` weights, or `--resume`).
 pub fn train(a: TrainArgs) -> Result<()> {
-    let device = Default::default();
     // the run lock is held by the caller (`cli::train`)
-    let arch_flag = |_: &TostConfig| -> Result<Vec<(&'static str, Option<String>, String)>> {
-        Ok(vec![("--arch", a.arch.clone(), ARCH_TOST.to_string())])
+    let saved = Saved {
+        read_config: TostConfig::from_json_file,
+        init: |c: &TostConfig, d| c.init::<TrainBackend>(d),
+        read_weights: image_run::model_weights,
     };
-    let resumed = resume_run(&a, TostConfig::from_json_file, arch_flag, |c| {
-        c.init::<TrainBackend>(&device)
-    })?;
-    let (config, state, model, optim) = if let Some(r) = resumed {
-        r
+    let started = if a.resume {
+        saved.resume(&a.run_dir, |run, state| {
+            let same = || matches!(ModelConfig::resolve(&a.config), Ok(ModelConfig::Tost(c)) if same_json(&c, run));
+            resume_check(&a, recipe_from(&a, run.img_size)?, state)
+                .fields(&json!({ "arch": a.arch }), &json!({ "arch": ARCH_TOST }), &[])
+                .model(&a.config, same)
+                .check(&a.run_dir)
+        })?
     } else {
         let ModelConfig::Tost(config) = ModelConfig::resolve(&a.config)? else {
             bail!(
@@ -52,25 +60,22 @@ pub fn train(a: TrainArgs) -> Result<()> {
                 a.config
             );
         }
-        <TrainBackend as burn::tensor::backend::Backend>::seed(&device, a.seed);
-        let mut model = canonical_ids(config.init::<TrainBackend>(&device));
-        if let Some(p) = &a.init_from {
-            let sd = tost::prepare_state_dict(read_state_dict(p)?);
-            let (m, report) = apply_state_dict(model, &sd, false)?;
-            if !report.is_clean() {
-                tracing::warn!("--init-from {}: {}", p.display(), report.describe());
-            }
-            model = m;
-        }
-        let recipe = recipe_from(&a, config.img_size)?;
-        let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
-        (config, fresh_state(recipe, &a), model, optim)
+        let init = init_weights(&a)?.map(|(p, sd)| (p, tost::prepare_state_dict(sd)));
+        let state = fresh_state(recipe_from(&a, config.img_size)?, &a);
+        saved.fresh(&a.run_dir, a.overwrite, config, state, init)?
     };
-    let shape = Classifier {
-        input: config.input_shape(),
-        num_classes: config.num_classes,
-        params: config.param_count(),
-    };
-    let task = ClassifyTost::new(config, state.recipe.label_smoothing, &device);
-    run_classifier(&a, &task, model, optim, state, shape)
+    let c = started.config.clone();
+    let task = ClassifyTost::new(
+        c.clone(),
+        started.state.recipe.label_smoothing,
+        &Default::default(),
+    );
+    run_classifier(
+        &a,
+        &task,
+        started,
+        c.input_shape(),
+        c.num_classes,
+        c.param_count(),
+    )
 }

@@ -8,6 +8,7 @@ pub mod adamw;
 pub mod bert;
 pub mod checkpoint;
 pub mod engine;
+pub mod image_run;
 pub mod lion;
 pub mod lm;
 pub mod mae;
