@@ -13,14 +13,13 @@ use super::commands::{
     recipe_from, resume_check,
 };
 use super::{ForwardArgs, MaeTrainArgs, ProbeArgs, ReconstructArgs};
-use whitebox::data::{self, batch_rng, Augment, Batcher, ImageSet, Split};
+use whitebox::data::{self, Split};
 use whitebox::model::mae::{CrateMae, MaeConfig};
 use whitebox::model::Activations;
 use whitebox::train::image_run::{self, Saved};
 use whitebox::train::mae::{evaluate_mae, Reconstruct};
 use whitebox::train::probe::{self, ProbeRecipe};
 use whitebox::train::resume::same_json;
-use whitebox::train::ssl::extract_features;
 use whitebox::weights::{
     check_finite, read_input_tensor, read_safetensors_all, safetensors_bytes, write_atomic, Weights,
 };
@@ -178,32 +177,10 @@ pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
     let mut set = data::load(&a.data.data, a.data.format, Split::Test)?;
     set.truncate(a.count.max(1));
     check_shape([c.in_chans, c.img_size, c.img_size], &set, &a.data.data)?;
-    let batcher = Batcher {
-        norm: norm.clone(),
-        augment: Augment::none(),
-    };
-    let idx: Vec<usize> = (0..set.len()).collect();
-    let (x, _) = batcher.batch::<InferBackend>(&set, &idx, &mut batch_rng(0, 0, 0), &device);
-    let n = idx.len();
-    let masking = model.masking(n, None, &mut StdRng::seed_from_u64(a.seed));
-    let r = model.reconstruct(x.clone(), masking);
-    let (s, ch) = (c.img_size, c.in_chans);
-    let f32s = |t: Tensor<InferBackend, 4>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
-    let (x, removed) = (f32s(x), f32s(r.removed));
-    let px = |v: &[f32], grey| whitebox::viz::maps::denormalize(v, grey, s * s, &norm);
-    let rows = [
-        px(&x, None),
-        px(&x, Some(&removed)),
-        px(&f32s(r.pasted), None),
-    ];
     let img =
-        whitebox::viz::maps::image_rows(&rows, n, ch, s, (s * a.scale.max(1) as usize) as u32);
-    let (w, h) = (img.width(), img.height());
-    if let Some(dir) = a.output.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    img.save(&a.output)
-        .with_context(|| format!("cannot write {}", a.output.display()))?;
+        whitebox::viz::maps::reconstruction_grid(&model, &set, &norm, a.seed, a.scale, &device);
+    let (w, h, n) = (img.width(), img.height(), set.len());
+    whitebox::viz::save_png(&a.output, &img)?;
     println!(
         "wrote {}×{} grid of {n} images (original / masked / reconstructed, mask ratio {}) to {}",
         w,
@@ -226,7 +203,6 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
         seed: a.seed,
     };
     recipe.validate()?;
-    let device = Default::default();
     let t0 = Instant::now();
     let train_set = load_split(&a.data, Split::Train, a.train_limit)?;
     let test_set = load_split(&a.data, Split::Test, a.test_limit)?;
@@ -234,45 +210,26 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
     check_shape(l.config, &train_set, &a.data.data)?;
     check_shape(l.config, &test_set, &a.data.data).context("test split")?;
     let norm = norm_or_train(l.normalization(l.config[0])?, &a.data)?;
-    let f = |set: &ImageSet| extract_features(set, &norm, &device, |x| l.model.extract(x));
-    let ((ftr, d), (fte, _)) = (f(&train_set), f(&test_set));
-    tracing::info!(
-        "features: {} train, {} test, d = {d} ({:.0}s)",
-        train_set.len(),
-        test_set.len(),
-        t0.elapsed().as_secs_f64()
-    );
-    let (ftr, fte) = probe::standardise(&ftr, &fte, d);
-    let k = train_set
-        .num_classes()
-        .max(test_set.num_classes())
-        .max(train_set.labels.iter().copied().max().unwrap_or(0) as usize + 1);
-    let (tr, te) = probe::linear_probe::<TrainBackend>(
-        &probe::Features {
-            values: &ftr,
-            labels: &train_set.labels,
-            dim: d,
-        },
-        &probe::Features {
-            values: &fte,
-            labels: &test_set.labels,
-            dim: d,
-        },
-        k,
+    let r = probe::probe_frozen::<InferBackend, TrainBackend>(
+        &train_set,
+        &test_set,
+        &norm,
         &recipe,
-        &device,
+        &Default::default(),
+        |x| l.model.extract(x),
     )?;
     println!(
-        "linear probe on frozen cls features: test accuracy {:.2}%  (train {:.2}%, d = {d}, {} epochs, {:.0}s)",
-        100.0 * te,
-        100.0 * tr,
+        "linear probe on frozen cls features: test accuracy {:.2}%  (train {:.2}%, d = {}, {} epochs, {:.0}s)",
+        100.0 * r.test_acc,
+        100.0 * r.train_acc,
+        r.dim,
         a.epochs,
         t0.elapsed().as_secs_f64()
     );
     if a.json {
         println!(
             "{}",
-            json!({"test_acc": te, "train_acc": tr, "dim": d, "epochs": a.epochs, "seconds": t0.elapsed().as_secs_f64()})
+            json!({"test_acc": r.test_acc, "train_acc": r.train_acc, "dim": r.dim, "epochs": a.epochs, "seconds": t0.elapsed().as_secs_f64()})
         );
     }
     Ok(())

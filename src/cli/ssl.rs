@@ -11,16 +11,14 @@ use super::commands::{
     resume_check,
 };
 use super::{DataArgs, TrainArgs, WeightArgs};
-use whitebox::data::multicrop::MultiCrop;
 use whitebox::data::{Augment, Normalization, Split};
 use whitebox::model::features::Features;
-use whitebox::model::ssl::{HeadConfig, SslConfig, SslLoss, STUDENT_PREFIX};
+use whitebox::model::ssl::{SslLoss, STUDENT_PREFIX};
 use whitebox::model::CrateConfig;
 use whitebox::train::image_run::Saved;
 use whitebox::train::resume::same_json;
 use whitebox::train::ssl::{
-    knn_eval, read_checkpoint_weights, DinoSettings, McrSettings, SelfDistillTask, SslRunConfig,
-    SslSettings,
+    knn_eval, read_checkpoint_weights, SelfDistillTask, SslOptions, SslRunConfig,
 };
 use whitebox::train::{self, LrSchedule, Recipe};
 use whitebox::{InferBackend, TrainBackend};
@@ -152,30 +150,6 @@ fn check_flags(d: &DinoTrainArgs) -> Result<()> {
         );
     }
     ensure!(
-        d.expa_type <= 1,
-        "--expa-type must be 0 or 1, got {}",
-        d.expa_type
-    );
-    for (flag, v) in [
-        ("--eps", d.eps),
-        ("--teacher-temp", d.teacher_temp),
-        ("--warmup-teacher-temp", d.warmup_teacher_temp),
-        ("--student-temp", d.student_temp),
-        ("--knn-temperature", d.knn_temperature),
-    ] {
-        ensure!(v > 0.0 && v.is_finite(), "{flag} must be positive, got {v}");
-    }
-    for (flag, v) in [
-        ("--momentum-teacher", d.momentum_teacher),
-        ("--center-momentum", d.center_momentum),
-    ] {
-        ensure!(
-            (0.0..=1.0).contains(&v),
-            "{flag} must be in [0, 1], got {v}"
-        );
-    }
-    ensure!(d.knn_k > 0, "--knn-k must be positive");
-    ensure!(
         d.weight_decay_end >= 0.0,
         "--weight-decay-end must not be negative"
     );
@@ -189,69 +163,30 @@ fn fresh_config(d: &DinoTrainArgs) -> Result<SslRunConfig> {
     if let Some(arch) = &a.arch {
         backbone = backbone.with_arch(arch.parse()?)?;
     }
-    ensure!(
-        backbone.pool == whitebox::model::Pool::Cls,
-        "--config: self-distillation reads the cls feature; the config has pool = \"{}\"",
-        backbone.pool
-    );
-    let head = HeadConfig {
-        in_dim: backbone.dim,
-        out_dim: if d.loss == SslLoss::Dino {
-            d.out_dim
-        } else {
-            0
-        },
-        hidden_dim: d.head_hidden,
-        bottleneck_dim: d.head_bottleneck,
-        nlayers: d.head_layers,
-    };
-    ensure!(
-        d.loss == SslLoss::Simdino || d.out_dim > 0,
-        "--out-dim must be positive"
-    );
-    let mut crops = MultiCrop::for_image(backbone.image_size, backbone.patch_size, d.local_crops);
-    if let Some(s) = d.local_size {
-        ensure!(
-            s >= backbone.patch_size && s.is_multiple_of(backbone.patch_size),
-            "--local-size {s} must be a positive multiple of the patch size {}",
-            backbone.patch_size
-        );
-        crops.local_size = s;
-    }
-    let ncrops = crops.ncrops();
-    let model = SslConfig {
-        backbone,
-        head,
+    let options = SslOptions {
         loss: d.loss,
+        local_crops: d.local_crops,
+        local_size: d.local_size,
+        head_hidden: d.head_hidden,
+        head_bottleneck: d.head_bottleneck,
+        head_layers: d.head_layers,
+        out_dim: d.out_dim,
+        momentum_teacher: d.momentum_teacher,
+        warmup_teacher_temp: d.warmup_teacher_temp,
+        teacher_temp: d.teacher_temp,
+        warmup_teacher_temp_epochs: d.warmup_teacher_temp_epochs,
+        student_temp: d.student_temp,
+        center_momentum: d.center_momentum,
+        freeze_last_layer: d.freeze_last_layer,
+        eps: d.eps,
+        coeff: d.coeff,
+        expa_type: d.expa_type,
+        knn_k: d.knn_k,
+        knn_temperature: d.knn_temperature,
+        knn_bank: d.knn_bank,
+        epochs: a.epochs,
     };
-    model.validate()?;
-    Ok(SslRunConfig {
-        model,
-        settings: SslSettings {
-            crops,
-            mcr: McrSettings {
-                ncrops,
-                eps: d.eps,
-                coeff: d.coeff,
-                expa_type: d.expa_type,
-                reduce_cov: 0,
-            },
-            dino: DinoSettings {
-                ncrops,
-                warmup_teacher_temp: d.warmup_teacher_temp,
-                teacher_temp: d.teacher_temp,
-                warmup_teacher_temp_epochs: d.warmup_teacher_temp_epochs,
-                nepochs: a.epochs,
-                student_temp: d.student_temp,
-                center_momentum: d.center_momentum,
-            },
-            momentum_teacher: d.momentum_teacher,
-            freeze_last_layer: d.freeze_last_layer,
-            knn_k: d.knn_k,
-            knn_t: d.knn_temperature,
-            knn_bank: d.knn_bank,
-        },
-    })
+    SslRunConfig::new(backbone, &options)
 }
 
 /// The recipe of the flags with DINO's schedule: weight decay along a cosine to

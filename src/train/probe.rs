@@ -12,8 +12,9 @@ use serde::Serialize;
 use std::path::Path;
 
 use super::engine::{self, Evaluation, Job, PeriodStats, Position, RunOptions};
+use super::ssl::extract_features;
 use super::{schedule, OptimSettings, OptimizerKind, TrainOptimizer};
-use crate::data::epoch_order;
+use crate::data::{epoch_order, ImageSet, Normalization};
 use crate::model::{CrateAutodiff, CrateBackend};
 
 /// Everything that decides a probe's training.
@@ -249,4 +250,53 @@ pub fn linear_probe<B: CrateAutodiff>(
         accuracy(&head, train, device),
         accuracy(&head, test, device),
     ))
+}
+
+/// What [`probe_frozen`] measured: accuracies of the linear head and the feature width.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeResult {
+    pub train_acc: f64,
+    pub test_acc: f64,
+    pub dim: usize,
+}
+
+/// The linear probe of a frozen model: `extract` maps a normalised batch (`norm`) to features,
+/// which are standardised with the training split's statistics; a softmax regression trained by
+/// AdamW on `train_set` is scored on both splits. The classes are those either split names.
+pub fn probe_frozen<B: Backend, T: CrateAutodiff>(
+    train_set: &ImageSet,
+    test_set: &ImageSet,
+    norm: &Normalization,
+    recipe: &ProbeRecipe,
+    device: &B::Device,
+    extract: impl Fn(Tensor<B, 4>) -> Tensor<B, 2>,
+) -> Result<ProbeResult> {
+    recipe.validate()?;
+    let (ftr, dim) = extract_features(train_set, norm, device, &extract);
+    let (fte, _) = extract_features(test_set, norm, device, &extract);
+    let (ftr, fte) = standardise(&ftr, &fte, dim);
+    let max_label = train_set.labels.iter().copied().max().unwrap_or(0) as usize;
+    let classes = train_set
+        .num_classes()
+        .max(test_set.num_classes())
+        .max(max_label + 1);
+    let (train, test) = (
+        Features {
+            values: &ftr,
+            labels: &train_set.labels,
+            dim,
+        },
+        Features {
+            values: &fte,
+            labels: &test_set.labels,
+            dim,
+        },
+    );
+    let (train_acc, test_acc) =
+        linear_probe::<T>(&train, &test, classes, recipe, &Default::default())?;
+    Ok(ProbeResult {
+        train_acc,
+        test_acc,
+        dim,
+    })
 }

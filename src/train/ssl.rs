@@ -22,8 +22,8 @@ use super::checkpoint::{model_metadata, write_checkpoint, TrainState};
 use super::{schedule, EvalResult, Progress, Task, TrainOptimizer};
 use crate::data::multicrop::{Image, MultiCrop};
 use crate::data::{batch_rng, Augment, Batcher, ImageSet, Normalization};
-use crate::model::ssl::{is_training_key, SelfDistill, SslConfig, SslLoss};
-use crate::model::{CrateAutodiff, CrateBackend};
+use crate::model::ssl::{is_training_key, HeadConfig, SelfDistill, SslConfig, SslLoss};
+use crate::model::{CrateAutodiff, CrateBackend, CrateConfig, Pool};
 use crate::weights::{collect_state_dict, write_safetensors, StateDict};
 
 /// SimDINO's `MCRLoss(ncrops, reduce_cov, expa_type, eps, coeff)` (world size 1, so
@@ -400,6 +400,137 @@ impl SslRunConfig {
             c.model.validate()?;
             Ok(c)
         })
+    }
+}
+
+/// The choices of a DINO / SimDINO run beyond its backbone and recipe (`dino train`'s flags;
+/// the references use 8 local crops, a 2048/256/3 head and 65536 prototypes).
+#[derive(Debug, Clone)]
+pub struct SslOptions {
+    pub loss: SslLoss,
+    pub local_crops: usize,
+    /// Pixel size of the local crops (None: 96/224 of the image, in whole patches).
+    pub local_size: Option<usize>,
+    pub head_hidden: usize,
+    pub head_bottleneck: usize,
+    pub head_layers: usize,
+    /// DINO's prototypes (unused by SimDINO).
+    pub out_dim: usize,
+    pub momentum_teacher: f64,
+    pub warmup_teacher_temp: f64,
+    pub teacher_temp: f64,
+    pub warmup_teacher_temp_epochs: usize,
+    pub student_temp: f64,
+    pub center_momentum: f64,
+    pub freeze_last_layer: usize,
+    pub eps: f64,
+    pub coeff: f64,
+    pub expa_type: u8,
+    pub knn_k: usize,
+    pub knn_temperature: f64,
+    pub knn_bank: usize,
+    /// Epochs of the run (DINO's teacher-temperature schedule spans them).
+    pub epochs: usize,
+}
+
+impl SslOptions {
+    /// Values a run can take; each error names the flag.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.expa_type <= 1,
+            "--expa-type must be 0 or 1, got {}",
+            self.expa_type
+        );
+        for (flag, v) in [
+            ("--eps", self.eps),
+            ("--teacher-temp", self.teacher_temp),
+            ("--warmup-teacher-temp", self.warmup_teacher_temp),
+            ("--student-temp", self.student_temp),
+            ("--knn-temperature", self.knn_temperature),
+        ] {
+            ensure!(v > 0.0 && v.is_finite(), "{flag} must be positive, got {v}");
+        }
+        for (flag, v) in [
+            ("--momentum-teacher", self.momentum_teacher),
+            ("--center-momentum", self.center_momentum),
+        ] {
+            ensure!(
+                (0.0..=1.0).contains(&v),
+                "{flag} must be in [0, 1], got {v}"
+            );
+        }
+        ensure!(self.knn_k > 0, "--knn-k must be positive");
+        ensure!(
+            self.loss == SslLoss::Simdino || self.out_dim > 0,
+            "--out-dim must be positive"
+        );
+        Ok(())
+    }
+}
+
+impl SslRunConfig {
+    /// A fresh run's config: the cls-pooled `backbone` with the head, views and loss of `o`.
+    pub fn new(backbone: CrateConfig, o: &SslOptions) -> Result<Self> {
+        o.validate()?;
+        ensure!(
+            backbone.pool == Pool::Cls,
+            "--config: self-distillation reads the cls feature; the config has pool = \"{}\"",
+            backbone.pool
+        );
+        let head = HeadConfig {
+            in_dim: backbone.dim,
+            out_dim: if o.loss == SslLoss::Dino {
+                o.out_dim
+            } else {
+                0
+            },
+            hidden_dim: o.head_hidden,
+            bottleneck_dim: o.head_bottleneck,
+            nlayers: o.head_layers,
+        };
+        let patch = backbone.patch_size;
+        let mut crops = MultiCrop::for_image(backbone.image_size, patch, o.local_crops);
+        if let Some(s) = o.local_size {
+            ensure!(
+                s >= patch && s.is_multiple_of(patch),
+                "--local-size {s} must be a positive multiple of the patch size {patch}"
+            );
+            crops.local_size = s;
+        }
+        let ncrops = crops.ncrops();
+        let model = SslConfig {
+            backbone,
+            head,
+            loss: o.loss,
+        };
+        model.validate()?;
+        let mcr = McrSettings {
+            ncrops,
+            eps: o.eps,
+            coeff: o.coeff,
+            expa_type: o.expa_type,
+            reduce_cov: 0,
+        };
+        let dino = DinoSettings {
+            ncrops,
+            warmup_teacher_temp: o.warmup_teacher_temp,
+            teacher_temp: o.teacher_temp,
+            warmup_teacher_temp_epochs: o.warmup_teacher_temp_epochs,
+            nepochs: o.epochs,
+            student_temp: o.student_temp,
+            center_momentum: o.center_momentum,
+        };
+        let settings = SslSettings {
+            crops,
+            mcr,
+            dino,
+            momentum_teacher: o.momentum_teacher,
+            freeze_last_layer: o.freeze_last_layer,
+            knn_k: o.knn_k,
+            knn_t: o.knn_temperature,
+            knn_bank: o.knn_bank,
+        };
+        Ok(Self { model, settings })
     }
 }
 

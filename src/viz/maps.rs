@@ -6,11 +6,13 @@ use image::{imageops::FilterType, ImageBuffer, Luma, Rgb, RgbImage};
 use nalgebra::{DMatrix, SymmetricEigen};
 
 use super::{heat_color, min_max};
-use crate::data::Normalization;
+use crate::data::{batch_rng, Augment, Batcher, ImageSet, Normalization};
 use crate::model::inspect::{inspect_layer, LayerView};
+use crate::model::mae::CrateMae;
 use crate::model::posembed::at_resolution;
 use crate::model::{Crate, CrateBackend, CrateConfig};
 use burn::tensor::{Tensor, TensorData};
+use rand::{rngs::StdRng, SeedableRng};
 
 /// Display copy of an image given as u8 CHW pixels (1 or 3 channels), scaled to `cell` pixels.
 pub fn display_image(px: &[u8], c: usize, h: usize, w: usize, cell: u32) -> RgbImage {
@@ -296,4 +298,42 @@ pub fn pca_grid(
         rows.push(vec![img.clone(), out]);
     }
     Ok(grid(&rows, PAD))
+}
+
+/// CRATE-MAE's picture of `set` (up to its first images, all of one batch): one column per image,
+/// rows the original, the masked input (removed patches grey) and the reconstruction (visible
+/// patches pasted back over the prediction, as in the MAE papers), `scale` times enlarged.
+/// `seed` draws the masks at the model's mask ratio.
+pub fn reconstruction_grid<B: CrateBackend>(
+    model: &CrateMae<B>,
+    set: &ImageSet,
+    norm: &Normalization,
+    seed: u64,
+    scale: u32,
+    device: &B::Device,
+) -> RgbImage {
+    let batcher = Batcher {
+        norm: norm.clone(),
+        augment: Augment::none(),
+    };
+    let idx: Vec<usize> = (0..set.len()).collect();
+    let (x, _) = batcher.batch::<B>(set, &idx, &mut batch_rng(0, 0, 0), device);
+    let masking = model.masking(idx.len(), None, &mut StdRng::seed_from_u64(seed));
+    let r = model.reconstruct(x.clone(), masking);
+    let f32s = |t: Tensor<B, 4>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+    let (x, removed) = (f32s(x), f32s(r.removed));
+    let s = set.height;
+    let px = |v: &[f32], grey| denormalize(v, grey, s * s, norm);
+    let rows = [
+        px(&x, None),
+        px(&x, Some(&removed)),
+        px(&f32s(r.pasted), None),
+    ];
+    image_rows(
+        &rows,
+        idx.len(),
+        set.channels,
+        s,
+        (s * scale.max(1) as usize) as u32,
+    )
 }
