@@ -9,15 +9,13 @@ use std::time::Instant;
 
 use super::{EvalArgs, InfoArgs, MeasureArgs, PredictArgs, TrainArgs, WeightArgs};
 use whitebox::data::{self, Augment, Normalization, Split};
-use whitebox::model::{Activations, CrateBackend, CrateConfig};
+use whitebox::model::CrateConfig;
 pub(super) use whitebox::train::image_run::check_shape;
 use whitebox::train::image_run::{self, ImageRun, Saved, Started};
 use whitebox::train::resume::{same_json, ResumeCheck};
 use whitebox::train::{self, OptimSettings, Recipe, TrainState};
-use whitebox::weights::{
-    self, read_input_tensor, read_state_dict, safetensors_bytes, write_atomic, Loaded, ModelConfig,
-    StateDict,
-};
+use whitebox::weights::forward::read_images;
+use whitebox::weights::{self, read_state_dict, write_atomic, Loaded, ModelConfig, StateDict};
 use whitebox::{InferBackend, TrainBackend};
 
 pub fn info(a: InfoArgs) -> Result<()> {
@@ -342,39 +340,12 @@ pub fn predict(a: PredictArgs) -> Result<()> {
     Ok(())
 }
 
-/// The `input` tensor (NCHW f32) of a safetensors file, checked against the model's input shape
-/// `want` `[channels, height, width]`.
-pub(super) fn read_input<B: CrateBackend>(
-    path: &Path,
-    want: [usize; 3],
-    device: &B::Device,
-) -> Result<Tensor<B, 4>> {
-    let input = read_input_tensor(path, "input", &want)?;
-    Ok(Tensor::from_data(input.convert::<f32>(), device))
-}
-
-/// Write `logits` and any captured activations (golden names) as one safetensors file.
-pub(super) fn write_forward<B: burn::tensor::backend::Backend>(
-    path: &Path,
-    logits: TensorData,
-    acts: Activations<B>,
-) -> Result<()> {
-    let mut out = StateDict::new();
-    out.insert("logits".into(), logits.convert::<f32>());
-    for c in acts.into_vec() {
-        out.insert(c.name, TensorData::new(c.values, c.shape));
-    }
-    write_atomic(path, &safetensors_bytes(out.iter(), None)?)?;
-    println!("wrote {} tensors to {}", out.len(), path.display());
-    Ok(())
-}
-
 pub fn measure(a: MeasureArgs) -> Result<()> {
     let device = Default::default();
     let l = load(&a.weights)?.into_crate()?;
     let cfg = &l.config;
     let x = match (&a.input, &a.data) {
-        (Some(p), _) => read_input::<InferBackend>(p, input_shape(cfg), &device)?,
+        (Some(p), _) => read_images::<InferBackend>(p, input_shape(cfg), &device)?,
         (None, Some(dir)) => {
             let mut set = data::load(dir, a.format, Split::Test)?;
             set.truncate(a.limit.max(1));

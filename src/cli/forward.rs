@@ -1,37 +1,24 @@
 //! `whitebox forward`: one forward pass of whatever model `--weights` holds, written as
 //! safetensors (logits and activations under the golden names; CRATE-MAE: its outputs).
 
-use anyhow::{bail, ensure, Result};
+use anyhow::Result;
 
-use super::commands::{input_shape, load, read_input, write_forward};
-use super::{lm, mae, ForwardArgs};
-use whitebox::model::Activations;
-use whitebox::weights::Loaded;
+use super::commands::load;
+use super::ForwardArgs;
+use whitebox::weights::forward::forward_file;
+use whitebox::weights::{safetensors_bytes, write_atomic};
 use whitebox::InferBackend;
 
 pub fn forward(a: ForwardArgs) -> Result<()> {
-    let device = Default::default();
-    match load(&a.weights)? {
-        Loaded::Lm(l) => lm::forward(&a, l),
-        Loaded::Mae(l) => mae::forward(a, l),
-        Loaded::Tost(l) => {
-            let x = read_input::<InferBackend>(&a.input, l.config.input_shape(), &device)?;
-            ensure!(
-                !a.activations,
-                "--activations is not available for ToST (logits only)"
-            );
-            let logits = l.model.forward(x).into_data();
-            write_forward(&a.output, logits, Activations::<InferBackend>::off())
-        }
-        Loaded::Crate(l) => {
-            let x = read_input::<InferBackend>(&a.input, input_shape(&l.config), &device)?;
-            let mut acts = Activations::recording(a.activations);
-            let logits = l.model.forward_with(x, &mut acts);
-            write_forward(&a.output, logits.into_data(), acts)
-        }
-        Loaded::Bert(l) => bail!(
-            "{}: `forward` does not run CRATE-BERT; use `whitebox bert fill-mask`",
-            l.path.display()
-        ),
-    }
+    let loaded = load(&a.weights)?;
+    let out = forward_file::<InferBackend>(&loaded, &a.input, a.activations, &Default::default())?;
+    write_atomic(&a.output, &safetensors_bytes(out.iter(), None)?)?;
+    let loss = out.get("loss").and_then(|t| t.to_vec::<f32>().ok());
+    println!(
+        "wrote {} tensors to {}{}",
+        out.len(),
+        a.output.display(),
+        loss.map_or(String::new(), |l| format!(" (loss {:.6})", l[0]))
+    );
+    Ok(())
 }

@@ -1,21 +1,19 @@
 //! `whitebox lm …` (prepare, train, eval, generate) and the language-model path of `whitebox forward`.
 
 use anyhow::{bail, ensure, Context, Result};
-use burn::tensor::{Int, Tensor, TensorData};
 use clap::{Args, Subcommand};
 use rand::{rngs::StdRng, SeedableRng};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::commands::{check_resume_flags, flag, given};
-use super::{ForwardArgs, WeightArgs};
+use super::WeightArgs;
 use whitebox::model::lm::{self, CausalLm, LmConfig, Sampling};
-use whitebox::model::Activations;
 use whitebox::text::{self, StreamDecoder, TokenFile, Tokenizer};
 use whitebox::train::checkpoint::{self, RunLock};
 use whitebox::train::lm::{fit_lm, fresh, restore, sequential_loss, LmRecipe, LmState, TokenRun};
 use whitebox::train::{Cancel, Checkpoint, OptimSettings, OptimizerKind, RunOptions};
-use whitebox::weights::{read_safetensors_all, Weights};
+use whitebox::weights::Weights;
 use whitebox::{InferBackend, TrainBackend};
 
 #[derive(Args, Debug)]
@@ -479,45 +477,4 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     })?;
     writeln!(out)?;
     Ok(())
-}
-
-/// `whitebox forward` for a language model: int64 `idx` `[B, T]` in, `logits` `[B, T, V]` out.
-pub fn forward(a: &ForwardArgs, l: Weights<LmConfig, CausalLm<InferBackend>>) -> Result<()> {
-    let device = Default::default();
-    let (tensors, _) = read_safetensors_all(&a.input)?;
-    let idx = tensors
-        .get("idx")
-        .with_context(|| format!("{}: no tensor named `idx`", a.input.display()))?;
-    ensure!(
-        idx.shape.len() == 2,
-        "{}: `idx` has shape {:?}, expected [B, T]",
-        a.input.display(),
-        idx.shape.to_vec()
-    );
-    let ids: Vec<i64> = idx
-        .clone()
-        .convert::<i64>()
-        .to_vec()
-        .map_err(|e| anyhow::anyhow!("{}: `idx` is not integer: {e:?}", a.input.display()))?;
-    ensure!(
-        idx.shape[1] <= l.config.block_size,
-        "{}: sequence length {} exceeds block_size {}",
-        a.input.display(),
-        idx.shape[1],
-        l.config.block_size
-    );
-    ensure!(
-        idx.shape[0] > 0 && idx.shape[1] > 0,
-        "{}: `idx` is empty (shape {:?})",
-        a.input.display(),
-        idx.shape.to_vec()
-    );
-    lm::check_tokens(&ids, l.config.vocab_size).with_context(|| a.input.display().to_string())?;
-    let x = Tensor::<InferBackend, 2, Int>::from_data(
-        TensorData::new(ids, [idx.shape[0], idx.shape[1]]),
-        &device,
-    );
-    let mut acts = Activations::recording(a.activations);
-    let logits = l.model.forward_with(x, &mut acts);
-    super::commands::write_forward(&a.output, logits.into_data(), acts)
 }

@@ -2,9 +2,6 @@
 
 use anyhow::{ensure, Context, Result};
 use burn::module::AutodiffModule;
-use burn::tensor::{Tensor, TensorData};
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 use serde_json::json;
 use std::time::Instant;
 
@@ -12,60 +9,14 @@ use super::commands::{
     check_shape, fresh_state, image_run, init_weights, load, load_split, norm_or_train,
     recipe_from, resume_check,
 };
-use super::{ForwardArgs, MaeTrainArgs, ProbeArgs, ReconstructArgs};
+use super::{MaeTrainArgs, ProbeArgs, ReconstructArgs};
 use whitebox::data::{self, Split};
-use whitebox::model::mae::{CrateMae, MaeConfig};
-use whitebox::model::Activations;
+use whitebox::model::mae::MaeConfig;
 use whitebox::train::image_run::{self, Saved};
 use whitebox::train::mae::{evaluate_mae, Reconstruct};
 use whitebox::train::probe::{self, ProbeRecipe};
 use whitebox::train::resume::same_json;
-use whitebox::weights::{
-    check_finite, read_input_tensor, read_safetensors_all, safetensors_bytes, write_atomic, Weights,
-};
 use whitebox::{InferBackend, TrainBackend};
-
-/// `whitebox forward` on a CRATE-MAE: reads `input` and optional `noise`, writes `pred`, `mask`,
-/// `ids_restore`, `ids_keep`, `ids_shuffle`, `recon_img` and `loss` (golden names).
-pub fn forward(a: ForwardArgs, l: Weights<MaeConfig, CrateMae<InferBackend>>) -> Result<()> {
-    let device = Default::default();
-    let c = &l.config;
-    let (tensors, _) = read_safetensors_all(&a.input)?;
-    let input = read_input_tensor(&a.input, "input", &[c.in_chans, c.img_size, c.img_size])?;
-    let b = input.shape[0];
-    let noise = match tensors.get("noise") {
-        Some(t) => {
-            ensure!(
-                t.shape.to_vec() == [b, c.num_patches()],
-                "{}: `noise` has shape {:?}, expected [{b}, {}]",
-                a.input.display(),
-                t.shape.to_vec(),
-                c.num_patches()
-            );
-            check_finite(t).with_context(|| format!("{}: `noise`", a.input.display()))?;
-            Some(t.clone().convert::<f32>().to_vec::<f32>().unwrap())
-        }
-        None => None,
-    };
-    let x = Tensor::<InferBackend, 4>::from_data(input.clone().convert::<f32>(), &device);
-    let masking = l
-        .model
-        .masking(b, noise.as_deref(), &mut StdRng::seed_from_u64(0));
-    let mut acts = Activations::recording(a.activations);
-    let out = l.model.forward_with(x, masking, &mut acts);
-    let mut sd = out.into_state_dict(c.patch_size, c.in_chans);
-    let loss = sd["loss"].to_vec::<f32>().unwrap()[0];
-    for cap in acts.into_vec() {
-        sd.insert(cap.name, TensorData::new(cap.values, cap.shape));
-    }
-    write_atomic(&a.output, &safetensors_bytes(sd.iter(), None)?)?;
-    println!(
-        "wrote {} tensors to {} (loss {loss:.6})",
-        sd.len(),
-        a.output.display()
-    );
-    Ok(())
-}
 
 /// The MAE config of the flags: `--config` (`fmnist` = `mae-fmnist`) with `--mask-ratio` and
 /// `--norm-pix-loss`.

@@ -2,6 +2,7 @@
 //! write (safetensors, atomically), and move them in and out of a burn module.
 
 mod files;
+pub mod forward;
 pub mod load;
 mod names;
 pub mod pickle_scan;
