@@ -2,7 +2,6 @@
 
 use anyhow::{bail, ensure, Context, Result};
 
-use burn::tensor::{Tensor, TensorData};
 use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
@@ -305,35 +304,12 @@ pub fn eval(a: EvalArgs) -> Result<()> {
 /// Top-k labels of a classifier (CRATE or ToST) per image.
 pub fn predict(a: PredictArgs) -> Result<()> {
     let l = load(&a.weights)?.into_image_classifier()?;
-    let device = Default::default();
-    let [c, s, _] = l.config.input;
-    let norm = l.normalization(c)?.unwrap_or_else(|| {
-        tracing::warn!("no normalisation stored with the weights; using mean 0.5, std 0.5");
-        Normalization {
-            mean: vec![0.5; c],
-            std: vec![0.5; c],
-        }
-    });
-    let classes: Vec<String> = l
-        .meta_json("class_names")?
-        .unwrap_or_else(|| (0..l.config.num_classes).map(|i| i.to_string()).collect());
+    let norm = l.normalization_or_half(l.config.input[0])?;
     for path in &a.images {
-        let px = norm.apply_chw(&data::folder::read_image(path, c, s)?);
-        let x = Tensor::<InferBackend, 4>::from_data(TensorData::new(px, [1, c, s, s]), &device);
-        let probs = burn::tensor::activation::softmax(l.model.forward(x), 1);
-        let p: Vec<f32> = probs.into_data().to_vec().unwrap();
-        let mut order: Vec<usize> = (0..p.len()).collect();
-        order.sort_by(|&i, &j| p[j].total_cmp(&p[i]));
-        let top: Vec<String> = order
+        let top = l.predict_file(path, &norm, a.top_k, &Default::default())?;
+        let top: Vec<String> = top
             .iter()
-            .take(a.top_k.max(1))
-            .map(|&i| {
-                format!(
-                    "{} {:.1}%",
-                    classes.get(i).cloned().unwrap_or_else(|| i.to_string()),
-                    100.0 * p[i]
-                )
-            })
+            .map(|(class, p)| format!("{class} {:.1}%", 100.0 * p))
             .collect();
         println!("{}: {}", path.display(), top.join(", "));
     }

@@ -7,13 +7,11 @@ use std::path::PathBuf;
 
 use super::commands::{load, load_split};
 use super::{DataArgs, WeightArgs};
-use whitebox::data::{Format, Normalization, Split};
-use whitebox::model::{Crate, CrateConfig};
+use whitebox::data::{Format, Split};
 use whitebox::viz::maps::{attention_grid, look, pca_grid, Looked, PcaOptions};
 use whitebox::viz::report::run_report;
 use whitebox::viz::save_png;
-use whitebox::weights::{write_atomic, Weights};
-use whitebox::InferBackend;
+use whitebox::weights::write_atomic;
 
 #[derive(Args, Debug)]
 pub struct PictureArgs {
@@ -81,20 +79,6 @@ pub struct ReportArgs {
     pub out: Option<PathBuf>,
 }
 
-/// A CRATE classifier loaded for pictures.
-type Loaded = Weights<CrateConfig, Crate<InferBackend>>;
-
-fn normalization(l: &Loaded) -> Result<Normalization> {
-    let c = l.config.channels;
-    Ok(l.normalization(c)?.unwrap_or_else(|| {
-        tracing::warn!("no normalisation stored with the weights; using mean 0.5, std 0.5");
-        Normalization {
-            mean: vec![0.5; c],
-            std: vec![0.5; c],
-        }
-    }))
-}
-
 fn look_at_files(p: &PictureArgs) -> Result<Looked> {
     let l = load(&p.weights)?.into_crate()?;
     let c = l.config.channels;
@@ -128,7 +112,7 @@ fn look_at_files(p: &PictureArgs) -> Result<Looked> {
             dir.display()
         );
         let pixels: Vec<Vec<u8>> = (0..set.len()).map(|i| set.image(i).to_vec()).collect();
-        let norm = normalization(&l)?;
+        let norm = l.normalization_or_half(c)?;
         return look(l.model, &l.config, &norm, &pixels, size, p.layer, p.cell);
     }
     let size = p.size.unwrap_or(l.config.image_size);
@@ -137,7 +121,7 @@ fn look_at_files(p: &PictureArgs) -> Result<Looked> {
         .iter()
         .map(|path| whitebox::data::folder::read_image(path, c, size))
         .collect::<Result<Vec<_>>>()?;
-    let norm = normalization(&l)?;
+    let norm = l.normalization_or_half(c)?;
     look(l.model, &l.config, &norm, &pixels, size, p.layer, p.cell)
 }
 

@@ -538,6 +538,44 @@ impl<B: CrateBackend> ImageClassifier<B> {
     }
 }
 
+impl<B: CrateBackend> Weights<ClassifierShape, ImageClassifier<B>> {
+    /// The class names stored with the weights, else the class indices.
+    pub fn class_names(&self) -> Result<Vec<String>> {
+        Ok(self.meta_json("class_names")?.unwrap_or_else(|| {
+            (0..self.config.num_classes)
+                .map(|i| i.to_string())
+                .collect()
+        }))
+    }
+
+    /// The `k` most likely classes of a PNG/JPEG picture (resized to the model's input and
+    /// normalised by `norm`), with their probabilities, most likely first.
+    pub fn predict_file(
+        &self,
+        path: &Path,
+        norm: &Normalization,
+        k: usize,
+        device: &B::Device,
+    ) -> Result<Vec<(String, f32)>> {
+        let [c, s, _] = self.config.input;
+        let px = norm.apply_chw(&crate::data::folder::read_image(path, c, s)?);
+        let x = burn::tensor::Tensor::<B, 4>::from_data(
+            burn::tensor::TensorData::new(px, [1, c, s, s]),
+            device,
+        );
+        let probs = burn::tensor::activation::softmax(self.model.forward(x), 1);
+        let p: Vec<f32> = probs.into_data().convert::<f32>().to_vec().unwrap();
+        let mut order: Vec<usize> = (0..p.len()).collect();
+        order.sort_by(|&i, &j| p[j].total_cmp(&p[i]));
+        let names = self.class_names()?;
+        Ok(order
+            .into_iter()
+            .take(k.max(1))
+            .map(|i| (names.get(i).cloned().unwrap_or_else(|| i.to_string()), p[i]))
+            .collect())
+    }
+}
+
 impl<B: CrateBackend> Loaded<B> {
     /// An image classifier of either family (CRATE or ToST), else an error.
     pub fn into_image_classifier(self) -> Result<Weights<ClassifierShape, ImageClassifier<B>>> {
@@ -609,6 +647,18 @@ impl<C, M> Weights<C, M> {
                 .with_context(|| format!("{}: metadata `normalization`", self.path.display()))?;
         }
         Ok(n)
+    }
+
+    /// [`Weights::normalization`], else (with a warning) mean 0.5 and std 0.5 per channel, the
+    /// usual normalisation of pictures given as files.
+    pub fn normalization_or_half(&self, channels: usize) -> Result<Normalization> {
+        Ok(self.normalization(channels)?.unwrap_or_else(|| {
+            tracing::warn!("no normalisation stored with the weights; using mean 0.5, std 0.5");
+            Normalization {
+                mean: vec![0.5; channels],
+                std: vec![0.5; channels],
+            }
+        }))
     }
 
     /// The tokenizer stored with the weights (validated).
