@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use super::checkpoint::{read_state, resume_dir, start_fresh, write_checkpoint, RunLock};
 use super::engine::{self, Evaluation, Job, PeriodStats, Position};
-use super::lm::{open_splits, step_rng, TokenRun, TokenRunSettings, TokenRunState};
+use super::lm::{open_splits, step_rng, TokenRun, TokenRunSettings, TokenRunState, TrainDevice};
 use super::resume::ResumeCheck;
 use super::{schedule, Checkpoint, OptimSettings, OptimizerKind, TrainOptimizer};
 use crate::model::bert::{mask_tokens, untie_state_dict, BertConfig, CrateBert};
@@ -29,9 +29,6 @@ use crate::weights::{
     apply_state_dict, canonical_ids, collect_state_dict, read_state_dict, write_safetensors,
 };
 use crate::TrainBackend;
-
-/// The device runs of the command line train on.
-type TrainDevice = burn::tensor::Device<TrainBackend>;
 
 /// Ids of RoBERTa's special tokens; characters start at [`FIRST_CHAR`].
 pub const PAD: i64 = 1;

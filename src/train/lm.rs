@@ -21,8 +21,8 @@ use crate::text::{self, TokenFile, Tokenizer};
 use crate::weights::write_safetensors;
 use crate::TrainBackend;
 
-/// The device runs of the command line train on.
-type TrainDevice = burn::tensor::Device<TrainBackend>;
+/// The device of [`TrainBackend`], which [`train`] runs on.
+pub(crate) type TrainDevice = burn::tensor::Device<TrainBackend>;
 
 /// Everything that decides the trajectory of a run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
