@@ -139,7 +139,8 @@ mod tests {
     #[test]
     fn reports_only_given_fields_that_differ() {
         let run = json!({"lr": 0.002, "optim": {"kind": "Adamw", "beta1": 0.9}, "train_limit": 64});
-        let wanted = json!({"lr": 0.1, "optim": {"kind": "Lion", "beta1": 0.9}, "train_limit": null});
+        let wanted =
+            json!({"lr": 0.1, "optim": {"kind": "Lion", "beta1": 0.9}, "train_limit": null});
         let given = ids(&["lr", "beta1", "optimizer", "json"]);
         let e = ResumeCheck::new(&given)
             .fields(&wanted, &run, &[("optimizer", "kind")])
@@ -173,8 +174,14 @@ mod tests {
             .check(Path::new("r"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("--config crate-tiny (the run has another model"), "{e}");
-        assert!(e.contains("--init-from (the run has no --init-from on resume)"), "{e}");
+        assert!(
+            e.contains("--config crate-tiny (the run has another model"),
+            "{e}"
+        );
+        assert!(
+            e.contains("--init-from (the run has no --init-from on resume)"),
+            "{e}"
+        );
         assert!(ResumeCheck::new(&given)
             .model("x", || true)
             .check(Path::new("r"))
