@@ -162,18 +162,18 @@ pub struct GenerateArgs {
 
 pub fn run(a: LmArgs) -> Result<()> {
     match a.command {
-        LmCommand::Prepare(a) => prepare(a).map(|_| ()),
+        LmCommand::Prepare(a) => prepare(a),
         LmCommand::Train(a) => train(a),
         LmCommand::Eval(a) => eval(a),
         LmCommand::Generate(a) => generate(a),
     }
 }
 
-pub fn prepare(a: PrepareArgs) -> Result<text::DataMeta> {
+pub fn prepare(a: PrepareArgs) -> Result<()> {
     let tokenizer = text::tokenizer_named(&a.tokenizer)?;
     let meta = text::prepare_corpus(&a.corpus, &a.out, tokenizer, a.val_fraction)?;
     print_prepared(&a.out, &meta);
-    Ok(meta)
+    Ok(())
 }
 
 /// The summary line of prepared token data.
