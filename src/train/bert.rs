@@ -673,6 +673,52 @@ mod tests {
     }
 
     #[test]
+    fn train_stops_resumes_and_refuses_other_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let corpus = dir.path().join("corpus.txt");
+        std::fs::write(&corpus, "to be or not to be ".repeat(40)).unwrap();
+        let (data, run_dir) = (dir.path().join("tokens"), dir.path().join("run"));
+        let mut s = BertTrainSettings {
+            run: TokenRunSettings::new(&data, &corpus, &run_dir),
+            model: BertModelSettings {
+                hidden_size: 16,
+                layers: 1,
+                heads: 2,
+            },
+            recipe: BertRecipeSettings {
+                seq_len: 8,
+                max_iters: 4,
+                batch_size: 4,
+                warmup_iters: 1,
+                eval_interval: 2,
+                eval_iters: 1,
+                ..Default::default()
+            },
+        };
+        s.run.stop_after = Some(2);
+        let first = train(&s).unwrap();
+        assert_eq!(first.iters, 2);
+        assert_eq!(first.weights, run_dir.join("checkpoint/model.safetensors"));
+        assert!(first.val_loss.is_finite() && first.weights.exists());
+        // t, o, b, e, r, n and the space
+        assert_eq!(text::read_meta(&data).unwrap().tokenizer.vocab_size(), 7);
+        let e = train(&s).unwrap_err().to_string();
+        assert!(e.contains("already holds a checkpoint"), "{e}");
+
+        (s.run.resume, s.run.stop_after) = (true, None);
+        s.run.given = ["heads", "layers", "mask_rate"].map(String::from).into();
+        (s.model.layers, s.recipe.mask_rate) = (3, 0.2);
+        let e = train(&s).unwrap_err().to_string();
+        assert!(e.contains("--layers 3 (the run has 1)"), "{e}");
+        assert!(e.contains("--mask-rate 0.2 (the run has 0.15)"), "{e}");
+        assert!(!e.contains("--heads"), "{e}");
+        (s.model.layers, s.recipe.mask_rate) = (1, 0.15);
+        let done = train(&s).unwrap();
+        assert_eq!(done.iters, 4);
+        assert!(done.val_loss.is_finite());
+    }
+
+    #[test]
     fn resume_check_names_the_flags_by_their_fields() {
         let s = BertTrainSettings {
             run: TokenRunSettings::new(Path::new("tok"), Path::new("c.txt"), Path::new("runs/b")),
