@@ -423,6 +423,12 @@ pub fn run() -> anyhow::Result<()> {
             a.given = given;
             lm::train(a)
         }
+        Some(Command::Bert(bert::BertArgs {
+            command: bert::BertCommand::Train(mut a),
+        })) => {
+            a.given = given;
+            bert::train(a)
+        }
         Some(Command::Eval(a)) => commands::eval(a),
         Some(Command::Predict(a)) => commands::predict(a),
         Some(Command::Forward(a)) => forward::forward(a),

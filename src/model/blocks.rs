@@ -6,7 +6,7 @@
 use super::fused::{self, AttnMask, CrateBackend};
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
-use burn::tensor::activation::{relu, softmax};
+use burn::tensor::activation::{gelu, relu, softmax};
 use burn::tensor::Tensor;
 
 /// ISTA step size η and sparsity λ, hard-coded to 0.1 in the official CRATE classifier, CRATE-α,
@@ -410,5 +410,40 @@ impl<B: CrateBackend> crate::weights::OfficialKeys for Tssa<B> {
             [m, l] if m == "to_out" => format!("to_out.0.{}", leaf(l)),
             _ => path.iter().map(leaf).collect::<Vec<_>>().join("."),
         }
+    }
+}
+
+/// LayerNorm epsilon of the nanoGPT-based language models' norms (torch default).
+pub const LN_EPS: f64 = 1e-5;
+
+/// nanoGPT `_init_weights`: weight N(0, std), bias zero.
+pub(crate) fn linear<B: CrateBackend>(
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+    std: f64,
+    device: &B::Device,
+) -> Linear<B> {
+    let mut l = LinearConfig::new(d_in, d_out)
+        .with_bias(bias)
+        .with_initializer(Initializer::Normal { mean: 0.0, std })
+        .init(device);
+    l.bias = l
+        .bias
+        .map(|_| Param::from_tensor(Tensor::zeros([d_out], device)));
+    l
+}
+
+/// nanoGPT `MLP`: `c_proj(GELU(c_fc x))`, hidden width 4d (timm's `Mlp` with `fc1`, `fc2`).
+#[derive(Module, Debug)]
+pub struct Mlp<B: CrateBackend> {
+    pub c_fc: Linear<B>,
+    pub c_proj: Linear<B>,
+}
+
+impl<B: CrateBackend> Mlp<B> {
+    /// `c_proj(GELU(c_fc x))` on token rows.
+    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        fused::linear(&self.c_proj, gelu(fused::linear(&self.c_fc, x)))
     }
 }

@@ -14,23 +14,21 @@
 //!
 //! and `logits = X_L wteᵀ` (`lm_head` tied to `wte`).
 
-use super::blocks::{Ista, Mssa, OvercompleteIsta, ISTA_ETA, ISTA_LAMBDA, OVERCOMPLETE};
+use super::blocks::{linear, Ista, Mssa, OvercompleteIsta, ISTA_ETA, ISTA_LAMBDA, OVERCOMPLETE};
+pub use super::blocks::{Mlp, LN_EPS};
 use super::fused::{self, layer_norm, matmul, merge_heads, split_heads, AttnMask, CrateBackend};
 use super::tost_lm::{self, TostLmBlock};
 use super::{Activations, Arch};
 use anyhow::{bail, ensure, Context, Result};
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::nn::{
     DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear,
-    LinearConfig,
 };
-use burn::tensor::activation::{gelu, log_softmax, relu, softmax};
+use burn::tensor::activation::{log_softmax, relu, softmax};
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// LayerNorm epsilon of every norm (torch default).
-pub const LN_EPS: f64 = 1e-5;
 /// Standard deviation of the nanoGPT initialisation of every Linear and Embedding.
 const INIT_STD: f64 = 0.02;
 
@@ -261,24 +259,6 @@ fn ln<B: CrateBackend>(d: usize, device: &B::Device) -> LayerNorm<B> {
     LayerNormConfig::new(d).with_epsilon(LN_EPS).init(device)
 }
 
-/// nanoGPT `_init_weights`: weight N(0, std), bias zero.
-pub(crate) fn linear<B: CrateBackend>(
-    d_in: usize,
-    d_out: usize,
-    bias: bool,
-    std: f64,
-    device: &B::Device,
-) -> Linear<B> {
-    let mut l = LinearConfig::new(d_in, d_out)
-        .with_bias(bias)
-        .with_initializer(normal(std))
-        .init(device);
-    l.bias = l
-        .bias
-        .map(|_| Param::from_tensor(Tensor::zeros([d_out], device)));
-    l
-}
-
 /// Causal `softmax(q kᵀ·s) v` per head, `[b, h, n, dh]` (separate q, k, v: the GPT baseline).
 fn causal_attention<B: CrateBackend>(
     q: Tensor<B, 4>,
@@ -399,20 +379,6 @@ impl<B: CrateBackend> CausalSelfAttention<B> {
         let scale = ((d / self.n_head) as f64).powf(-0.5);
         let y = causal_attention(heads(0), heads(1), heads(2), scale);
         fused::linear(&self.c_proj, merge_heads(y))
-    }
-}
-
-/// nanoGPT `MLP`: `c_proj(GELU(c_fc x))`, hidden width 4d (timm's `Mlp` with `fc1`, `fc2`).
-#[derive(Module, Debug)]
-pub struct Mlp<B: CrateBackend> {
-    pub c_fc: Linear<B>,
-    pub c_proj: Linear<B>,
-}
-
-impl<B: CrateBackend> Mlp<B> {
-    /// `c_proj(GELU(c_fc x))` on token rows.
-    pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        fused::linear(&self.c_proj, gelu(fused::linear(&self.c_fc, x)))
     }
 }
 

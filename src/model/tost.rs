@@ -9,9 +9,8 @@
 //! Where this differs from the official code: `in_chans` reaches the first conv (the official
 //! `ConvPatchEmbed` ignores it and always builds 3 input channels), so grayscale data runs.
 
-use super::blocks::Tssa;
+use super::blocks::{linear, Mlp, Tssa};
 use super::fused::{self, layer_norm, split_heads, CrateBackend};
-use super::lm::{linear, Mlp};
 use super::Arch;
 use anyhow::{ensure, Context, Result};
 use burn::module::{Module, Param, RunningState};

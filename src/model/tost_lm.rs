@@ -6,9 +6,8 @@
 //! Per layer: `X½ = X + γ₁ ⊙ CausalTSSA(LN₁ X)`, `X' = X½ + γ₂ ⊙ MLP(LN₂ X½)`, layer scale
 //! initialised to 1e-5.
 
-use super::blocks::CausalTssa;
+use super::blocks::{linear, CausalTssa, Mlp, LN_EPS};
 use super::fused::{layer_norm, CrateBackend};
-use super::lm::{linear, Mlp, LN_EPS};
 use anyhow::Result;
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig};

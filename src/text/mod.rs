@@ -58,6 +58,14 @@ impl Tokenizer {
         Ok(())
     }
 
+    /// The tokenizer's name on the command line (`--tokenizer`): `char` or `gpt2`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Tokenizer::Char { .. } => "char",
+            Tokenizer::Gpt2 => "gpt2",
+        }
+    }
+
     pub fn vocab_size(&self) -> usize {
         match self {
             Tokenizer::Char { chars } => chars.chars().count(),
@@ -243,6 +251,41 @@ pub fn prepare(
         serde_json::to_string_pretty(&meta)?.as_bytes(),
     )?;
     Ok(meta)
+}
+
+/// The tokenizer named `--tokenizer`: `char` (`None`: its vocabulary comes from the corpus) or
+/// `gpt2`.
+pub fn tokenizer_named(name: &str) -> Result<Option<Tokenizer>> {
+    match name {
+        "char" => Ok(None),
+        "gpt2" => Ok(Some(Tokenizer::Gpt2)),
+        other => bail!("--tokenizer {other:?}: expected char or gpt2"),
+    }
+}
+
+/// [`prepare`] with the error naming the corpus.
+pub fn prepare_corpus(
+    corpus: &Path,
+    out: &Path,
+    tokenizer: Option<Tokenizer>,
+    val_fraction: f64,
+) -> Result<DataMeta> {
+    prepare(corpus, out, tokenizer, val_fraction)
+        .with_context(|| format!("preparing {}", corpus.display()))
+}
+
+/// Character tokens of `corpus` (10 % for validation) in `data` unless it holds `meta.json`
+/// already; the metadata when they were prepared now.
+pub fn prepare_missing(data: &Path, corpus: &Path) -> Result<Option<DataMeta>> {
+    if data.join("meta.json").exists() {
+        return Ok(None);
+    }
+    tracing::info!(
+        "{} is not prepared: tokenizing {} (character level)",
+        data.display(),
+        corpus.display()
+    );
+    prepare_corpus(corpus, data, None, 0.1).map(Some)
 }
 
 pub fn read_meta(dir: &Path) -> Result<DataMeta> {

@@ -6,23 +6,29 @@
 //! Character ids are shifted by 3 to make room for RoBERTa's specials: 0 `<s>`, 1 `<pad>` (the
 //! padding offset of the positions), 2 `<mask>`.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use burn::module::AutodiffModule;
+use burn::tensor::activation::softmax;
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-use super::checkpoint::{read_state, write_checkpoint};
+use super::checkpoint::{read_state, resume_dir, start_fresh, write_checkpoint, RunLock};
 use super::engine::{self, Evaluation, Job, PeriodStats, Position};
-use super::lm::{step_rng, TokenRun, TokenRunState};
-use super::{schedule, OptimSettings, TrainOptimizer};
+use super::lm::{open_splits, step_rng, TokenRun, TokenRunSettings, TokenRunState, TrainDevice};
+use super::resume::ResumeCheck;
+use super::{schedule, Checkpoint, OptimSettings, OptimizerKind, TrainOptimizer};
 use crate::model::bert::{mask_tokens, untie_state_dict, BertConfig, CrateBert};
 use crate::model::{CrateAutodiff, CrateBackend};
-use crate::text::{TokenFile, Tokenizer};
-use crate::weights::{apply_state_dict, collect_state_dict, read_state_dict, write_safetensors};
+use crate::text::{self, TokenFile, Tokenizer};
+use crate::weights::{
+    apply_state_dict, canonical_ids, collect_state_dict, read_state_dict, write_safetensors,
+};
+use crate::TrainBackend;
 
 /// Ids of RoBERTa's special tokens; characters start at [`FIRST_CHAR`].
 pub const PAD: i64 = 1;
@@ -318,4 +324,433 @@ pub fn fit_bert<B: CrateAutodiff>(
         None => job.val_loss(&fitted.model),
     };
     Ok((fitted.model, v, fitted.step))
+}
+
+/// The model of a CRATE-BERT run (its positions follow the recipe's `seq_len`).
+#[derive(Debug, Clone)]
+pub struct BertModelSettings {
+    pub hidden_size: usize,
+    pub layers: usize,
+    pub heads: usize,
+}
+
+impl BertModelSettings {
+    /// `bert train`'s defaults.
+    pub const DEFAULT: Self = Self {
+        hidden_size: 128,
+        layers: 4,
+        heads: 4,
+    };
+}
+
+impl Default for BertModelSettings {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl BertModelSettings {
+    /// The model on `tokenizer`'s characters for sequences of `seq_len` (not yet validated).
+    pub fn config(&self, tokenizer: &Tokenizer, seq_len: usize) -> BertConfig {
+        BertConfig {
+            vocab_size: vocab_size(tokenizer),
+            hidden_size: self.hidden_size,
+            num_hidden_layers: self.layers,
+            num_attention_heads: self.heads,
+            max_position_embeddings: seq_len + PAD as usize + 1,
+            type_vocab_size: 1,
+            layer_norm_eps: 1e-12,
+            pad_token_id: PAD as usize,
+            initializer_range: 0.02,
+        }
+    }
+}
+
+/// The recipe of a CRATE-BERT run as given (AdamW β = (0.9, 0.98), clipping 1, cosine to 10 %
+/// of `lr`).
+#[derive(Debug, Clone)]
+pub struct BertRecipeSettings {
+    pub seq_len: usize,
+    pub max_iters: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub warmup_iters: usize,
+    pub weight_decay: f64,
+    pub mask_rate: f64,
+    pub eval_interval: usize,
+    pub eval_iters: usize,
+    pub seed: u64,
+}
+
+impl BertRecipeSettings {
+    /// `bert train`'s defaults.
+    pub const DEFAULT: Self = Self {
+        seq_len: 64,
+        max_iters: 2000,
+        batch_size: 32,
+        lr: 1e-3,
+        warmup_iters: 100,
+        weight_decay: 0.01,
+        mask_rate: 0.15,
+        eval_interval: 250,
+        eval_iters: 10,
+        seed: 0,
+    };
+}
+
+impl Default for BertRecipeSettings {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl BertRecipeSettings {
+    /// The recipe of a fresh run (not yet validated).
+    pub fn recipe(&self) -> BertRecipe {
+        BertRecipe {
+            max_iters: self.max_iters,
+            batch_size: self.batch_size,
+            seq_len: self.seq_len,
+            lr: self.lr,
+            min_lr: self.lr * 0.1,
+            warmup_iters: self.warmup_iters,
+            optim: OptimSettings {
+                kind: OptimizerKind::Adamw,
+                weight_decay: self.weight_decay,
+                beta1: 0.9,
+                beta2: 0.98,
+                no_decay_norm_bias: true,
+                clip_grad_norm: Some(1.0),
+            },
+            mask_rate: self.mask_rate,
+            eval_interval: self.eval_interval,
+            eval_iters: self.eval_iters,
+            seed: self.seed,
+        }
+    }
+}
+
+/// A CRATE-BERT run (`whitebox bert train`): where, which model, which recipe.
+#[derive(Debug, Clone)]
+pub struct BertTrainSettings {
+    pub run: TokenRunSettings,
+    pub model: BertModelSettings,
+    pub recipe: BertRecipeSettings,
+}
+
+/// The end of [`train`]: the last validation loss, the iterations done, the seconds training
+/// took in this invocation and the weights of the last checkpoint.
+#[derive(Debug, Clone)]
+pub struct BertOutcome {
+    pub val_loss: f64,
+    pub iters: usize,
+    pub seconds: f64,
+    pub weights: PathBuf,
+}
+
+impl BertTrainSettings {
+    /// `--resume`: every model or recipe setting given must equal the run's.
+    pub fn check_resume(&self, run_config: &BertConfig, run: &BertState) -> Result<()> {
+        let config = self.model.config(&run.tokenizer, self.recipe.seq_len);
+        ResumeCheck::new(&self.run.given)
+            .fields(
+                &config,
+                run_config,
+                &[
+                    ("layers", "num_hidden_layers"),
+                    ("heads", "num_attention_heads"),
+                ],
+            )
+            .fields(&self.recipe.recipe(), &run.recipe, &[])
+            .check(&self.run.run_dir)
+    }
+
+    /// The run in `run_dir` from its last checkpoint, checked against the settings given and
+    /// the prepared data's tokenizer.
+    fn resume(&self, tokenizer: &Tokenizer, device: &TrainDevice) -> Result<BertRun<TrainBackend>> {
+        let (data, run_dir) = (&self.run.data, &self.run.run_dir);
+        let (cfg, model, optim, state) = restore::<TrainBackend>(&resume_dir(run_dir)?, device)?;
+        self.check_resume(&cfg, &state)?;
+        ensure!(
+            state.tokenizer == *tokenizer,
+            "--resume: {} was prepared with another tokenizer than the run in {}",
+            data.display(),
+            run_dir.display()
+        );
+        tracing::info!("resuming {} at iteration {}", run_dir.display(), state.step);
+        Ok((cfg, model, optim, state))
+    }
+
+    /// A fresh run on `tokenizer`'s data; `run_dir` must not hold one unless `overwrite`.
+    fn start(&self, tokenizer: &Tokenizer, device: &TrainDevice) -> Result<BertRun<TrainBackend>> {
+        let recipe = self.recipe.recipe();
+        recipe.validate()?;
+        let cfg = self.model.config(tokenizer, recipe.seq_len);
+        cfg.validate()?;
+        <TrainBackend as burn::tensor::backend::Backend>::seed(device, recipe.seed);
+        // parameter ids from the keys, so the saved optimizer state finds them again on resume
+        let model = canonical_ids(cfg.init::<TrainBackend>(device));
+        let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
+        let state = BertState::fresh(recipe, tokenizer.clone(), &self.run.data);
+        start_fresh(&self.run.run_dir, self.run.overwrite)?;
+        Ok((cfg, model, optim, state))
+    }
+}
+
+/// The data's token files, each longer than a training sequence.
+fn open_sequences(
+    data: &Path,
+    tokenizer: &Tokenizer,
+    seq_len: usize,
+) -> Result<(TokenFile, TokenFile)> {
+    let (train, val) = open_splits(data, tokenizer)?;
+    for (f, what) in [(&train, "train"), (&val, "validation")] {
+        ensure!(
+            f.len() > seq_len,
+            "{}: the {what} tokens ({}) are fewer than --seq-len {seq_len} + 1",
+            f.path().display(),
+            f.len(),
+        );
+    }
+    Ok((train, val))
+}
+
+/// `whitebox bert train`: prepare character tokens when `data` has none, resume the run in
+/// `run_dir` or start it, and train it with [`fit_bert`].
+pub fn train(s: &BertTrainSettings) -> Result<BertOutcome> {
+    let (data, run_dir) = (&s.run.data, &s.run.run_dir);
+    let meta = match text::read_meta(data) {
+        Ok(m) => m,
+        Err(_) => text::prepare(&s.run.corpus, data, None, 0.1)?,
+    };
+    let Tokenizer::Char { .. } = meta.tokenizer else {
+        bail!(
+            "{}: bert train needs character tokens (`whitebox lm prepare --tokenizer char`)",
+            data.display()
+        );
+    };
+    let device = TrainDevice::default();
+    let _lock = RunLock::acquire(run_dir)?;
+    let (cfg, model, optim, state) = if s.run.resume {
+        s.resume(&meta.tokenizer, &device)?
+    } else {
+        s.start(&meta.tokenizer, &device)?
+    };
+    let (train_tok, val_tok) = open_sequences(data, &meta.tokenizer, state.recipe.seq_len)?;
+    let run = TokenRun {
+        options: s.run.options(),
+        train: &train_tok,
+        val: &val_tok,
+    };
+    let t0 = Instant::now();
+    let (_, val_loss, iters) = fit_bert(&run, &cfg, model, optim, state)?;
+    Ok(BertOutcome {
+        val_loss,
+        iters,
+        seconds: t0.elapsed().as_secs_f64(),
+        weights: Checkpoint::dir(run_dir).join("model.safetensors"),
+    })
+}
+
+/// Token ids of a text whose `<mask>` markers become [`MASK`].
+pub fn encode_masked(tok: &Tokenizer, text: &str) -> Result<Vec<i64>> {
+    let mut out = Vec::new();
+    for (i, piece) in text.split("<mask>").enumerate() {
+        if i > 0 {
+            out.push(MASK);
+        }
+        out.extend(
+            tok.encode(piece)?
+                .into_iter()
+                .map(|t| t as i64 + FIRST_CHAR),
+        );
+    }
+    Ok(out)
+}
+
+/// The completions of each `<mask>` of a text, most likely first.
+#[derive(Debug, Clone)]
+pub struct MaskFill {
+    /// Per `<mask>`, in order: the `k` most likely characters with their probabilities.
+    pub top: Vec<Vec<(String, f32)>>,
+    /// The text with each `<mask>` replaced by its most likely character.
+    pub filled: String,
+}
+
+/// The character of token id `id` (past the specials).
+fn char_of(tok: &Tokenizer, id: usize) -> Result<String> {
+    tok.decode(&[(id as i64 - FIRST_CHAR) as u32])
+}
+
+/// Softmax rows `[masks, vocab]` of the masked-LM head at positions `masks` of `x`.
+fn mask_probabilities<B: CrateBackend>(
+    model: &CrateBert<B>,
+    x: &[i64],
+    masks: &[usize],
+) -> Vec<f32> {
+    let h = model.encode(ids(x.to_vec(), 1, x.len()));
+    let rows = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(
+            masks.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+            [masks.len()],
+        ),
+        &Default::default(),
+    );
+    softmax(model.mlm_logits(h.select(0, rows)), 1)
+        .into_data()
+        .to_vec()
+        .expect("f32 probabilities")
+}
+
+/// The `k` (at least 1) most likely characters at each `<mask>` of `text` and the text filled
+/// with the most likely ones (`whitebox bert fill-mask`).
+pub fn fill_mask<B: CrateBackend>(
+    model: &CrateBert<B>,
+    tok: &Tokenizer,
+    text: &str,
+    k: usize,
+) -> Result<MaskFill> {
+    let x = encode_masked(tok, text)?;
+    let masks: Vec<usize> = (0..x.len()).filter(|&i| x[i] == MASK).collect();
+    ensure!(!masks.is_empty(), "the text has no <mask>");
+    let max = model.position_embeddings.weight.dims()[0] - PAD as usize - 1;
+    ensure!(
+        x.len() <= max,
+        "the text is {} tokens long; this model reads at most {max}",
+        x.len()
+    );
+    let p = mask_probabilities(model, &x, &masks);
+    let v = p.len() / masks.len();
+    let (mut filled, mut top) = (x.clone(), Vec::new());
+    for (row, &pos) in p.chunks(v).zip(&masks) {
+        let mut order: Vec<usize> = (FIRST_CHAR as usize..v).collect();
+        order.sort_by(|&i, &j| row[j].total_cmp(&row[i]));
+        let best: Vec<(String, f32)> = order
+            .iter()
+            .take(k.max(1))
+            .map(|&i| Ok((char_of(tok, i)?, row[i])))
+            .collect::<Result<_>>()?;
+        top.push(best);
+        filled[pos] = order[0] as i64;
+    }
+    let text: Vec<u32> = filled.iter().map(|&i| (i - FIRST_CHAR) as u32).collect();
+    Ok(MaskFill {
+        top,
+        filled: tok.decode(&text)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::InferBackend;
+
+    fn abc() -> Tokenizer {
+        Tokenizer::Char {
+            chars: "abc".into(),
+        }
+    }
+
+    #[test]
+    fn masks_become_the_mask_id_and_characters_shift_past_the_specials() {
+        assert_eq!(encode_masked(&abc(), "a<mask>c").unwrap(), [3, MASK, 5]);
+        assert_eq!(encode_masked(&abc(), "<mask><mask>").unwrap(), [MASK, MASK]);
+        assert!(encode_masked(&abc(), "a<mask>z").is_err());
+    }
+
+    #[test]
+    fn fill_mask_ranks_characters_and_fills_the_best() {
+        let cfg = BertModelSettings {
+            hidden_size: 8,
+            layers: 1,
+            heads: 2,
+        }
+        .config(&abc(), 8);
+        let model = cfg.init::<InferBackend>(&Default::default());
+        let f = fill_mask(&model, &abc(), "a<mask>b<mask>", 2).unwrap();
+        assert_eq!(f.top.len(), 2);
+        for top in &f.top {
+            assert_eq!(top.len(), 2);
+            assert!(top[0].1 >= top[1].1 && top[1].1 > 0.0 && top[0].1 + top[1].1 <= 1.0);
+        }
+        let best: Vec<&str> = f.top.iter().map(|t| t[0].0.as_str()).collect();
+        assert_eq!(f.filled, format!("a{}b{}", best[0], best[1]));
+        let e = fill_mask(&model, &abc(), "abc", 2).unwrap_err().to_string();
+        assert_eq!(e, "the text has no <mask>");
+        let long = format!("{}<mask>", "a".repeat(8));
+        let e = fill_mask(&model, &abc(), &long, 2).unwrap_err().to_string();
+        assert_eq!(e, "the text is 9 tokens long; this model reads at most 8");
+    }
+
+    #[test]
+    fn train_stops_resumes_and_refuses_other_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let corpus = dir.path().join("corpus.txt");
+        std::fs::write(&corpus, "to be or not to be ".repeat(40)).unwrap();
+        let (data, run_dir) = (dir.path().join("tokens"), dir.path().join("run"));
+        let mut s = BertTrainSettings {
+            run: TokenRunSettings::new(&data, &corpus, &run_dir),
+            model: BertModelSettings {
+                hidden_size: 16,
+                layers: 1,
+                heads: 2,
+            },
+            recipe: BertRecipeSettings {
+                seq_len: 8,
+                max_iters: 4,
+                batch_size: 4,
+                warmup_iters: 1,
+                eval_interval: 2,
+                eval_iters: 1,
+                ..Default::default()
+            },
+        };
+        s.run.stop_after = Some(2);
+        let first = train(&s).unwrap();
+        assert_eq!(first.iters, 2);
+        assert_eq!(first.weights, run_dir.join("checkpoint/model.safetensors"));
+        assert!(first.val_loss.is_finite() && first.weights.exists());
+        // t, o, b, e, r, n and the space
+        assert_eq!(text::read_meta(&data).unwrap().tokenizer.vocab_size(), 7);
+        let e = train(&s).unwrap_err().to_string();
+        assert!(e.contains("already holds a checkpoint"), "{e}");
+
+        (s.run.resume, s.run.stop_after) = (true, None);
+        s.run.given = ["heads", "layers", "mask_rate"].map(String::from).into();
+        (s.model.layers, s.recipe.mask_rate) = (3, 0.2);
+        let e = train(&s).unwrap_err().to_string();
+        assert!(e.contains("--layers 3 (the run has 1)"), "{e}");
+        assert!(e.contains("--mask-rate 0.2 (the run has 0.15)"), "{e}");
+        assert!(!e.contains("--heads"), "{e}");
+        (s.model.layers, s.recipe.mask_rate) = (1, 0.15);
+        let done = train(&s).unwrap();
+        assert_eq!(done.iters, 4);
+        assert!(done.val_loss.is_finite());
+    }
+
+    #[test]
+    fn resume_check_names_the_flags_by_their_fields() {
+        let s = BertTrainSettings {
+            run: TokenRunSettings::new(Path::new("tok"), Path::new("c.txt"), Path::new("runs/b")),
+            model: BertModelSettings::default(),
+            recipe: BertRecipeSettings::default(),
+        };
+        let state = BertState::fresh(s.recipe.recipe(), abc(), &s.run.data);
+        let cfg = s.model.config(&abc(), s.recipe.seq_len);
+        let mut r = s.clone();
+        (r.model.layers, r.model.heads, r.recipe.lr) = (2, 4, 0.01);
+        r.recipe.seq_len = 32;
+        r.run.given = ["layers", "heads", "lr", "data", "seq_len"]
+            .map(String::from)
+            .into();
+        let e = r.check_resume(&cfg, &state).unwrap_err().to_string();
+        assert!(e.contains("--layers 2 (the run has 4)"), "{e}");
+        assert!(e.contains("--lr 0.01 (the run has 0.001)"), "{e}");
+        assert!(e.contains("--seq-len 32 (the run has 64)"), "{e}");
+        assert!(
+            e.contains("runs/b") && !e.contains("--heads") && !e.contains("--data"),
+            "{e}"
+        );
+        assert!(s.check_resume(&cfg, &state).is_ok());
+    }
 }

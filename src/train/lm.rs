@@ -9,15 +9,20 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::checkpoint::{read_state, write_checkpoint};
-use super::engine::{self, Evaluation, Fitted, Job, PeriodStats, Position, RunOptions};
-use super::{schedule, OptimSettings, TrainOptimizer};
+use super::checkpoint::{self, read_state, write_checkpoint, Checkpoint, RunLock};
+use super::engine::{self, Cancel, Evaluation, Fitted, Job, PeriodStats, Position, RunOptions};
+use super::resume::{same_json, ResumeCheck};
+use super::{schedule, OptimSettings, OptimizerKind, TrainOptimizer};
 use crate::model::lm::{cross_entropy, official_state_dict, CausalLm, LmConfig};
-use crate::model::{CrateAutodiff, CrateBackend};
-use crate::text::{TokenFile, Tokenizer};
+use crate::model::{Arch, CrateAutodiff, CrateBackend};
+use crate::text::{self, TokenFile, Tokenizer};
 use crate::weights::write_safetensors;
+use crate::TrainBackend;
+
+/// The device of [`TrainBackend`], which [`train`] runs on.
+pub(crate) type TrainDevice = burn::tensor::Device<TrainBackend>;
 
 /// Everything that decides the trajectory of a run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -448,4 +453,398 @@ pub fn fit_lm<B: CrateAutodiff>(
         device: device.clone(),
     };
     engine::run(&mut job, model, optim, &run.options)
+}
+
+/// Where a run on token streams (`lm train`, `bert train`) reads and writes, and how this
+/// invocation runs.
+#[derive(Debug, Clone)]
+pub struct TokenRunSettings {
+    /// Prepared token folder (`text::prepare`); prepared from `corpus` when missing.
+    pub data: PathBuf,
+    /// Text file or folder tokenized at character level when `data` is missing.
+    pub corpus: PathBuf,
+    /// `checkpoint/`, `metrics.jsonl` and the final weights.
+    pub run_dir: PathBuf,
+    /// Continue the run in `run_dir` from its last checkpoint.
+    pub resume: bool,
+    /// Start over in a `run_dir` that holds a run (its checkpoint and metrics are removed first).
+    pub overwrite: bool,
+    /// Ids of the settings given on the command line (clap ids: `weight_decay`); with `resume`
+    /// each must equal the run's.
+    pub given: Vec<String>,
+    /// Stop this invocation after this many iterations (continue with `resume`).
+    pub stop_after: Option<usize>,
+    /// Stop once the run has trained this many seconds (validation and checkpoint first).
+    pub max_seconds: Option<f64>,
+    pub show_progress: bool,
+    /// Once set, a checkpoint is saved at the next iteration and training stops.
+    pub cancel: Cancel,
+}
+
+impl TokenRunSettings {
+    /// A fresh run in `run_dir` on `data` (prepared from `corpus`), quiet, with nothing given.
+    pub fn new(data: &Path, corpus: &Path, run_dir: &Path) -> Self {
+        Self {
+            data: data.to_path_buf(),
+            corpus: corpus.to_path_buf(),
+            run_dir: run_dir.to_path_buf(),
+            resume: false,
+            overwrite: false,
+            given: Vec::new(),
+            stop_after: None,
+            max_seconds: None,
+            show_progress: false,
+            cancel: Cancel::new(),
+        }
+    }
+
+    /// The engine's options: checkpoints in `run_dir`, progress, stops and cancellation as set.
+    pub fn options(&self) -> RunOptions {
+        RunOptions {
+            show_progress: self.show_progress,
+            stop_after: self.stop_after,
+            max_seconds: self.max_seconds,
+            cancel: self.cancel.clone(),
+            ..RunOptions::in_dir(&self.run_dir)
+        }
+    }
+}
+
+/// The train and validation token files of `data`, their ids within `tokenizer`'s vocabulary.
+pub fn open_splits(data: &Path, tokenizer: &Tokenizer) -> Result<(TokenFile, TokenFile)> {
+    let train = TokenFile::open(&data.join("train.bin"))?;
+    let val = TokenFile::open(&data.join("val.bin"))?;
+    for f in [&train, &val] {
+        f.check_vocab(tokenizer.vocab_size())?;
+    }
+    Ok((train, val))
+}
+
+/// The model of a language-model run: a preset or JSON config with its arch and sizes
+/// overridden where given.
+#[derive(Debug, Clone)]
+pub struct LmModelSettings {
+    /// Preset (`char`, `crate-1l`, `crate`, …) or JSON config file.
+    pub config: String,
+    pub arch: Option<Arch>,
+    pub n_layer: Option<usize>,
+    pub n_head: Option<usize>,
+    pub n_embd: Option<usize>,
+    pub block_size: Option<usize>,
+}
+
+impl Default for LmModelSettings {
+    /// The character-level preset as it is.
+    fn default() -> Self {
+        Self {
+            config: "char".into(),
+            arch: None,
+            n_layer: None,
+            n_head: None,
+            n_embd: None,
+            block_size: None,
+        }
+    }
+}
+
+impl LmModelSettings {
+    /// `c` with the arch and sizes that are given.
+    fn apply(&self, mut c: LmConfig) -> LmConfig {
+        c.arch = self.arch.unwrap_or(c.arch);
+        c.n_layer = self.n_layer.unwrap_or(c.n_layer);
+        c.n_head = self.n_head.unwrap_or(c.n_head);
+        c.n_embd = self.n_embd.unwrap_or(c.n_embd);
+        c.block_size = self.block_size.unwrap_or(c.block_size);
+        c
+    }
+
+    /// The model of a fresh run on `tokenizer`'s vocabulary.
+    pub fn config(&self, tokenizer: &Tokenizer) -> Result<LmConfig> {
+        let mut c = self.apply(LmConfig::resolve(&self.config)?);
+        c.vocab_size = tokenizer.vocab_size();
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Whether `config` with the given sizes is the model `run` (its arch and vocabulary aside).
+    fn describes(&self, run: &LmConfig) -> bool {
+        LmConfig::resolve(&self.config).is_ok_and(|p| {
+            let mut p = self.apply(p);
+            (p.arch, p.vocab_size) = (run.arch, run.vocab_size);
+            same_json(&p, run)
+        })
+    }
+}
+
+/// The recipe of a language-model run as given: `min_lr` defaults to 10 % of `lr`,
+/// `warmup_iters` is capped at `max_iters`, `clip_grad_norm` 0 is off.
+#[derive(Debug, Clone)]
+pub struct LmRecipeSettings {
+    pub max_iters: usize,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub lr: f64,
+    pub min_lr: Option<f64>,
+    pub warmup_iters: usize,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub clip_grad_norm: f64,
+    pub eval_interval: usize,
+    pub eval_iters: usize,
+    pub seed: u64,
+}
+
+impl LmRecipeSettings {
+    /// `whitebox lm train`'s defaults.
+    pub const DEFAULT: Self = Self {
+        max_iters: 2000,
+        batch_size: 32,
+        grad_accum: 1,
+        lr: 1e-3,
+        min_lr: None,
+        warmup_iters: 100,
+        weight_decay: 0.1,
+        beta1: 0.9,
+        beta2: 0.95,
+        clip_grad_norm: 1.0,
+        eval_interval: 250,
+        eval_iters: 20,
+        seed: 0,
+    };
+}
+
+impl Default for LmRecipeSettings {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl LmRecipeSettings {
+    /// The recipe of a fresh run (checked when the run starts, by [`fresh`]).
+    pub fn recipe(&self) -> Result<LmRecipe> {
+        Ok(LmRecipe {
+            max_iters: self.max_iters,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            lr: self.lr,
+            min_lr: self.min_lr.unwrap_or(self.lr / 10.0),
+            warmup_iters: self.warmup_iters.min(self.max_iters),
+            optim: OptimSettings {
+                kind: OptimizerKind::Adamw,
+                weight_decay: self.weight_decay,
+                beta1: self.beta1,
+                beta2: self.beta2,
+                // LayerNorm weights and biases are the only < 2-D parameters: decay ≥ 2-D only
+                no_decay_norm_bias: true,
+                clip_grad_norm: super::optim::clip_setting(self.clip_grad_norm)?,
+            },
+            eval_interval: self.eval_interval,
+            eval_iters: self.eval_iters,
+            seed: self.seed,
+        })
+    }
+}
+
+/// A language-model run (`whitebox lm train`): where, which model, which recipe.
+#[derive(Debug, Clone)]
+pub struct LmTrainSettings {
+    pub run: TokenRunSettings,
+    pub model: LmModelSettings,
+    pub recipe: LmRecipeSettings,
+}
+
+/// The end of [`train`]: the last validation point of this invocation (`None` when it reached
+/// none) and the final weights, `run_dir/model.safetensors`.
+#[derive(Debug, Clone)]
+pub struct LmOutcome {
+    pub last: Option<LmMetrics>,
+    pub weights: PathBuf,
+}
+
+impl LmTrainSettings {
+    /// `--resume`: every setting given must equal the run's (its config and state). The wanted
+    /// settings are a fresh run's; the model's fields are the run's with the given ones set.
+    pub fn check_resume(&self, run_config: &LmConfig, run: &LmState) -> Result<()> {
+        let mut recipe = self.recipe.recipe()?;
+        // the run's own max_iters capped --warmup-iters when it started
+        recipe.warmup_iters = self.recipe.warmup_iters.min(run.recipe.max_iters);
+        let wanted = LmState::fresh(recipe, run.tokenizer.clone(), &self.run.data);
+        ResumeCheck::new(&self.run.given)
+            .fields(&self.model.apply(run_config.clone()), run_config, &[])
+            .fields(&wanted, run, &[])
+            .model(&self.model.config, || self.model.describes(run_config))
+            .check(&self.run.run_dir)
+    }
+
+    /// The run in `run_dir` from its last checkpoint, on data of the run's tokenizer, checked
+    /// against the settings given.
+    fn resume(&self, tokenizer: &Tokenizer, device: &TrainDevice) -> Result<LmRun<TrainBackend>> {
+        let dir = checkpoint::resume_dir(&self.run.run_dir)?;
+        let (config, model, optim, state) = restore::<TrainBackend>(&dir, device)?;
+        ensure!(
+            state.tokenizer == *tokenizer,
+            "--resume: {} was prepared with another tokenizer than the run",
+            self.run.data.display()
+        );
+        self.check_resume(&config, &state)?;
+        tracing::info!(
+            "resuming {} at iteration {}",
+            self.run.run_dir.display(),
+            state.step
+        );
+        Ok((config, model, optim, state))
+    }
+
+    /// A fresh run on `tokenizer`'s data; `run_dir` must not hold one unless `overwrite`.
+    fn start(&self, tokenizer: &Tokenizer, device: &TrainDevice) -> Result<LmRun<TrainBackend>> {
+        let config = self.model.config(tokenizer)?;
+        let recipe = self.recipe.recipe()?;
+        let run = fresh::<TrainBackend>(config, recipe, tokenizer.clone(), &self.run.data, device)?;
+        checkpoint::start_fresh(&self.run.run_dir, self.run.overwrite)?;
+        Ok(run)
+    }
+}
+
+/// `whitebox lm train`: prepare the data when missing, resume the run in `run_dir` or start it,
+/// train it with [`fit_lm`] and copy its final weights to `run_dir/model.safetensors`.
+pub fn train(s: &LmTrainSettings) -> Result<LmOutcome> {
+    let device = TrainDevice::default();
+    let run_dir = &s.run.run_dir;
+    text::prepare_missing(&s.run.data, &s.run.corpus)?;
+    let meta = text::read_meta(&s.run.data)?;
+    let (train_tokens, val_tokens) = open_splits(&s.run.data, &meta.tokenizer)?;
+    ensure!(
+        val_tokens.len() >= 2,
+        "{}: the validation split is empty; prepare with a larger --val-fraction",
+        s.run.data.display()
+    );
+    let _lock = RunLock::acquire(run_dir)?;
+    let (config, model, optim, state) = if s.run.resume {
+        s.resume(&meta.tokenizer, &device)?
+    } else {
+        s.start(&meta.tokenizer, &device)?
+    };
+    tracing::info!(
+        "{}: {} layers, {} heads, d {}, context {}, vocabulary {}, {} parameters; {} train tokens",
+        config.arch,
+        config.n_layer,
+        config.n_head,
+        config.n_embd,
+        config.block_size,
+        config.vocab_size,
+        config.param_count(),
+        train_tokens.len()
+    );
+    let run = TokenRun {
+        options: s.run.options(),
+        train: &train_tokens,
+        val: &val_tokens,
+    };
+    let last = fit_lm(&run, &config, model, optim, state, &device)?.last;
+    let weights = run_dir.join("model.safetensors");
+    if let Some(dir) = Checkpoint::find(run_dir) {
+        std::fs::copy(dir.join("model.safetensors"), &weights)?;
+    }
+    Ok(LmOutcome { last, weights })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-layer crate-lm on a tiny corpus in `dir`: 4 iterations, validation every 2.
+    fn tiny(dir: &Path) -> LmTrainSettings {
+        let corpus = dir.join("corpus.txt");
+        std::fs::write(
+            &corpus,
+            "to be or not to be, that is the question. ".repeat(20),
+        )
+        .unwrap();
+        LmTrainSettings {
+            run: TokenRunSettings::new(&dir.join("tokens"), &corpus, &dir.join("run")),
+            model: LmModelSettings {
+                arch: Some(Arch::CrateLm),
+                n_layer: Some(1),
+                n_head: Some(2),
+                n_embd: Some(16),
+                block_size: Some(8),
+                ..Default::default()
+            },
+            recipe: LmRecipeSettings {
+                max_iters: 4,
+                batch_size: 4,
+                warmup_iters: 10,
+                eval_interval: 2,
+                eval_iters: 1,
+                ..Default::default()
+            },
+        }
+    }
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn resume_refuses_other_settings_and_continues_with_the_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = tiny(dir.path());
+        s.run.stop_after = Some(2);
+        let first = train(&s).unwrap();
+        assert_eq!(first.last.as_ref().map(|m| m.step), Some(2));
+        assert_eq!(first.weights, dir.path().join("run/model.safetensors"));
+        assert!(first.weights.exists());
+        let state = load_state(&Checkpoint::dir(&s.run.run_dir)).unwrap();
+        assert_eq!((state.step, state.recipe.warmup_iters), (2, 4));
+        // a fresh run into the folder is refused
+        let e = train(&s).unwrap_err().to_string();
+        assert!(e.contains("already holds a checkpoint"), "{e}");
+
+        let mut r = s.clone();
+        (r.run.resume, r.run.stop_after) = (true, None);
+        let other = dir.path().join("other");
+        (r.run.data, r.recipe.lr, r.model.n_layer) = (other.clone(), 0.01, Some(2));
+        r.run.given = ids(&["data", "lr", "batch_size", "warmup_iters", "corpus", "json"]);
+        let e = train(&r).unwrap_err().to_string();
+        let tokens = s.run.data.display();
+        assert!(e.contains("--lr 0.01 (the run has 0.001)"), "{e}");
+        assert!(
+            e.contains(&format!(
+                "--data {} (the run has {tokens})",
+                other.display()
+            )),
+            "{e}"
+        );
+        // equal, not given, or capped by the run's max_iters as when it started: not reported
+        for quiet in [
+            "--batch-size",
+            "--n-layer",
+            "--warmup-iters",
+            "--corpus",
+            "--json",
+        ] {
+            assert!(!e.contains(quiet), "{quiet}: {e}");
+        }
+        r.run.given = ids(&["n_layer", "config"]);
+        let e = train(&r).unwrap_err().to_string();
+        assert!(e.contains("--n-layer 2 (the run has 1)"), "{e}");
+        assert!(
+            e.contains("--config char (the run has another model"),
+            "{e}"
+        );
+
+        // the run's own settings continue it to max_iters
+        let mut r = s.clone();
+        (r.run.resume, r.run.stop_after) = (true, None);
+        r.run.given = ids(&["lr", "batch_size", "n_layer", "warmup_iters"]);
+        let done = train(&r).unwrap();
+        let last = done.last.unwrap();
+        assert_eq!(last.step, 4);
+        assert!(last.val_loss.is_finite() && last.val_loss > 0.0, "{last:?}");
+        assert_eq!(
+            load_state(&Checkpoint::dir(&s.run.run_dir)).unwrap().step,
+            4
+        );
+    }
 }
