@@ -20,35 +20,7 @@ use whitebox::{InferBackend, TrainBackend};
 pub fn info(a: InfoArgs) -> Result<()> {
     let config = ModelConfig::resolve(&a.config)?;
     println!("{}", config.to_json_pretty());
-    match &config {
-        ModelConfig::Mae(mae) => println!(
-            "tokens: {} patches + cls ({} visible at mask ratio {}), patch dim {}",
-            mae.num_patches(),
-            mae.len_keep(),
-            mae.mask_ratio,
-            mae.patch_dim()
-        ),
-        ModelConfig::Tost(cfg) => println!(
-            "tokens: {} ({}×{} grid after the conv stem) + cls in the class-attention blocks",
-            cfg.num_patches(),
-            cfg.grid(),
-            cfg.grid()
-        ),
-        ModelConfig::Crate(cfg) => println!(
-            "tokens: {} patches + cls, patch dim {}",
-            cfg.num_patches(),
-            cfg.patch_dim()
-        ),
-        ModelConfig::Lm(cfg) => println!(
-            "context: {} tokens, vocabulary {}",
-            cfg.block_size, cfg.vocab_size
-        ),
-        ModelConfig::Bert(cfg) => println!(
-            "context: {} tokens, vocabulary {}",
-            cfg.max_len(),
-            cfg.vocab_size
-        ),
-    }
+    println!("{}", config.tokens_line());
     println!("parameters: {}", config.param_count());
     Ok(())
 }
@@ -240,21 +212,7 @@ pub(super) fn run_classifier<T: train::Task<TrainBackend>, C>(
         started.state.recipe.epochs
     );
     let end = run.fit(task, started, &train_set, &test_set)?;
-    let (acc, loss) = match &end.last {
-        Some(m) => (m.test_acc, m.test_loss),
-        None => {
-            let l = weights::load::<InferBackend>(&end.weights, None, true, &Default::default())?
-                .into_image_classifier()?;
-            let r = train::evaluate_with(
-                |x| l.model.forward(x),
-                &test_set,
-                &end.state.normalization,
-                500,
-                &Default::default(),
-            )?;
-            (r.top1, r.loss)
-        }
-    };
+    let (acc, loss) = (end.eval.top1, end.eval.loss);
     println!(
         "test accuracy {:.2}%  (test loss {:.4}, {} epochs, weights in {})",
         100.0 * acc,
@@ -329,14 +287,7 @@ pub fn measure(a: MeasureArgs) -> Result<()> {
             let norm = l
                 .normalization(cfg.channels)?
                 .unwrap_or_else(|| Normalization::from_set(&set));
-            let batcher = data::Batcher {
-                norm,
-                augment: Augment::none(),
-            };
-            let idx: Vec<usize> = (0..set.len()).collect();
-            batcher
-                .batch::<InferBackend>(&set, &idx, &mut data::batch_rng(0, 0, 0), &device)
-                .0
+            norm.batch_all::<InferBackend>(&set, &device)
         }
         (None, None) => bail!("give --input X.safetensors or --data DIR"),
     };
@@ -345,28 +296,7 @@ pub fn measure(a: MeasureArgs) -> Result<()> {
         official_eps: a.official_eps,
     };
     let m = whitebox::measure::measure_batch(&l.model, x, s)?;
-    println!(
-        "{:<8} {:>14} {:>12} {:>12} {:>12} {:>12} {:>10}",
-        "layer", "official R^c", "R(Z½)", "R^c(Z½)", "R(Z')", "R^c(Z')", "zeros"
-    );
-    println!(
-        "{:<8} {:>14} {:>12} {:>12} {:>12.3} {:>12.3} {:>10}",
-        "embed", "", "", "", m["paper.embed.R.batch_mean"], m["paper.embed.Rc.batch_mean"], ""
-    );
-    for i in 0..cfg.depth {
-        let g = |k: &str| m[k];
-        println!(
-            "{:<8} {:>8.3}±{:<5.3} {:>12.3} {:>12.3} {:>12.3} {:>12.3} {:>9.1}%",
-            i,
-            g(&format!("official.layer{i}.Rc_qkv_normalized.batch_mean")),
-            g(&format!("official.layer{i}.Rc_qkv_normalized.batch_std")),
-            g(&format!("paper.layer{i}.attn.R.batch_mean")),
-            g(&format!("paper.layer{i}.attn.Rc.batch_mean")),
-            g(&format!("paper.layer{i}.ista.R.batch_mean")),
-            g(&format!("paper.layer{i}.ista.Rc.batch_mean")),
-            100.0 * g(&format!("paper.layer{i}.ista.fraction_zero.batch_mean")),
-        );
-    }
+    print!("{}", whitebox::measure::table(&m, cfg.depth));
     if let Some(path) = &a.json {
         write_atomic(path, serde_json::to_string_pretty(&m)?.as_bytes())?;
         println!("wrote {} measures to {}", m.len(), path.display());

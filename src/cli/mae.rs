@@ -86,14 +86,7 @@ pub fn train(m: MaeTrainArgs) -> Result<()> {
         None
     };
     let end = run.fit(&Reconstruct { config }, started, &train_set, &test_set)?;
-    let loss = match &end.last {
-        Some(m) => m.test_loss,
-        None => {
-            let l = whitebox::weights::load::<InferBackend>(&end.weights, None, true, &device)?
-                .into_mae()?;
-            evaluate_mae(&l.model, &test_set, &end.state.normalization, 500, &device)?.loss
-        }
-    };
+    let loss = end.eval.loss;
     println!(
         "test masked-patch loss {:.4}{}  ({} epochs, weights in {})",
         loss,

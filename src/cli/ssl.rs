@@ -208,7 +208,6 @@ fn ssl_recipe(d: &DinoTrainArgs, image_size: usize) -> Result<Recipe> {
 pub fn train(d: DinoTrainArgs) -> Result<()> {
     check_flags(&d)?;
     let a = &d.train;
-    let device = Default::default();
     let t_start = Instant::now();
     let _lock = train::checkpoint::RunLock::acquire(&a.run_dir)?;
     let saved = Saved {
@@ -266,18 +265,10 @@ pub fn train(d: DinoTrainArgs) -> Result<()> {
     let norm = started.state.normalization.clone();
     let task = SelfDistillTask::<TrainBackend>::new(config.clone(), norm, &train_set);
     let end = run.fit(&task, started, &train_set, &test_set)?;
-    let (top1, top5, terms, loss) = match end.last {
-        Some(m) => (m.test_acc, m.test_top5, m.terms, m.train_loss),
-        None => {
-            let l = whitebox::weights::load::<InferBackend>(&end.weights, None, true, &device)?
-                .into_crate()?;
-            let mut b = train_set.clone();
-            b.truncate(bank);
-            let norm = &end.state.normalization;
-            let r = knn_eval(&b, &test_set, norm, k, t, &device, |x| l.model.features(x))?;
-            (r.top1, r.top5, None, f64::NAN)
-        }
-    };
+    let (top1, top5) = (end.eval.top1, end.eval.top5);
+    let (terms, loss) = end
+        .last
+        .map_or((None, None), |m| (m.terms, Some(m.train_loss)));
     println!(
         "teacher k-NN top-1 {:.2}%  top-5 {:.2}%  (k = {k}, {} train images as neighbours; {} epochs, teacher backbone in {})",
         100.0 * top1,
@@ -290,7 +281,7 @@ pub fn train(d: DinoTrainArgs) -> Result<()> {
         println!(
             "{}",
             json!({"loss": config.model.loss, "knn_top1": top1, "knn_top5": top5, "knn_k": k, "knn_T": t,
-                   "train_loss": if loss.is_finite() { Some(loss) } else { None }, "terms": terms,
+                   "train_loss": loss.filter(|l: &f64| l.is_finite()), "terms": terms,
                    "epochs": end.state.epoch, "steps": end.state.step,
                    "seconds": t_start.elapsed().as_secs_f64(), "train_seconds": end.state.seconds,
                    "weights": end.weights})

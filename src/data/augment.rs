@@ -100,6 +100,20 @@ pub struct Batcher {
     pub augment: Augment,
 }
 
+impl Normalization {
+    /// Every image of `set`, normalised, as one NCHW batch (no augmentation).
+    pub fn batch_all<B: Backend>(&self, set: &ImageSet, device: &B::Device) -> Tensor<B, 4> {
+        let batcher = Batcher {
+            norm: self.clone(),
+            augment: Augment::none(),
+        };
+        let idx: Vec<usize> = (0..set.len()).collect();
+        batcher
+            .batch::<B>(set, &idx, &mut batch_rng(0, 0, 0), device)
+            .0
+    }
+}
+
 /// The permutation of `n` examples used in `epoch` of a run seeded with `seed`.
 pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();

@@ -319,3 +319,37 @@ impl LayerCurves {
         self.rc_mean.len()
     }
 }
+
+/// The per-layer measures of [`measure_batch`] as a text table: the official R^c (mean ± std),
+/// the paper's R and R^c after MSSA (`Z½`) and after ISTA (`Z'`), and ISTA's zeros.
+pub fn table(m: &BTreeMap<String, f64>, depth: usize) -> String {
+    let g = |k: String| m.get(&k).copied().unwrap_or(f64::NAN);
+    let mut out = format!(
+        "{:<8} {:>14} {:>12} {:>12} {:>12} {:>12} {:>10}\n",
+        "layer", "official R^c", "R(Z½)", "R^c(Z½)", "R(Z')", "R^c(Z')", "zeros"
+    );
+    out += &format!(
+        "{:<8} {:>14} {:>12} {:>12} {:>12.3} {:>12.3} {:>10}\n",
+        "embed",
+        "",
+        "",
+        "",
+        g("paper.embed.R.batch_mean".into()),
+        g("paper.embed.Rc.batch_mean".into()),
+        ""
+    );
+    for i in 0..depth {
+        out += &format!(
+            "{:<8} {:>8.3}±{:<5.3} {:>12.3} {:>12.3} {:>12.3} {:>12.3} {:>9.1}%\n",
+            i,
+            g(format!("official.layer{i}.Rc_qkv_normalized.batch_mean")),
+            g(format!("official.layer{i}.Rc_qkv_normalized.batch_std")),
+            g(format!("paper.layer{i}.attn.R.batch_mean")),
+            g(format!("paper.layer{i}.attn.Rc.batch_mean")),
+            g(format!("paper.layer{i}.ista.R.batch_mean")),
+            g(format!("paper.layer{i}.ista.Rc.batch_mean")),
+            100.0 * g(format!("paper.layer{i}.ista.fraction_zero.batch_mean")),
+        );
+    }
+    out
+}

@@ -8,8 +8,8 @@ use burn::tensor::backend::Backend;
 use std::path::{Path, PathBuf};
 
 use super::{
-    checkpoint, fit, Checkpoint, EpochMetrics, Recipe, RunOptions, Task, TrainOptimizer, TrainRun,
-    TrainState,
+    checkpoint, fit, Checkpoint, EpochMetrics, EvalResult, Recipe, RunOptions, Task,
+    TrainOptimizer, TrainRun, TrainState,
 };
 use crate::data::{self, Format, ImageSet, Split};
 use crate::model::{mae, CrateConfig};
@@ -41,9 +41,11 @@ pub struct Started<C, M: AutodiffModule<TrainBackend>> {
 }
 
 /// The end of [`ImageRun::fit`]: the last epoch's metrics (`None` when no epoch ran in this
-/// invocation) and the final checkpoint's state and weights.
+/// invocation), the final model's evaluation on the test split (the last epoch's, else the
+/// task's evaluation of the weights as saved), and the final checkpoint's state and weights.
 pub struct Finished {
     pub last: Option<EpochMetrics>,
+    pub eval: EvalResult,
     pub state: TrainState,
     pub weights: PathBuf,
 }
@@ -237,11 +239,28 @@ impl ImageRun {
             ..
         } = started;
         let device = Default::default();
-        let last = fit(&run, task, model, optim, state, &device)?.last;
+        let fitted = fit(&run, task, model, optim, state, &device)?;
         let dir = Checkpoint::dir(&self.run_dir);
+        let state = Checkpoint::load_state(&dir)?;
+        let eval = match &fitted.last {
+            Some(m) => EvalResult {
+                loss: m.test_loss,
+                top1: m.test_acc,
+                top5: m.test_top5,
+                n: test_set.len(),
+            },
+            // a resumed run that had already finished: its weights as saved
+            None => task.evaluate(
+                &fitted.model.valid(),
+                test_set,
+                &state.normalization,
+                &device,
+            )?,
+        };
         Ok(Finished {
-            last,
-            state: Checkpoint::load_state(&dir)?,
+            last: fitted.last,
+            eval,
+            state,
             weights: dir.join("model.safetensors"),
         })
     }

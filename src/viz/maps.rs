@@ -6,7 +6,7 @@ use image::{imageops::FilterType, ImageBuffer, Luma, Rgb, RgbImage};
 use nalgebra::{DMatrix, SymmetricEigen};
 
 use super::{heat_color, min_max};
-use crate::data::{batch_rng, Augment, Batcher, ImageSet, Normalization};
+use crate::data::{ImageSet, Normalization};
 use crate::model::inspect::{inspect_layer, LayerView};
 use crate::model::mae::CrateMae;
 use crate::model::posembed::at_resolution;
@@ -312,13 +312,8 @@ pub fn reconstruction_grid<B: CrateBackend>(
     scale: u32,
     device: &B::Device,
 ) -> RgbImage {
-    let batcher = Batcher {
-        norm: norm.clone(),
-        augment: Augment::none(),
-    };
-    let idx: Vec<usize> = (0..set.len()).collect();
-    let (x, _) = batcher.batch::<B>(set, &idx, &mut batch_rng(0, 0, 0), device);
-    let masking = model.masking(idx.len(), None, &mut StdRng::seed_from_u64(seed));
+    let x = norm.batch_all::<B>(set, device);
+    let masking = model.masking(set.len(), None, &mut StdRng::seed_from_u64(seed));
     let r = model.reconstruct(x.clone(), masking);
     let f32s = |t: Tensor<B, 4>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap();
     let (x, removed) = (f32s(x), f32s(r.removed));
@@ -331,7 +326,7 @@ pub fn reconstruction_grid<B: CrateBackend>(
     ];
     image_rows(
         &rows,
-        idx.len(),
+        set.len(),
         set.channels,
         s,
         (s * scale.max(1) as usize) as u32,

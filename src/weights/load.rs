@@ -103,6 +103,39 @@ impl ModelConfig {
         })
     }
 
+    /// The model's inputs in one line: its tokens (images) or context and vocabulary (text).
+    pub fn tokens_line(&self) -> String {
+        match self {
+            ModelConfig::Mae(c) => format!(
+                "tokens: {} patches + cls ({} visible at mask ratio {}), patch dim {}",
+                c.num_patches(),
+                c.len_keep(),
+                c.mask_ratio,
+                c.patch_dim()
+            ),
+            ModelConfig::Tost(c) => format!(
+                "tokens: {} ({}×{} grid after the conv stem) + cls in the class-attention blocks",
+                c.num_patches(),
+                c.grid(),
+                c.grid()
+            ),
+            ModelConfig::Crate(c) => format!(
+                "tokens: {} patches + cls, patch dim {}",
+                c.num_patches(),
+                c.patch_dim()
+            ),
+            ModelConfig::Lm(c) => format!(
+                "context: {} tokens, vocabulary {}",
+                c.block_size, c.vocab_size
+            ),
+            ModelConfig::Bert(c) => format!(
+                "context: {} tokens, vocabulary {}",
+                c.max_len(),
+                c.vocab_size
+            ),
+        }
+    }
+
     /// Parameter count of the model the config describes.
     pub fn param_count(&self) -> usize {
         match self {
