@@ -1,17 +1,14 @@
 //! `whitebox lm …` (prepare, train, eval, generate) and the language-model path of `whitebox forward`.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
-use rand::{rngs::StdRng, SeedableRng};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::WeightArgs;
-use whitebox::model::lm::{self, CausalLm, LmConfig, Sampling};
-use whitebox::text::{self, StreamDecoder};
-use whitebox::train::lm::{
-    sequential_loss, LmModelSettings, LmRecipeSettings, LmTrainSettings, TokenRunSettings,
-};
+use whitebox::model::lm::{CausalLm, LmConfig, Sampling};
+use whitebox::text::{self};
+use whitebox::train::lm::{LmModelSettings, LmRecipeSettings, LmTrainSettings, TokenRunSettings};
 use whitebox::train::Cancel;
 use whitebox::weights::Weights;
 use whitebox::InferBackend;
@@ -261,17 +258,7 @@ fn load_for_inference(w: &WeightArgs) -> Result<Weights<LmConfig, CausalLm<Infer
 }
 
 pub fn eval(a: LmEvalArgs) -> Result<()> {
-    let l = load_for_inference(&a.weights)?;
-    let tok = l.tokenizer()?;
-    let text = text::read_corpus(&a.text)?;
-    let ids: Vec<i64> = tok
-        .encode(&text)
-        .with_context(|| format!("{}", a.text.display()))?
-        .into_iter()
-        .map(i64::from)
-        .collect();
-    lm::check_tokens(&ids, l.config.vocab_size)?;
-    let (loss, n) = sequential_loss(&l.model, &ids, a.batch_size, &Default::default())?;
+    let (loss, n) = load_for_inference(&a.weights)?.text_loss(&a.text, a.batch_size)?;
     println!(
         "{}: loss {:.4}, perplexity {:.2} over {} predicted tokens",
         a.text.display(),
@@ -290,34 +277,16 @@ pub fn eval(a: LmEvalArgs) -> Result<()> {
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
     let l = load_for_inference(&a.weights)?;
-    let tok = l.tokenizer()?;
-    let prompt: Vec<i64> = tok
-        .encode(&a.prompt)
-        .context("--prompt")?
-        .into_iter()
-        .map(i64::from)
-        .collect();
-    ensure!(!prompt.is_empty(), "--prompt is empty");
-    ensure!(
-        prompt.len() <= l.config.block_size,
-        "--prompt is {} tokens, longer than the model's context of {} (block_size)",
-        prompt.len(),
-        l.config.block_size
-    );
     let opts = Sampling {
         max_new_tokens: a.max_new_tokens,
         temperature: a.temperature,
         top_k: (a.top_k > 0).then_some(a.top_k),
     };
-    opts.validate()?;
-    let mut rng = StdRng::seed_from_u64(a.seed);
     let mut out = std::io::stdout().lock();
     write!(out, "{}", a.prompt)?;
-    let mut dec = StreamDecoder::default();
-    l.model.generate(&prompt, &opts, &mut rng, |t| {
-        write!(out, "{}", dec.push(&tok, t as u32)?)?;
-        out.flush()?;
-        Ok(())
+    l.generate_text(&a.prompt, &opts, a.seed, |piece| {
+        write!(out, "{piece}")?;
+        Ok(out.flush()?)
     })?;
     writeln!(out)?;
     Ok(())

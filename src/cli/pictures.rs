@@ -1,14 +1,14 @@
 //! `whitebox attention`, `whitebox pca` and `whitebox report`: pictures of what a trained CRATE
 //! attends to and how its features group, drawn from the weights of a run.
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 
 use super::commands::{load, load_split};
 use super::{DataArgs, WeightArgs};
 use whitebox::data::{Format, Split};
-use whitebox::viz::maps::{attention_grid, look, pca_grid, Looked, PcaOptions};
+use whitebox::viz::maps::{attention_grid, look, pca_grid, test_pixels, Looked, PcaOptions};
 use whitebox::viz::report::run_report;
 use whitebox::viz::save_png;
 use whitebox::weights::write_atomic;
@@ -82,45 +82,14 @@ pub struct ReportArgs {
 fn look_at_files(p: &PictureArgs) -> Result<Looked> {
     let l = load(&p.weights)?.into_crate()?;
     let c = l.config.channels;
-    if let Some(dir) = &p.data {
-        let set = load_split(
-            &DataArgs {
-                data: dir.clone(),
-                format: p.format,
-            },
-            Split::Test,
-            Some(p.count),
-        )?;
-        ensure!(
-            !set.is_empty(),
-            "{}: the test split has no images",
-            dir.display()
-        );
-        ensure!(
-            set.channels == c && set.height == set.width,
-            "{}: images are {}×{}×{}, the model takes {c} channels and square images",
-            dir.display(),
-            set.channels,
-            set.height,
-            set.width
-        );
-        let size = p.size.unwrap_or(set.height);
-        ensure!(
-            size == set.height,
-            "--size {size} differs from the {}-pixel images of {}",
-            set.height,
-            dir.display()
-        );
-        let pixels: Vec<Vec<u8>> = (0..set.len()).map(|i| set.image(i).to_vec()).collect();
-        let norm = l.normalization_or_half(c)?;
-        return look(l.model, &l.config, &norm, &pixels, size, p.layer, p.cell);
-    }
-    let size = p.size.unwrap_or(l.config.image_size);
-    let pixels = p
-        .images
-        .iter()
-        .map(|path| whitebox::data::folder::read_image(path, c, size))
-        .collect::<Result<Vec<_>>>()?;
+    let (pixels, size) = match &p.data {
+        Some(dir) => test_pixels(dir, p.format, p.count, c, p.size)?,
+        None => {
+            let size = p.size.unwrap_or(l.config.image_size);
+            let read = |path: &PathBuf| whitebox::data::folder::read_image(path, c, size);
+            (p.images.iter().map(read).collect::<Result<_>>()?, size)
+        }
+    };
     let norm = l.normalization_or_half(c)?;
     look(l.model, &l.config, &norm, &pixels, size, p.layer, p.cell)
 }

@@ -7,21 +7,19 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::commands::{
-    check_shape, fresh_state, image_run, init_weights, input_shape, load, load_split, recipe_from,
-    resume_check,
+    fresh_state, image_run, init_weights, input_shape, load_split, recipe_from, resume_check,
 };
-use super::{DataArgs, TrainArgs, WeightArgs};
-use whitebox::data::{Augment, Normalization, Split};
-use whitebox::model::features::Features;
+use super::{DataArgs, TrainArgs};
+use whitebox::data::{Augment, Split};
 use whitebox::model::ssl::{SslLoss, STUDENT_PREFIX};
 use whitebox::model::CrateConfig;
 use whitebox::train::image_run::Saved;
 use whitebox::train::resume::same_json;
 use whitebox::train::ssl::{
-    knn_eval, read_checkpoint_weights, SelfDistillTask, SslOptions, SslRunConfig,
+    knn_eval, read_checkpoint_weights, FeatureSource, SelfDistillTask, SslOptions, SslRunConfig,
 };
 use whitebox::train::{self, LrSchedule, Recipe};
-use whitebox::{InferBackend, TrainBackend};
+use whitebox::TrainBackend;
 
 #[derive(Subcommand, Debug)]
 pub enum DinoCommand {
@@ -297,39 +295,21 @@ pub fn knn(a: KnnArgs) -> Result<()> {
     let t0 = Instant::now();
     let train_set = load_split(&a.data, Split::Train, a.train_limit)?;
     let test_set = load_split(&a.data, Split::Test, a.test_limit)?;
-    let (source, norm, what) = match (&a.weights, &a.config, a.pixels) {
-        (None, None, true) => (
-            Features::Pixels,
-            Normalization::from_set(&train_set),
-            "pixels".to_string(),
-        ),
-        (None, Some(spec), false) => {
-            let cfg = CrateConfig::resolve(spec)?;
-            check_shape(input_shape(&cfg), &train_set, &a.data.data)?;
-            <InferBackend as burn::tensor::backend::Backend>::seed(&device, a.seed);
-            (
-                Features::Crate(cfg.init::<InferBackend>(&device)),
-                Normalization::from_set(&train_set),
-                format!("random-init CRATE {spec} (seed {})", a.seed),
-            )
-        }
-        (Some(p), _, false) => {
-            let w = WeightArgs {
-                weights: p.clone(),
-                config: a.config.clone(),
-                strict: true,
-            };
-            let l = load(&w)?.into_features()?;
-            check_shape(l.config, &train_set, &a.data.data)?;
-            let norm = l
-                .normalization(train_set.channels)?
-                .unwrap_or_else(|| Normalization::from_set(&train_set));
-            (l.model, norm, p.display().to_string())
-        }
+    let source = match (&a.weights, &a.config, a.pixels) {
+        (None, None, true) => FeatureSource::Pixels,
+        (None, Some(spec), false) => FeatureSource::RandomInit {
+            config: spec.clone(),
+            seed: a.seed,
+        },
+        (Some(p), _, false) => FeatureSource::Weights {
+            path: p.clone(),
+            config: a.config.clone(),
+        },
         (None, Some(_), true) => bail!("--pixels takes no --config"),
         (None, None, false) => bail!("give --weights W, --config C (random init) or --pixels"),
         (Some(_), _, true) => unreachable!("clap refuses --weights with --pixels"),
     };
+    let (source, norm, what) = source.open(&train_set, &a.data.data)?;
     let r = knn_eval(
         &train_set,
         &test_set,

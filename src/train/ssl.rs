@@ -16,7 +16,11 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use super::image_run::check_shape;
+use crate::model::features::Features;
+use crate::InferBackend;
 
 use super::checkpoint::{model_metadata, write_checkpoint, TrainState};
 use super::{schedule, EvalResult, Progress, Task, TrainOptimizer};
@@ -531,6 +535,53 @@ impl SslRunConfig {
             knn_bank: o.knn_bank,
         };
         Ok(Self { model, settings })
+    }
+}
+
+/// Where `knn`'s features come from: the normalised pixels, a randomly initialised CRATE of a
+/// config (the untrained baseline), or weights (a classifier, a `dino train` checkpoint or a
+/// CRATE-MAE encoder, with `config` when not stored with them).
+#[derive(Debug, Clone)]
+pub enum FeatureSource {
+    Pixels,
+    RandomInit {
+        config: String,
+        seed: u64,
+    },
+    Weights {
+        path: PathBuf,
+        config: Option<String>,
+    },
+}
+
+impl FeatureSource {
+    /// The features, the normalisation to apply (stored with the weights, else the training
+    /// split's) and a description, checked against the images of `train` (read from `data`).
+    pub fn open(
+        &self,
+        train: &ImageSet,
+        data: &Path,
+    ) -> Result<(Features<InferBackend>, Normalization, String)> {
+        let device = Default::default();
+        let from_train = || Normalization::from_set(train);
+        Ok(match self {
+            FeatureSource::Pixels => (Features::Pixels, from_train(), "pixels".into()),
+            FeatureSource::RandomInit { config, seed } => {
+                let cfg = CrateConfig::resolve(config)?;
+                let input = [cfg.channels, cfg.image_size, cfg.image_size];
+                check_shape(input, train, data)?;
+                <InferBackend as Backend>::seed(&device, *seed);
+                let what = format!("random-init CRATE {config} (seed {seed})");
+                (Features::Crate(cfg.init(&device)), from_train(), what)
+            }
+            FeatureSource::Weights { path, config } => {
+                let l = crate::weights::load(path, config.as_deref(), true, &device)?
+                    .into_features()?;
+                check_shape(l.config, train, data)?;
+                let norm = l.normalization(train.channels)?.unwrap_or_else(from_train);
+                (l.model, norm, path.display().to_string())
+            }
+        })
     }
 }
 

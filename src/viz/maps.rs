@@ -6,13 +6,14 @@ use image::{imageops::FilterType, ImageBuffer, Luma, Rgb, RgbImage};
 use nalgebra::{DMatrix, SymmetricEigen};
 
 use super::{heat_color, min_max};
-use crate::data::{ImageSet, Normalization};
+use crate::data::{Format, ImageSet, Normalization, Split};
 use crate::model::inspect::{inspect_layer, LayerView};
 use crate::model::mae::CrateMae;
 use crate::model::posembed::at_resolution;
 use crate::model::{Crate, CrateBackend, CrateConfig};
 use burn::tensor::{Tensor, TensorData};
 use rand::{rngs::StdRng, SeedableRng};
+use std::path::Path;
 
 /// Display copy of an image given as u8 CHW pixels (1 or 3 channels), scaled to `cell` pixels.
 pub fn display_image(px: &[u8], c: usize, h: usize, w: usize, cell: u32) -> RgbImage {
@@ -91,6 +92,42 @@ pub struct Looked {
     pub display: Vec<RgbImage>,
     /// Patches per side.
     pub grid: usize,
+}
+
+/// The first `count` test images of the data folder `dir` as u8 CHW pixels, with their side;
+/// they must have `channels` channels, be square and (when given) `size` pixels wide.
+pub fn test_pixels(
+    dir: &Path,
+    format: Format,
+    count: usize,
+    channels: usize,
+    size: Option<usize>,
+) -> Result<(Vec<Vec<u8>>, usize)> {
+    let set = crate::train::image_run::load_split(dir, format, Split::Test, Some(count))?;
+    ensure!(
+        !set.is_empty(),
+        "{}: the test split has no images",
+        dir.display()
+    );
+    ensure!(
+        set.channels == channels && set.height == set.width,
+        "{}: images are {}×{}×{}, the model takes {channels} channels and square images",
+        dir.display(),
+        set.channels,
+        set.height,
+        set.width
+    );
+    let side = size.unwrap_or(set.height);
+    ensure!(
+        side == set.height,
+        "--size {side} differs from the {}-pixel images of {}",
+        set.height,
+        dir.display()
+    );
+    Ok((
+        (0..set.len()).map(|i| set.image(i).to_vec()).collect(),
+        side,
+    ))
 }
 
 /// Images of `size` pixels (u8 CHW, normalised with `norm`) through `model` (its position
