@@ -836,3 +836,24 @@ fn mae_train_lowers_masked_loss_then_reconstructs_and_probes() {
     );
     assert!(e.contains("mask ratio 1.5"), "{e}");
 }
+
+/// `mae train` refuses the classifier's flags it has no use for (issue #11: it used to ignore
+/// them), and the pre-training commands default to their own run folders.
+#[test]
+fn mae_train_refuses_classifier_flags_and_has_its_own_run_dir() {
+    for (args, flag) in [
+        (&["mae", "train", "--arch", "crate-alpha"][..], "--arch"),
+        (
+            &["mae", "train", "--label-smoothing", "0.2"][..],
+            "--label-smoothing",
+        ),
+    ] {
+        let e = fails(args);
+        assert!(
+            e.contains(flag) && e.contains("does not apply to `mae train`"),
+            "{e}"
+        );
+    }
+    assert!(ok(&["mae", "train", "--help"]).contains("[default: runs/mae-fmnist]"));
+    assert!(ok(&["dino", "train", "--help"]).contains("[default: runs/dino]"));
+}

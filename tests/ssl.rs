@@ -259,6 +259,19 @@ fn resume_equals_straight(loss: &str) {
         (state["epoch"].as_u64(), state["step"].as_u64()),
         (Some(1), Some(4))
     );
+    // a DINO setting that differs from the run's is refused on --resume (issue #11)
+    let e = fails(
+        &[
+            &["dino", "train", "--run-dir", split.to_str().unwrap()][..],
+            &["--resume", "--knn-temperature", "0.5"],
+            &common,
+        ]
+        .concat(),
+    );
+    assert!(
+        e.contains("--knn-temperature 0.5 (the run has 0.07)"),
+        "{e}"
+    );
     run(&split, &["--resume"]);
     assert_same_files(&straight, &split, "model.safetensors");
     assert_same_files(&straight, &split, "ssl_state.safetensors");

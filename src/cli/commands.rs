@@ -142,6 +142,21 @@ pub(super) fn init_weights(a: &TrainArgs) -> Result<Option<(&Path, StateDict)>> 
         .transpose()
 }
 
+/// Refuse the training flags `ids` (clap ids) given to a command they do not apply to (`what`).
+pub(super) fn refuse_flags(a: &TrainArgs, ids: &[&str], what: &str) -> Result<()> {
+    let given: Vec<String> = ids
+        .iter()
+        .filter(|id| a.given.iter().any(|g| g == *id))
+        .map(|id| format!("--{}", id.replace('_', "-")))
+        .collect();
+    ensure!(
+        given.is_empty(),
+        "{} does not apply to {what}",
+        given.join(", ")
+    );
+    Ok(())
+}
+
 /// The classifier config the flags `--config` and `--arch` describe.
 fn config_from_flags(a: &TrainArgs) -> Result<CrateConfig> {
     let mut config = CrateConfig::resolve(&a.config)?;

@@ -1,13 +1,13 @@
 //! CRATE-MAE commands: `forward` on an MAE config, `mae train`, `mae reconstruct`, `probe`.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use burn::module::AutodiffModule;
 use serde_json::json;
 use std::time::Instant;
 
 use super::commands::{
     check_shape, fresh_state, image_run, init_weights, load, load_split, norm_or_train,
-    recipe_from, resume_check,
+    recipe_from, refuse_flags, resume_check,
 };
 use super::{MaeTrainArgs, ProbeArgs, ReconstructArgs};
 use whitebox::data::{self, Split};
@@ -36,10 +36,11 @@ pub fn train(m: MaeTrainArgs) -> Result<()> {
     let a = &m.train;
     let device = Default::default();
     let t_start = Instant::now();
-    ensure!(
-        a.measure_every == 0,
-        "--measure-every measures classifier layers; it is not available for `mae train`"
-    );
+    refuse_flags(
+        a,
+        &["arch", "label_smoothing", "measure_every"],
+        "`mae train` (a masked autoencoder has no classifier layers or labels)",
+    )?;
     let _lock = whitebox::train::checkpoint::RunLock::acquire(&a.run_dir)?;
     let saved = Saved {
         read_config: MaeConfig::from_json_file,

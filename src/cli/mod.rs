@@ -77,8 +77,10 @@ pub enum MaeCommand {
 
 #[derive(Args, Debug)]
 #[command(mut_arg("epochs", |a| a.default_value(PRETRAIN_EPOCHS)))]
+#[command(mut_arg("run_dir", |a| a.default_value("runs/mae-fmnist")))]
 pub struct MaeTrainArgs {
-    /// The classifier's training flags; `--config` takes an MAE preset (mae-fmnist, mae-crate-tiny,
+    /// The classifier's training flags (`--arch`, `--label-smoothing` and `--measure-every` do
+    /// not apply); `--config` takes an MAE preset (mae-fmnist, mae-crate-tiny,
     /// mae-crate-small, mae-crate-base, mae-crate-large; `fmnist` = mae-fmnist) or a JSON config.
     #[command(flatten)]
     pub train: TrainArgs,
@@ -390,12 +392,29 @@ pub struct InfoArgs {
 /// Parse the command line and run it; errors come back to `main` for a clean exit code.
 pub fn run() -> anyhow::Result<()> {
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
-    let cli =
+    let mut cli =
         <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // the training commands' `--resume` checks the flags given on the command line
     let given = given_flags(&matches);
-    let precision = match &cli.command {
-        Some(Command::Train(a)) => a.precision,
-        Some(Command::Mae(MaeCommand::Train(a))) => a.train.precision,
+    let precision = match &mut cli.command {
+        Some(Command::Train(a))
+        | Some(Command::Mae(MaeCommand::Train(MaeTrainArgs { train: a, .. })))
+        | Some(Command::Dino(ssl::DinoCommand::Train(ssl::DinoTrainArgs { train: a, .. }))) => {
+            a.given = given;
+            a.precision
+        }
+        Some(Command::Lm(lm::LmArgs {
+            command: lm::LmCommand::Train(a),
+        })) => {
+            a.given = given;
+            Precision::F32
+        }
+        Some(Command::Bert(bert::BertArgs {
+            command: bert::BertCommand::Train(a),
+        })) => {
+            a.given = given;
+            Precision::F32
+        }
         Some(Command::Eval(a)) => a.precision,
         Some(Command::Forward(a)) => a.precision,
         Some(Command::Bench(a)) => a.precision,
@@ -409,26 +428,7 @@ pub fn run() -> anyhow::Result<()> {
     })?;
     match cli.command {
         None => train(TrainArgs::default_args()),
-        Some(Command::Train(mut a)) => {
-            a.given = given;
-            train(a)
-        }
-        Some(Command::Mae(MaeCommand::Train(mut a))) => {
-            a.train.given = given;
-            mae::train(a)
-        }
-        Some(Command::Lm(lm::LmArgs {
-            command: lm::LmCommand::Train(mut a),
-        })) => {
-            a.given = given;
-            lm::train(a)
-        }
-        Some(Command::Bert(bert::BertArgs {
-            command: bert::BertCommand::Train(mut a),
-        })) => {
-            a.given = given;
-            bert::train(a)
-        }
+        Some(Command::Train(a)) => train(a),
         Some(Command::Eval(a)) => commands::eval(a),
         Some(Command::Predict(a)) => commands::predict(a),
         Some(Command::Forward(a)) => forward::forward(a),
@@ -438,6 +438,7 @@ pub fn run() -> anyhow::Result<()> {
         Some(Command::Attention(a)) => pictures::attention(a),
         Some(Command::Pca(a)) => pictures::pca(a),
         Some(Command::Report(a)) => pictures::report(a),
+        Some(Command::Mae(MaeCommand::Train(a))) => mae::train(a),
         Some(Command::Mae(MaeCommand::Reconstruct(a))) => mae::reconstruct(a),
         Some(Command::Probe(a)) => mae::probe(a),
         Some(Command::Lm(a)) => lm::run(a),

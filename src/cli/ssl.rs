@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::commands::{
-    fresh_state, image_run, init_weights, input_shape, load_split, recipe_from, resume_check,
+    fresh_state, image_run, init_weights, input_shape, load_split, recipe_from, refuse_flags,
+    resume_check,
 };
 use super::{DataArgs, TrainArgs};
 use whitebox::data::{Augment, Split};
@@ -30,6 +31,7 @@ pub enum DinoCommand {
 
 #[derive(Args, Debug)]
 #[command(mut_arg("epochs", |a| a.default_value(super::PRETRAIN_EPOCHS)))]
+#[command(mut_arg("run_dir", |a| a.default_value("runs/dino")))]
 pub struct DinoTrainArgs {
     /// The classifier's training flags (`--label-smoothing`, `--crop-padding`, `--hflip` and
     /// `--measure-every` do not apply; the views are the multi-crop ones).
@@ -131,22 +133,11 @@ pub fn run(c: DinoCommand) -> Result<()> {
 
 /// Refuse classifier flags that have no meaning for self-distillation (set away from their defaults).
 fn check_flags(d: &DinoTrainArgs) -> Result<()> {
-    let a = &d.train;
-    let dflt = TrainArgs::default_args();
-    for (flag, differs) in [
-        (
-            "--label-smoothing",
-            a.label_smoothing != dflt.label_smoothing,
-        ),
-        ("--crop-padding", a.crop_padding != dflt.crop_padding),
-        ("--hflip", a.hflip),
-        ("--measure-every", a.measure_every != 0),
-    ] {
-        ensure!(
-            !differs,
-            "{flag} does not apply to `dino train` (the views are DINO's multi-crop ones)"
-        );
-    }
+    refuse_flags(
+        &d.train,
+        &["label_smoothing", "crop_padding", "hflip", "measure_every"],
+        "`dino train` (the views are DINO's multi-crop ones)",
+    )?;
     ensure!(
         d.weight_decay_end >= 0.0,
         "--weight-decay-end must not be negative"
