@@ -529,3 +529,56 @@ pub fn scaling_series(rows: &[ScalingRow]) -> Vec<ScalingSeries> {
         curve("ToST train step", |r| r.tost_train_ms),
     ]
 }
+
+/// Where a training step's time goes, as text: the step's wall and CPU time, then a Markdown
+/// table of the operation classes (forward, backward, total, share, cores busy).
+pub fn profile_table(p: &StepProfile) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let total = per_step(plus(plus(p.forward, p.backward), p.optimizer), p.steps);
+    writeln!(
+        out,
+        "training step, mean of {} steps: {:.1} ms wall, {:.1} ms CPU, {:.2} cores busy \
+         (forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms)",
+        p.steps,
+        total.wall * 1e3,
+        total.cpu * 1e3,
+        total.cores(),
+        per_step(p.forward, p.steps).wall * 1e3,
+        per_step(p.backward, p.steps).wall * 1e3,
+        per_step(p.optimizer, p.steps).wall * 1e3,
+    )
+    .unwrap();
+    if p.slices > 1 {
+        writeln!(
+        out,
+            "forward and backward ran on {} batch slices at once, one per core (the forward column \
+             holds both): a class's ms is the mean over the slices' threads, its cores are the \
+             process's while it ran",
+            p.slices
+        )
+        .unwrap();
+    }
+    writeln!(
+        out,
+        "| class | forward ms | backward ms | total ms | share of step | cores busy |"
+    )
+    .unwrap();
+    writeln!(out, "|---|---|---|---|---|---|").unwrap();
+    let ms = |u: Usage| format!("{:.2}", per_step(u, p.steps).wall * 1e3);
+    for r in profile_rows(p) {
+        let (f, b) = r
+            .parts
+            .map_or(("–".into(), "–".into()), |(f, b)| (ms(f), ms(b)));
+        writeln!(
+            out,
+            "| {} | {f} | {b} | {} | {:.1} % | {:.2} |",
+            r.name,
+            ms(r.total),
+            100.0 * per_step(r.total, p.steps).wall / total.wall.max(1e-12),
+            r.total.cores()
+        )
+        .unwrap();
+    }
+    out
+}

@@ -7,9 +7,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use super::BenchArgs;
-use whitebox::bench::{
-    self, peak_rss_bytes, per_step, plus, profile_json, profile_rows, Scaling, StepProfile,
-};
+use whitebox::bench::{self, peak_rss_bytes, profile_json, Scaling};
 use whitebox::model::profile;
 use whitebox::model::CrateConfig;
 use whitebox::InferBackend;
@@ -84,47 +82,9 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 flags.join(" ")
             }
         );
-        print_profile(&r.profile);
+        print!("{}", bench::profile_table(&r.profile));
     }
     Ok(())
-}
-
-fn print_profile(p: &StepProfile) {
-    let total = per_step(plus(plus(p.forward, p.backward), p.optimizer), p.steps);
-    println!(
-        "training step, mean of {} steps: {:.1} ms wall, {:.1} ms CPU, {:.2} cores busy \
-         (forward {:.1} ms, backward {:.1} ms, optimizer {:.1} ms)",
-        p.steps,
-        total.wall * 1e3,
-        total.cpu * 1e3,
-        total.cores(),
-        per_step(p.forward, p.steps).wall * 1e3,
-        per_step(p.backward, p.steps).wall * 1e3,
-        per_step(p.optimizer, p.steps).wall * 1e3,
-    );
-    if p.slices > 1 {
-        println!(
-            "forward and backward ran on {} batch slices at once, one per core (the forward column \
-             holds both): a class's ms is the mean over the slices' threads, its cores are the \
-             process's while it ran",
-            p.slices
-        );
-    }
-    println!("| class | forward ms | backward ms | total ms | share of step | cores busy |");
-    println!("|---|---|---|---|---|---|");
-    let ms = |u: profile::Usage| format!("{:.2}", per_step(u, p.steps).wall * 1e3);
-    for r in profile_rows(p) {
-        let (f, b) = r
-            .parts
-            .map_or(("–".into(), "–".into()), |(f, b)| (ms(f), ms(b)));
-        println!(
-            "| {} | {f} | {b} | {} | {:.1} % | {:.2} |",
-            r.name,
-            ms(r.total),
-            100.0 * per_step(r.total, p.steps).wall / total.wall.max(1e-12),
-            r.total.cores()
-        );
-    }
 }
 
 /// `whitebox bench --scaling`: a table of milliseconds per image for the inference forward and the
