@@ -200,7 +200,28 @@ fn train_eval_and_errors_with_arch_tost() {
         "2",
         img.to_str().unwrap(),
     ]);
-    assert!(p.contains("x.png:") && p.matches('%').count() == 2, "{p}");
+    // two labels, most likely first, probabilities of a softmax
+    let probs: Vec<f64> = p
+        .trim()
+        .split(": ")
+        .nth(1)
+        .unwrap()
+        .split(", ")
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .unwrap()
+                .trim_end_matches('%')
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(p.starts_with(img.to_str().unwrap()), "{p}");
+    assert_eq!(probs.len(), 2, "{p}");
+    assert!(
+        probs[0] >= probs[1] && probs[0] + probs[1] <= 100.05 && probs[1] > 0.0,
+        "{p}"
+    );
     let e = fails(&["measure", "--weights", w, "--data", &data]);
     assert!(e.contains("ToST"), "{e}");
 
@@ -275,8 +296,20 @@ fn lm_train_eval_generate_with_arch_tost_lm() {
         w.to_str().unwrap(),
         "--text",
         &corpus,
+        "--json",
     ]);
-    assert!(out.contains("perplexity"), "{out}");
+    let j: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let (loss, ppl) = (
+        j["loss"].as_f64().unwrap(),
+        j["perplexity"].as_f64().unwrap(),
+    );
+    // the trained model scores its own (repetitive) corpus far below a uniform guess
+    let vocab = "To be, or not to be, that is the question:\n"
+        .chars()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as f64;
+    assert!(loss < vocab.ln() - 0.5, "loss {loss}, vocabulary {vocab}");
+    assert!((ppl - loss.exp()).abs() < 1e-9 * ppl, "{out}");
     #[rustfmt::skip]
     let text = ok(&["lm", "generate", "--weights", w.to_str().unwrap(), "--prompt", "To be", "--max-new-tokens", "20"]);
     assert!(
