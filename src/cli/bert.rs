@@ -88,6 +88,9 @@ pub struct BertTrainArgs {
     /// Stop when the run has trained this many seconds (validation and checkpoint first).
     #[arg(long)]
     pub max_seconds: Option<f64>,
+    /// GEMM arithmetic: f32, or bf16 inputs with f32 accumulation (needs AVX512-BF16; see README).
+    #[arg(long, value_parser = super::values::PrecisionChoice::parser(), default_value = "f32")]
+    pub precision: whitebox::model::bf16::Precision,
     #[arg(long)]
     pub json: bool,
 }
@@ -120,6 +123,7 @@ fn train_settings(a: BertTrainArgs) -> BertTrainSettings {
             max_seconds: a.max_seconds,
             show_progress: super::lm::progress(a.json),
             cancel: Cancel::on_signals(),
+            precision: Some(a.precision),
             ..TokenRunSettings::new(&a.data, &a.corpus, &a.run_dir)
         },
         model: BertModelSettings {

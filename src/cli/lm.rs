@@ -122,6 +122,9 @@ pub struct LmTrainArgs {
     /// Stop when the run has trained this many seconds (validation and checkpoint first).
     #[arg(long)]
     pub max_seconds: Option<f64>,
+    /// GEMM arithmetic: f32, or bf16 inputs with f32 accumulation (needs AVX512-BF16; see README).
+    #[arg(long, value_parser = super::values::PrecisionChoice::parser(), default_value = "f32")]
+    pub precision: whitebox::model::bf16::Precision,
     /// End by printing one JSON object on the last line.
     #[arg(long)]
     pub json: bool,
@@ -198,6 +201,7 @@ fn train_settings(a: LmTrainArgs) -> Result<LmTrainSettings> {
             max_seconds: a.max_seconds,
             show_progress: progress(a.json),
             cancel: Cancel::on_signals(),
+            precision: Some(a.precision),
             ..TokenRunSettings::new(&a.data, &a.corpus, &a.run_dir)
         },
         model: LmModelSettings {

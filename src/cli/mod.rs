@@ -407,13 +407,13 @@ pub fn run() -> anyhow::Result<()> {
             command: lm::LmCommand::Train(a),
         })) => {
             a.given = given;
-            Precision::F32
+            a.precision
         }
         Some(Command::Bert(bert::BertArgs {
             command: bert::BertCommand::Train(a),
         })) => {
             a.given = given;
-            Precision::F32
+            a.precision
         }
         Some(Command::Eval(a)) => a.precision,
         Some(Command::Forward(a)) => a.precision,

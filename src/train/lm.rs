@@ -479,6 +479,8 @@ pub struct TokenRunSettings {
     pub show_progress: bool,
     /// Once set, a checkpoint is saved at the next iteration and training stops.
     pub cancel: Cancel,
+    /// GEMM arithmetic of the run (`model::bf16`); `None` keeps the process's setting.
+    pub precision: Option<crate::model::bf16::Precision>,
 }
 
 impl TokenRunSettings {
@@ -495,6 +497,7 @@ impl TokenRunSettings {
             max_seconds: None,
             show_progress: false,
             cancel: Cancel::new(),
+            precision: None,
         }
     }
 
@@ -505,6 +508,7 @@ impl TokenRunSettings {
             stop_after: self.stop_after,
             max_seconds: self.max_seconds,
             cancel: self.cancel.clone(),
+            precision: self.precision,
             ..RunOptions::in_dir(&self.run_dir)
         }
     }
