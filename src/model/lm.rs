@@ -18,7 +18,7 @@ use super::blocks::{linear, Ista, Mssa, OvercompleteIsta, ISTA_ETA, ISTA_LAMBDA,
 pub use super::blocks::{Mlp, LN_EPS};
 use super::fused::{self, layer_norm, matmul, merge_heads, split_heads, AttnMask, CrateBackend};
 use super::tost_lm::{self, TostLmBlock};
-use super::{Activations, Arch};
+use super::{Activations, Arch, Recorder};
 use anyhow::{bail, ensure, Context, Result};
 use burn::module::Module;
 use burn::nn::{
@@ -304,7 +304,7 @@ impl<B: CrateBackend> IstaStep<B> {
     fn forward(&self, z: Tensor<B, 2>, rec: &mut Recorder<B>) -> Tensor<B, 2> {
         match self {
             IstaStep::Complete(ista) => {
-                if !rec.on() {
+                if !rec.wants("prerelu") {
                     return ista.forward(z);
                 }
                 let pre = ista.prerelu(z);
@@ -437,27 +437,6 @@ pub struct CausalLm<B: CrateBackend> {
     pub block_size: usize,
 }
 
-/// Records per-layer activations as `[b, n, ·]` under `act.layer{i}.<name>`.
-struct Recorder<'a, B: CrateBackend> {
-    acts: &'a mut Activations<B>,
-    prefix: String,
-    b: usize,
-    n: usize,
-}
-
-impl<B: CrateBackend> Recorder<'_, B> {
-    fn on(&self) -> bool {
-        self.acts.enabled()
-    }
-    fn push(&mut self, name: &str, rows: &Tensor<B, 2>) {
-        if self.acts.enabled() {
-            let c = rows.dims()[1];
-            let t = rows.clone().reshape([self.b, self.n, c]);
-            self.acts.push(&format!("{}{name}", self.prefix), &t);
-        }
-    }
-}
-
 impl<B: CrateBackend> CausalLm<B> {
     pub fn vocab_size(&self) -> usize {
         self.wte.weight.dims()[0]
@@ -477,12 +456,7 @@ impl<B: CrateBackend> CausalLm<B> {
         acts.push("act.embed", &x);
         let mut x = x.reshape([b * n, d]);
         for (i, block) in self.h.iter().enumerate() {
-            let mut rec = Recorder {
-                acts: &mut *acts,
-                prefix: format!("act.layer{i}."),
-                b,
-                n,
-            };
+            let mut rec = Recorder::layer(&mut *acts, "act.layer", i, b, n);
             x = match block {
                 LmBlock::Crate(blk) => blk.forward(x, b, n, &mut rec),
                 LmBlock::Gpt(blk) => blk.forward(x, b, n, &mut rec),
