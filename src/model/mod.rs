@@ -1,4 +1,4 @@
-//! CRATE and ToST models. `blocks` holds the shared operators (MSSA, ISTA, overcomplete ISTA, TSSA); each variant is one file.
+//! CRATE and ToST models. `blocks` holds the shared operators (MSSA, ISTA, overcomplete ISTA, the pre-norm CRATE layer, TSSA); each variant is one file.
 
 pub mod alpha;
 pub mod arch;
