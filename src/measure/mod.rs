@@ -16,7 +16,7 @@ use anyhow::{ensure, Result};
 use burn::tensor::Tensor;
 use std::collections::BTreeMap;
 
-use crate::model::fused::layer_norm;
+use crate::model::fused::{layer_norm, AttnMask};
 use crate::model::{Activations, Crate, CrateBackend};
 
 /// `½ logdet(I + c·ZᵀZ)` for `z` `[n, m]` row-major, through the smaller Gram matrix.
@@ -269,7 +269,7 @@ pub fn measure_batch<B: CrateBackend>(
             format!("official.layer{i}.ista_fraction_zero.batch_std_population"),
             std(&zeros, false),
         );
-        z_in = layer.forward(z_in, b, n).1;
+        z_in = layer.forward(z_in, b, n, &AttnMask::None);
     }
     Ok(out)
 }

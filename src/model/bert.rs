@@ -16,7 +16,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::blocks::{Ista, Mssa, ISTA_ETA, ISTA_LAMBDA};
+use super::blocks::{CrateLayer, Ista, Mssa, Sparsify, ISTA_ETA, ISTA_LAMBDA};
 use super::fused::{layer_norm, AttnMask, CrateBackend};
 use crate::weights::StateDict;
 
@@ -120,11 +120,13 @@ impl BertConfig {
             token_type_embeddings: emb(self.type_vocab_size.max(1)),
             emb_norm: ln(self.layer_norm_eps),
             layers: (0..self.num_hidden_layers)
-                .map(|_| BertLayer {
-                    norm_a: ln(LAYER_LN_EPS),
-                    mssa: Mssa::new(d, heads, d / heads, false, 0.0, device),
-                    norm_b: ln(LAYER_LN_EPS),
-                    ista: Ista::new(d, ISTA_ETA, ISTA_LAMBDA, device),
+                .map(|_| {
+                    CrateLayer::new(
+                        Mssa::new(d, heads, d / heads, false, 0.0, device),
+                        Sparsify::Ista(Ista::new(d, ISTA_ETA, ISTA_LAMBDA, device)),
+                        LAYER_LN_EPS,
+                        device,
+                    )
                 })
                 .collect(),
             mlm_dense: LinearConfig::new(d, d)
@@ -138,32 +140,14 @@ impl BertConfig {
     }
 }
 
-/// One CRATE-BERT layer.
-#[derive(Module, Debug)]
-pub struct BertLayer<B: CrateBackend> {
-    pub norm_a: LayerNorm<B>,
-    pub mssa: Mssa<B>,
-    pub norm_b: LayerNorm<B>,
-    pub ista: Ista<B>,
-}
-
-impl<B: CrateBackend> BertLayer<B> {
-    /// `h = x + W_o MSSA(LN_a x)` (softmax of `w_k w_kᵀ/√p` with padding keys masked),
-    /// `out = ISTA(LN_b h)`.
-    pub fn forward(&self, x: Tensor<B, 2>, b: usize, t: usize, mask: &AttnMask) -> Tensor<B, 2> {
-        let a = layer_norm(&self.norm_a, x.clone(), LAYER_LN_EPS);
-        let h = x + self.mssa.forward_masked(a, b, t, mask);
-        self.ista.forward(layer_norm(&self.norm_b, h, LAYER_LN_EPS))
-    }
-}
-
 #[derive(Module, Debug)]
 pub struct CrateBert<B: CrateBackend> {
     pub word_embeddings: Embedding<B>,
     pub position_embeddings: Embedding<B>,
     pub token_type_embeddings: Embedding<B>,
     pub emb_norm: LayerNorm<B>,
-    pub layers: Vec<BertLayer<B>>,
+    /// `h = x + W_o MSSA(LN_a x)` (padding keys masked), `out = ISTA(LN_b h)`.
+    pub layers: Vec<CrateLayer<B>>,
     pub mlm_dense: Linear<B>,
     pub mlm_norm: LayerNorm<B>,
     pub mlm_bias: Param<Tensor<B, 1>>,
@@ -292,7 +276,7 @@ impl<B: CrateBackend> crate::weights::OfficialKeys for CrateBert<B> {
                 format!("crate.embeddings.{e}.{}", leaf(l))
             }
             ["emb_norm", l] => format!("crate.embeddings.LayerNorm.{}", leaf(l)),
-            ["layers", i, "norm_a", l] => {
+            ["layers", i, "norm1", l] => {
                 format!("crate.encoder.layer.{i}.attention.self.prenorm.{}", leaf(l))
             }
             ["layers", i, "mssa", "qkv", l] => {
@@ -301,10 +285,12 @@ impl<B: CrateBackend> crate::weights::OfficialKeys for CrateBert<B> {
             ["layers", i, "mssa", "to_out", l] => {
                 format!("crate.encoder.layer.{i}.attention.output.dense.{}", leaf(l))
             }
-            ["layers", i, "norm_b", l] => {
+            ["layers", i, "norm2", l] => {
                 format!("crate.encoder.layer.{i}.output.prenorm.{}", leaf(l))
             }
-            ["layers", i, "ista", l] => format!("crate.encoder.layer.{i}.output.{}", leaf(l)),
+            ["layers", i, "ista", "Ista", l] => {
+                format!("crate.encoder.layer.{i}.output.{}", leaf(l))
+            }
             ["mlm_dense", l] => format!("lm_head.dense.{}", leaf(l)),
             ["mlm_norm", l] => format!("lm_head.layer_norm.{}", leaf(l)),
             ["mlm_bias"] => "lm_head.bias".to_string(),

@@ -1,11 +1,15 @@
 //! The operators every white-box variant is built from: MSSA (a gradient step on the
 //! compression term R^c), one ISTA step (a proximal step on the sparse-coding term), the
-//! overcomplete two-step ISTA of CRATE-α and crate-lm, and ToST's
+//! overcomplete two-step ISTA of CRATE-α and crate-lm, the pre-norm CRATE layer made of them
+//! (CRATE, CRATE-α, the CRATE-MAE encoder, crate-lm, CRATE-BERT), and ToST's
 //! TSSA (a step on the variational form of R^c, linear in the number of tokens).
 
-use super::fused::{self, AttnMask, CrateBackend};
+use super::fused::{self, layer_norm, AttnMask, CrateBackend};
+use super::Recorder;
 use burn::module::{Module, Param};
-use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::nn::{
+    Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
+};
 use burn::tensor::activation::{gelu, relu, softmax};
 use burn::tensor::Tensor;
 
@@ -260,6 +264,146 @@ impl<B: CrateBackend> OvercompleteIsta<B> {
     /// `D₁ A²`, `A² = relu(prerelu(y))` (CRATE-α adds the residual, crate-lm does not).
     pub fn forward(&self, y: Tensor<B, 2>) -> Tensor<B, 2> {
         self.decode(relu(self.prerelu(y)))
+    }
+}
+
+/// The sparse-coding half of a CRATE layer, on `y = LN₂ Z½`.
+#[derive(Module, Debug)]
+pub enum Sparsify<B: CrateBackend> {
+    /// `Z' = ISTA(y)`, square dictionary (CRATE, CRATE-MAE's encoder, CRATE-BERT, crate-lm `crate.py`).
+    Ista(Ista<B>),
+    /// CRATE-α: `Z' = Z½ + D₁ A²`, separate decoder `D₁` and a residual.
+    Overcomplete(OvercompleteIsta<B>),
+    /// crate-lm `crate_overcomplete.py`: `Z' = D A²`, tied decode, no residual.
+    Tied(OvercompleteIsta<B>),
+}
+
+/// One pre-norm CRATE layer: `Z½ = Z + MSSA(LN₁ Z)` (attention masked as asked), `Z' = sparsify(LN₂ Z½)`.
+#[derive(Module, Debug)]
+pub struct CrateLayer<B: CrateBackend> {
+    pub norm1: LayerNorm<B>,
+    pub mssa: Mssa<B>,
+    pub norm2: LayerNorm<B>,
+    pub ista: Sparsify<B>,
+    /// eps of `norm1`/`norm2`: 1e-5 (CRATE, crate-lm, CRATE-BERT), 1e-6 in CRATE-α's PreNorm.
+    pub ln_eps: f64,
+}
+
+impl<B: CrateBackend> CrateLayer<B> {
+    /// A layer around `mssa` and `ista` with fresh affine norms of eps `ln_eps`.
+    pub fn new(mssa: Mssa<B>, ista: Sparsify<B>, ln_eps: f64, device: &B::Device) -> Self {
+        // the shape without initialising the lazy weight (which would reorder the RNG draws)
+        let d = mssa.qkv.weight.lazy_shape()[0];
+        let ln = || LayerNormConfig::new(d).with_epsilon(ln_eps).init(device);
+        Self {
+            norm1: ln(),
+            mssa,
+            norm2: ln(),
+            ista,
+            ln_eps,
+        }
+    }
+
+    /// `MSSA(LN₁ Z)` on token rows `[b·n, d]`, every token seeing every other.
+    pub fn mssa(&self, z: Tensor<B, 2>, b: usize, n: usize) -> Tensor<B, 2> {
+        self.mssa
+            .forward(layer_norm(&self.norm1, z, self.ln_eps), b, n)
+    }
+
+    /// `Z'` for token rows `z` `[b·n, d]` of `b` sequences of `n` tokens.
+    pub fn forward(&self, z: Tensor<B, 2>, b: usize, n: usize, mask: &AttnMask) -> Tensor<B, 2> {
+        self.forward_traced(z, b, n, mask, &mut Recorder::off())
+    }
+
+    /// [`CrateLayer::forward`], recording `ln1`, `qkv`, `attn_y`, `mssa`, `attn` (= `Z½`), `ln2`,
+    /// `prerelu`, `codes` (overcomplete) and `ista` (= `Z'`) into `rec`.
+    pub fn forward_traced(
+        &self,
+        z: Tensor<B, 2>,
+        b: usize,
+        n: usize,
+        mask: &AttnMask,
+        rec: &mut Recorder<B>,
+    ) -> Tensor<B, 2> {
+        let half = self.attend(z, b, n, mask, rec);
+        let next = self.sparsify(half, rec);
+        rec.push("ista", &next);
+        next
+    }
+
+    /// `Z½ = Z + MSSA(LN₁ Z)`.
+    fn attend(
+        &self,
+        z: Tensor<B, 2>,
+        b: usize,
+        n: usize,
+        mask: &AttnMask,
+        rec: &mut Recorder<B>,
+    ) -> Tensor<B, 2> {
+        let a = layer_norm(&self.norm1, z.clone(), self.ln_eps);
+        rec.push("ln1", &a);
+        let out = {
+            let t = self.mssa.trace(a, b, n, mask);
+            rec.push("qkv", &t.qkv);
+            rec.push("attn_y", &t.heads);
+            rec.push("mssa", &t.out);
+            t.out
+        };
+        let half = z + out;
+        rec.push("attn", &half);
+        half
+    }
+
+    /// `Z'` from `Z½`: `ISTA(LN₂ Z½)`, CRATE-α `Z½ + D₁ A²`, crate-lm overcomplete `D A²`.
+    fn sparsify(&self, half: Tensor<B, 2>, rec: &mut Recorder<B>) -> Tensor<B, 2> {
+        match &self.ista {
+            Sparsify::Ista(ista) => {
+                let y = self.ln2(half, rec);
+                if !rec.wants("prerelu") {
+                    return ista.forward(y);
+                }
+                let pre = ista.prerelu(y);
+                rec.push("prerelu", &pre);
+                relu(pre)
+            }
+            // CRATE-α adds the residual around the sparse-coding block.
+            Sparsify::Overcomplete(odl) => half.clone() + self.decode_codes(odl, half, rec),
+            Sparsify::Tied(odl) => self.decode_codes(odl, half, rec),
+        }
+    }
+
+    /// `y = LN₂ Z½`.
+    fn ln2(&self, half: Tensor<B, 2>, rec: &mut Recorder<B>) -> Tensor<B, 2> {
+        let y = layer_norm(&self.norm2, half, self.ln_eps);
+        rec.push("ln2", &y);
+        y
+    }
+
+    /// `D₁ A²` (`D A²` when tied), `A² = relu(prerelu(LN₂ Z½))`.
+    fn decode_codes(
+        &self,
+        odl: &OvercompleteIsta<B>,
+        half: Tensor<B, 2>,
+        rec: &mut Recorder<B>,
+    ) -> Tensor<B, 2> {
+        let pre = odl.prerelu(self.ln2(half, rec));
+        rec.push("prerelu", &pre);
+        let codes = relu(pre);
+        rec.push("codes", &codes);
+        odl.decode(codes)
+    }
+
+    /// `Z'` of the first token (cls) of each sequence only, `[b, d]`: all that a cls-pooled
+    /// head reads from the last layer. The keys are every token, but the output projection,
+    /// LN₂ and the sparse-coding step run on `b` rows instead of `b·n`.
+    pub fn forward_first(&self, z: Tensor<B, 2>, b: usize, n: usize) -> Tensor<B, 2> {
+        let [_, d] = z.dims();
+        let z_first = z.clone().reshape([b, n, d]).narrow(1, 0, 1).reshape([b, d]);
+        let w = self
+            .mssa
+            .project(layer_norm(&self.norm1, z, self.ln_eps), b, n);
+        let half = z_first + self.mssa.forward_first(w);
+        self.sparsify(half, &mut Recorder::off())
     }
 }
 

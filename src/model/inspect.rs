@@ -4,7 +4,7 @@
 use anyhow::{ensure, Result};
 use burn::tensor::Tensor;
 
-use super::fused::{layer_norm, merge_heads};
+use super::fused::{layer_norm, merge_heads, AttnMask};
 use super::{Activations, Crate, CrateBackend};
 
 /// What layer `l` computes on a batch of `b` images with `n` tokens (cls first).
@@ -51,7 +51,7 @@ pub fn inspect_layer<B: CrateBackend>(
     let [b, n, d] = z.dims();
     let mut z = z.reshape([b * n, d]);
     for l in &model.layers[..layer] {
-        z = l.forward(z, b, n).1;
+        z = l.forward(z, b, n, &AttnMask::None);
     }
     let l = &model.layers[layer];
     let w = l.mssa.project(layer_norm(&l.norm1, z, l.ln_eps), b, n); // w_k = U_kᵀ LN₁(Z)

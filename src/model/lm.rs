@@ -14,17 +14,19 @@
 //!
 //! and `logits = X_L wteᵀ` (`lm_head` tied to `wte`).
 
-use super::blocks::{linear, Ista, Mssa, OvercompleteIsta, ISTA_ETA, ISTA_LAMBDA, OVERCOMPLETE};
+use super::blocks::{
+    linear, CrateLayer, Ista, Mssa, OvercompleteIsta, Sparsify, ISTA_ETA, ISTA_LAMBDA, OVERCOMPLETE,
+};
 pub use super::blocks::{Mlp, LN_EPS};
 use super::fused::{self, layer_norm, matmul, merge_heads, split_heads, AttnMask, CrateBackend};
 use super::tost_lm::{self, TostLmBlock};
-use super::{Activations, Arch};
+use super::{Activations, Arch, Recorder};
 use anyhow::{bail, ensure, Context, Result};
 use burn::module::Module;
 use burn::nn::{
     DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear,
 };
-use burn::tensor::activation::{log_softmax, relu, softmax};
+use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -231,7 +233,7 @@ impl LmConfig {
                 } else if self.is_gpt() {
                     LmBlock::Gpt(GptBlock::new(d, self.n_head, proj_std, device))
                 } else {
-                    LmBlock::Crate(CrateLmBlock::new(
+                    LmBlock::Crate(crate_block(
                         d,
                         self.n_head,
                         proj_std,
@@ -291,76 +293,22 @@ fn causal_mssa<B: CrateBackend>(
     }
 }
 
-/// The ISTA sub-layer of either crate-lm file.
-#[derive(Module, Debug)]
-pub enum IstaStep<B: CrateBackend> {
-    /// `crate.py`: `ReLU(z + η(zW − zWᵀW) − ηλ)`, W `[d, d]`.
-    Complete(Ista<B>),
-    /// `crate_overcomplete.py`: two ISTA steps on codes of width 4d, W `[4d, d]`, tied decode `a₁W`.
-    Overcomplete(OvercompleteIsta<B>),
-}
-
-impl<B: CrateBackend> IstaStep<B> {
-    fn forward(&self, z: Tensor<B, 2>, rec: &mut Recorder<B>) -> Tensor<B, 2> {
-        match self {
-            IstaStep::Complete(ista) => {
-                if !rec.on() {
-                    return ista.forward(z);
-                }
-                let pre = ista.prerelu(z);
-                rec.push("prerelu", &pre);
-                relu(pre)
-            }
-            IstaStep::Overcomplete(ista) => {
-                let pre = ista.prerelu(z);
-                rec.push("prerelu", &pre);
-                let codes = relu(pre);
-                rec.push("codes", &codes);
-                ista.decode(codes)
-            }
-        }
-    }
-}
-
-/// One causal CRATE layer: `X½ = X + MSSA(LN₁ X)`, `X' = ISTA(LN₂ X½)`.
-#[derive(Module, Debug)]
-pub struct CrateLmBlock<B: CrateBackend> {
-    pub prenorm_1: LayerNorm<B>,
-    pub attn: Mssa<B>,
-    pub prenorm_2: LayerNorm<B>,
-    pub ista: IstaStep<B>,
-}
-
-impl<B: CrateBackend> CrateLmBlock<B> {
-    fn new(d: usize, n_head: usize, proj_std: f64, overcomplete: bool, dev: &B::Device) -> Self {
-        Self {
-            prenorm_1: ln(d, dev),
-            attn: causal_mssa(d, n_head, proj_std, dev),
-            prenorm_2: ln(d, dev),
-            ista: if overcomplete {
-                IstaStep::Overcomplete(OvercompleteIsta::tied(d, dev))
-            } else {
-                IstaStep::Complete(Ista::new(d, ISTA_ETA, ISTA_LAMBDA, dev))
-            },
-        }
-    }
-
-    fn forward(&self, x: Tensor<B, 2>, b: usize, n: usize, rec: &mut Recorder<B>) -> Tensor<B, 2> {
-        let a = layer_norm(&self.prenorm_1, x.clone(), LN_EPS);
-        rec.push("ln1", &a);
-        // SSA_k = causal softmax(w_k w_kᵀ/√dh) w_k,  w = c_attn(x)
-        let mssa = self.attn.trace(a, b, n, &AttnMask::Causal);
-        rec.push("qkv", &mssa.qkv);
-        rec.push("attn_y", &mssa.heads);
-        rec.push("mssa", &mssa.out);
-        let half = x + mssa.out;
-        rec.push("attn", &half);
-        let z = layer_norm(&self.prenorm_2, half, LN_EPS);
-        rec.push("ln2", &z);
-        let out = self.ista.forward(z, rec);
-        rec.push("ista", &out);
-        out
-    }
+/// One causal CRATE layer (`Block` of either crate-lm file): `X½ = X + MSSA(LN₁ X)` (causal),
+/// `X' = ISTA(LN₂ X½)`; `crate.py`: one ISTA step, W `[d, d]`; `crate_overcomplete.py`: two
+/// ISTA steps on codes of width 4d, W `[4d, d]`, tied decode `a₁W`.
+fn crate_block<B: CrateBackend>(
+    d: usize,
+    n_head: usize,
+    proj_std: f64,
+    overcomplete: bool,
+    dev: &B::Device,
+) -> CrateLayer<B> {
+    let ista = if overcomplete {
+        Sparsify::Tied(OvercompleteIsta::tied(d, dev))
+    } else {
+        Sparsify::Ista(Ista::new(d, ISTA_ETA, ISTA_LAMBDA, dev))
+    };
+    CrateLayer::new(causal_mssa(d, n_head, proj_std, dev), ista, LN_EPS, dev)
 }
 
 /// nanoGPT `CausalSelfAttention`: separate q, k, v from one `c_attn` `[d, 3d]`.
@@ -422,7 +370,7 @@ impl<B: CrateBackend> GptBlock<B> {
 #[derive(Module, Debug)]
 #[allow(clippy::large_enum_variant)]
 pub enum LmBlock<B: CrateBackend> {
-    Crate(CrateLmBlock<B>),
+    Crate(CrateLayer<B>),
     Gpt(GptBlock<B>),
     Tost(TostLmBlock<B>),
 }
@@ -435,27 +383,6 @@ pub struct CausalLm<B: CrateBackend> {
     pub h: Vec<LmBlock<B>>,
     pub ln_f: Option<LayerNorm<B>>,
     pub block_size: usize,
-}
-
-/// Records per-layer activations as `[b, n, ·]` under `act.layer{i}.<name>`.
-struct Recorder<'a, B: CrateBackend> {
-    acts: &'a mut Activations<B>,
-    prefix: String,
-    b: usize,
-    n: usize,
-}
-
-impl<B: CrateBackend> Recorder<'_, B> {
-    fn on(&self) -> bool {
-        self.acts.enabled()
-    }
-    fn push(&mut self, name: &str, rows: &Tensor<B, 2>) {
-        if self.acts.enabled() {
-            let c = rows.dims()[1];
-            let t = rows.clone().reshape([self.b, self.n, c]);
-            self.acts.push(&format!("{}{name}", self.prefix), &t);
-        }
-    }
 }
 
 impl<B: CrateBackend> CausalLm<B> {
@@ -477,14 +404,9 @@ impl<B: CrateBackend> CausalLm<B> {
         acts.push("act.embed", &x);
         let mut x = x.reshape([b * n, d]);
         for (i, block) in self.h.iter().enumerate() {
-            let mut rec = Recorder {
-                acts: &mut *acts,
-                prefix: format!("act.layer{i}."),
-                b,
-                n,
-            };
+            let mut rec = Recorder::layer(&mut *acts, "act.layer", i, b, n);
             x = match block {
-                LmBlock::Crate(blk) => blk.forward(x, b, n, &mut rec),
+                LmBlock::Crate(blk) => blk.forward_traced(x, b, n, &AttnMask::Causal, &mut rec),
                 LmBlock::Gpt(blk) => blk.forward(x, b, n, &mut rec),
                 LmBlock::Tost(blk) => {
                     let (half, out) = blk.forward(x, b, n);
@@ -653,13 +575,17 @@ pub fn cross_entropy<B: CrateBackend>(
 
 impl<B: CrateBackend> crate::weights::OfficialKeys for CausalLm<B> {
     /// burn path → crate-lm / nanoGPT key (`transformer.` + the same field names; enum variants and
-    /// burn's LayerNorm `gamma`/`beta` names removed; [`Mssa`]'s `qkv`/`to_out` are `c_attn`/`c_proj`).
+    /// burn's LayerNorm `gamma`/`beta` names removed; [`CrateLayer`]'s `norm1`/`mssa`/`norm2` are
+    /// `prenorm_1`/`attn`/`prenorm_2`, [`Mssa`]'s `qkv`/`to_out` are `c_attn`/`c_proj`).
     fn official_key(path: &[String]) -> String {
         let parts: Vec<&str> = path
             .iter()
             .map(|s| s.as_str())
-            .filter(|s| !matches!(*s, "Crate" | "Gpt" | "Tost" | "Complete" | "Overcomplete"))
+            .filter(|s| !matches!(*s, "Crate" | "Gpt" | "Tost" | "Ista" | "Tied"))
             .map(|s| match s {
+                "norm1" => "prenorm_1",
+                "mssa" => "attn",
+                "norm2" => "prenorm_2",
                 "qkv" => "c_attn",
                 "to_out" => "c_proj",
                 s => crate::weights::torch_leaf(s),

@@ -19,10 +19,10 @@ use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-use super::blocks::{Ista, Mssa, PatchConv, ISTA_ETA};
-use super::fused::{layer_norm, CrateBackend};
-use super::vision::{patchify, CrateConfig, CrateLayer, Sparsify, LN_EPS};
-use super::{Activations, Arch, Pool};
+use super::blocks::{CrateLayer, Ista, Mssa, PatchConv, Sparsify, ISTA_ETA};
+use super::fused::{layer_norm, AttnMask, CrateBackend};
+use super::vision::{patchify, CrateConfig, LN_EPS};
+use super::{Activations, Arch, Pool, Recorder};
 use crate::weights::StateDict;
 
 /// eps of the two outer norms (`norm`, `decoder_norm`): `partial(nn.LayerNorm, eps=1e-6)`.
@@ -278,12 +278,13 @@ impl MaeConfig {
             decoder_pos_embed: fixed(sincos),
             decoder_embed: zero_bias(xavier(d, d, true)),
             blocks: (0..self.depth)
-                .map(|_| CrateLayer {
-                    norm1: ln(LN_EPS),
-                    mssa: mssa(self.num_heads),
-                    norm2: ln(LN_EPS),
-                    ista: Sparsify::Ista(Ista::new(d, ISTA_ETA, self.lambd, device)),
-                    ln_eps: LN_EPS,
+                .map(|_| {
+                    CrateLayer::new(
+                        mssa(self.num_heads),
+                        Sparsify::Ista(Ista::new(d, ISTA_ETA, self.lambd, device)),
+                        LN_EPS,
+                        device,
+                    )
                 })
                 .collect(),
             norm: ln(OUTER_EPS),
@@ -524,13 +525,8 @@ impl<B: CrateBackend> CrateMae<B> {
     ) -> Tensor<B, 2> {
         let d = z.dims()[1];
         for (i, layer) in self.blocks.iter().enumerate() {
-            let (half, next) = layer.forward(z, b, n);
-            acts.push(&format!("act.enc.layer{i}.attn"), &half.reshape([b, n, d]));
-            acts.push(
-                &format!("act.enc.layer{i}.ista"),
-                &next.clone().reshape([b, n, d]),
-            );
-            z = next;
+            let mut rec = Recorder::layer(acts, "act.enc.layer", i, b, n).only(&["attn", "ista"]);
+            z = layer.forward_traced(z, b, n, &AttnMask::None, &mut rec);
         }
         let z = layer_norm(&self.norm, z, OUTER_EPS);
         acts.push("act.enc_norm", &z.clone().reshape([b, n, d]));

@@ -1,4 +1,4 @@
-//! CRATE and ToST models. `blocks` holds the shared operators (MSSA, ISTA, overcomplete ISTA, TSSA); each variant is one file.
+//! CRATE and ToST models. `blocks` holds the shared operators (MSSA, ISTA, overcomplete ISTA, the pre-norm CRATE layer, TSSA); each variant is one file.
 
 pub mod alpha;
 pub mod arch;
@@ -76,6 +76,75 @@ impl<B: Backend> Activations<B> {
     }
     pub fn into_vec(self) -> Vec<Captured> {
         self.items.unwrap_or_default()
+    }
+}
+
+/// Records a layer's intermediate token rows `[b·n, c]` as `[b, n, c]` under
+/// `{prefix}{layer}.{name}` (e.g. `act.layer3.ista`): every name, or only those of [`Recorder::only`].
+pub struct Recorder<'a, B: Backend> {
+    acts: Option<&'a mut Activations<B>>,
+    prefix: &'static str,
+    layer: usize,
+    b: usize,
+    n: usize,
+    only: &'static [&'static str],
+}
+
+impl<'a, B: Backend> Recorder<'a, B> {
+    /// Records nothing.
+    pub fn off() -> Self {
+        Self {
+            acts: None,
+            prefix: "",
+            layer: 0,
+            b: 0,
+            n: 0,
+            only: &[],
+        }
+    }
+
+    /// Records layer `layer` of `b` sequences of `n` tokens into `acts` (when it is on).
+    pub fn layer(
+        acts: &'a mut Activations<B>,
+        prefix: &'static str,
+        layer: usize,
+        b: usize,
+        n: usize,
+    ) -> Self {
+        Self {
+            acts: Some(acts),
+            prefix,
+            layer,
+            b,
+            n,
+            only: &[],
+        }
+    }
+
+    /// Keep only `names`.
+    pub fn only(self, names: &'static [&'static str]) -> Self {
+        Self {
+            only: names,
+            ..self
+        }
+    }
+
+    /// Whether [`Recorder::push`] keeps `name`.
+    pub fn wants(&self, name: &str) -> bool {
+        self.acts.as_ref().is_some_and(|a| a.enabled())
+            && (self.only.is_empty() || self.only.contains(&name))
+    }
+
+    pub fn push(&mut self, name: &str, rows: &Tensor<B, 2>) {
+        if !self.wants(name) {
+            return;
+        }
+        let c = rows.dims()[1];
+        let t = rows.clone().reshape([self.b, self.n, c]);
+        let key = format!("{}{}.{name}", self.prefix, self.layer);
+        if let Some(acts) = self.acts.as_mut() {
+            acts.push(&key, &t);
+        }
     }
 }
 

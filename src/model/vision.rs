@@ -4,7 +4,7 @@
 //! `Z½ = Z + MSSA(LN₁ Z)` and `Z' = ISTA(LN₂ Z½)` (no residual around ISTA), cls or mean pooling,
 //! head `LN + Linear`.
 
-use super::fused::{self, layer_norm, CrateBackend};
+use super::fused::{self, layer_norm, AttnMask, CrateBackend};
 use anyhow::{ensure, Context, Result};
 use burn::module::{Module, Param};
 use burn::nn::{
@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 use super::alpha;
+pub use super::blocks::{CrateLayer, Sparsify};
 use super::blocks::{Ista, Mssa, OvercompleteIsta, PatchConv, ISTA_ETA, ISTA_LAMBDA};
-use super::{Activations, Arch, Pool};
+use super::{Activations, Arch, Pool, Recorder};
 
 /// Constructor arguments of the official `CRATE` class (same names, same defaults).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -287,17 +288,18 @@ impl CrateConfig {
             pos_embedding: randn.init([1, self.num_patches() + 1, d], device),
             emb_dropout: DropoutConfig::new(self.emb_dropout).init(),
             layers: (0..self.depth)
-                .map(|_| CrateLayer {
-                    norm1: ln(d),
-                    mssa: Mssa::new(d, self.heads, self.dim_head, true, self.dropout, device),
-                    norm2: ln(d),
-                    ista: Sparsify::Ista(Ista::new(
-                        d,
-                        self.ista,
-                        self.lambd.unwrap_or(ISTA_LAMBDA),
+                .map(|_| {
+                    CrateLayer::new(
+                        Mssa::new(d, self.heads, self.dim_head, true, self.dropout, device),
+                        Sparsify::Ista(Ista::new(
+                            d,
+                            self.ista,
+                            self.lambd.unwrap_or(ISTA_LAMBDA),
+                            device,
+                        )),
+                        LN_EPS,
                         device,
-                    )),
-                    ln_eps: LN_EPS,
+                    )
                 })
                 .collect(),
             head_norm: ln(d),
@@ -325,76 +327,19 @@ impl CrateConfig {
             pos_embedding: randn.init([1, self.num_patches() + 1, d], device),
             emb_dropout: DropoutConfig::new(self.emb_dropout).init(),
             layers: (0..self.depth)
-                .map(|_| CrateLayer {
-                    norm1: ln(d, alpha::PRENORM_EPS),
-                    mssa: Mssa::new(d, self.heads, self.dim_head, false, self.dropout, device),
-                    norm2: ln(d, alpha::PRENORM_EPS),
-                    ista: Sparsify::Overcomplete(OvercompleteIsta::separate(d, device)),
-                    ln_eps: alpha::PRENORM_EPS,
+                .map(|_| {
+                    CrateLayer::new(
+                        Mssa::new(d, self.heads, self.dim_head, false, self.dropout, device),
+                        Sparsify::Overcomplete(OvercompleteIsta::separate(d, device)),
+                        alpha::PRENORM_EPS,
+                        device,
+                    )
                 })
                 .collect(),
             head_norm: ln(d, LN_EPS),
             head: LinearConfig::new(d, self.num_classes).init(device),
             patch_size: self.patch_size,
             mean_pool: self.pool == Pool::Mean,
-        }
-    }
-}
-
-/// The sparse-coding half of a layer: CRATE's square ISTA step, or CRATE-α's overcomplete
-/// two-step ISTA with a separate decoding dictionary.
-#[derive(Module, Debug)]
-pub enum Sparsify<B: CrateBackend> {
-    Ista(Ista<B>),
-    Overcomplete(OvercompleteIsta<B>),
-}
-
-/// One CRATE layer: `Z½ = Z + MSSA(LN₁ Z)`, `Z' = ISTA(LN₂ Z½)`
-/// (CRATE-α: `Z' = Z½ + D₁·ISTA₂(LN₂ Z½)`).
-#[derive(Module, Debug)]
-pub struct CrateLayer<B: CrateBackend> {
-    pub norm1: LayerNorm<B>,
-    pub mssa: Mssa<B>,
-    pub norm2: LayerNorm<B>,
-    pub ista: Sparsify<B>,
-    /// eps of `norm1`/`norm2`: 1e-5 in CRATE, 1e-6 in CRATE-α's PreNorm.
-    pub ln_eps: f64,
-}
-
-impl<B: CrateBackend> CrateLayer<B> {
-    /// `MSSA(LN₁ Z)` on token rows `[b·n, d]`.
-    pub fn mssa(&self, z: Tensor<B, 2>, b: usize, n: usize) -> Tensor<B, 2> {
-        self.mssa
-            .forward(layer_norm(&self.norm1, z, self.ln_eps), b, n)
-    }
-
-    /// Returns `(Z½, Z')` for token rows `z` `[b·n, d]`.
-    pub fn forward(&self, z: Tensor<B, 2>, b: usize, n: usize) -> (Tensor<B, 2>, Tensor<B, 2>) {
-        let half = z.clone() + self.mssa(z, b, n);
-        let next = self.sparsify(half.clone());
-        (half, next)
-    }
-
-    /// `Z'` of the first token (cls) of each sequence only, `[b, d]`: all that a cls-pooled
-    /// head reads from the last layer. The keys are every token, but the output projection,
-    /// LN₂ and the sparse-coding step run on `b` rows instead of `b·n`.
-    pub fn forward_first(&self, z: Tensor<B, 2>, b: usize, n: usize) -> Tensor<B, 2> {
-        let [_, d] = z.dims();
-        let z_first = z.clone().reshape([b, n, d]).narrow(1, 0, 1).reshape([b, d]);
-        let w = self
-            .mssa
-            .project(layer_norm(&self.norm1, z, self.ln_eps), b, n);
-        let half = z_first + self.mssa.forward_first(w);
-        self.sparsify(half)
-    }
-
-    /// `ISTA(LN₂ Z½)` (CRATE-α: `Z½ + D₁·ISTA₂(LN₂ Z½)`).
-    fn sparsify(&self, half: Tensor<B, 2>) -> Tensor<B, 2> {
-        let y = layer_norm(&self.norm2, half.clone(), self.ln_eps);
-        match &self.ista {
-            Sparsify::Ista(ista) => ista.forward(y),
-            // CRATE-α adds the residual around the sparse-coding block.
-            Sparsify::Overcomplete(odl) => half + odl.forward(y),
         }
     }
 }
@@ -509,22 +454,9 @@ impl<B: CrateBackend> Crate<B> {
                 let first = layer.forward_first(z, b, n);
                 return layer_norm(&self.head_norm, first, LN_EPS);
             }
-            if acts.enabled() {
-                acts.push(
-                    &format!("act.layer{i}.mssa"),
-                    &layer.mssa(z.clone(), b, n).reshape([b, n, d]),
-                );
-            }
-            let (half, next) = layer.forward(z, b, n);
-            acts.push(
-                &format!("act.layer{i}.attn"),
-                &half.clone().reshape([b, n, d]),
-            );
-            acts.push(
-                &format!("act.layer{i}.ista"),
-                &next.clone().reshape([b, n, d]),
-            );
-            z = next;
+            let mut rec =
+                Recorder::layer(acts, "act.layer", i, b, n).only(&["mssa", "attn", "ista"]);
+            z = layer.forward_traced(z, b, n, &AttnMask::None, &mut rec);
         }
         let pooled = self.pool(z.reshape([b, n, d]));
         let normed = layer_norm(&self.head_norm, pooled, LN_EPS);
