@@ -856,4 +856,6 @@ fn mae_train_refuses_classifier_flags_and_has_its_own_run_dir() {
     }
     assert!(ok(&["mae", "train", "--help"]).contains("[default: runs/mae-fmnist]"));
     assert!(ok(&["dino", "train", "--help"]).contains("[default: runs/dino]"));
+    assert!(ok(&["lm", "train", "--help"]).contains("[default: runs/lm]"));
+    assert!(ok(&["bert", "train", "--help"]).contains("[default: runs/bert]"));
 }

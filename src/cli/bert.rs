@@ -5,14 +5,11 @@
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
-use std::path::PathBuf;
 
 use super::WeightArgs;
 use whitebox::model::bert::CrateBert;
-use whitebox::text::{self, Tokenizer};
+use whitebox::text::Tokenizer;
 use whitebox::train::bert::{BertModelSettings, BertRecipeSettings, BertTrainSettings};
-use whitebox::train::lm::TokenRunSettings;
-use whitebox::train::Cancel;
 use whitebox::InferBackend;
 
 #[derive(Args, Debug)]
@@ -35,21 +32,10 @@ const M: BertModelSettings = BertModelSettings::DEFAULT;
 const R: BertRecipeSettings = BertRecipeSettings::DEFAULT;
 
 #[derive(Args, Debug)]
+#[command(mut_arg("run_dir", |a| a.default_value("runs/bert").required(false)))]
 pub struct BertTrainArgs {
-    /// Prepared character-token folder (`whitebox lm prepare`); prepared from --corpus when missing.
-    #[arg(long, default_value = "data/shakespeare-char")]
-    pub data: PathBuf,
-    #[arg(long, default_value = text::DEFAULT_CORPUS)]
-    pub corpus: PathBuf,
-    #[arg(long, default_value = "runs/bert")]
-    pub run_dir: PathBuf,
-    /// Continue the run in --run-dir from its last checkpoint (model and recipe flags, when
-    /// given, must equal the run's).
-    #[arg(long)]
-    pub resume: bool,
-    /// Start over in a --run-dir that holds a run: its checkpoint and metrics are removed first.
-    #[arg(long, conflicts_with = "resume")]
-    pub overwrite: bool,
+    #[command(flatten)]
+    pub run: super::lm::TokenRunArgs,
     #[arg(long, default_value_t = M.hidden_size)]
     pub hidden_size: usize,
     #[arg(long, default_value_t = M.layers)]
@@ -79,20 +65,6 @@ pub struct BertTrainArgs {
     pub eval_iters: usize,
     #[arg(long, default_value_t = R.seed)]
     pub seed: u64,
-    /// Flags given on the command line (filled in after parsing; `--resume` checks them).
-    #[arg(skip)]
-    pub given: Vec<String>,
-    /// Stop this invocation after N iterations (continue with --resume).
-    #[arg(long)]
-    pub stop_after: Option<usize>,
-    /// Stop when the run has trained this many seconds (validation and checkpoint first).
-    #[arg(long)]
-    pub max_seconds: Option<f64>,
-    /// GEMM arithmetic: f32, or bf16 inputs with f32 accumulation (needs AVX512-BF16; see README).
-    #[arg(long, value_parser = super::values::PrecisionChoice::parser(), default_value = "f32")]
-    pub precision: whitebox::model::bf16::Precision,
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -115,17 +87,7 @@ pub fn run(a: BertArgs) -> Result<()> {
 /// The library's settings of `bert train`'s flags (its defaults where not given).
 fn train_settings(a: BertTrainArgs) -> BertTrainSettings {
     BertTrainSettings {
-        run: TokenRunSettings {
-            given: a.given,
-            resume: a.resume,
-            overwrite: a.overwrite,
-            stop_after: a.stop_after,
-            max_seconds: a.max_seconds,
-            show_progress: super::lm::progress(a.json),
-            cancel: Cancel::on_signals(),
-            precision: Some(a.precision),
-            ..TokenRunSettings::new(&a.data, &a.corpus, &a.run_dir)
-        },
+        run: a.run.settings(),
         model: BertModelSettings {
             hidden_size: a.hidden_size,
             layers: a.layers,
@@ -147,7 +109,7 @@ fn train_settings(a: BertTrainArgs) -> BertTrainSettings {
 }
 
 pub fn train(a: BertTrainArgs) -> Result<()> {
-    let json = a.json;
+    let json = a.run.json;
     let out = whitebox::train::bert::train(&train_settings(a))?;
     println!(
         "validation masked-LM loss {:.4} after {} iterations ({:.0} s); weights in {}",

@@ -48,17 +48,68 @@ pub struct PrepareArgs {
     pub val_fraction: f64,
 }
 
-/// The defaults of `lm train`'s recipe flags.
-const R: LmRecipeSettings = LmRecipeSettings::DEFAULT;
-
+/// Where `lm train` and `bert train` read and write, and how this invocation runs.
 #[derive(Args, Debug)]
-pub struct LmTrainArgs {
+pub struct TokenRunArgs {
     /// Prepared token folder (`whitebox lm prepare`); prepared from --corpus when missing.
     #[arg(long, default_value = "data/shakespeare-char")]
     pub data: PathBuf,
     /// Corpus used when --data has not been prepared yet (character tokenizer).
     #[arg(long, default_value = text::DEFAULT_CORPUS)]
     pub corpus: PathBuf,
+    /// Run folder: checkpoint/, metrics.jsonl and the final model.safetensors.
+    #[arg(long)]
+    pub run_dir: PathBuf,
+    /// Continue the run in --run-dir from its last checkpoint (flags that define the run, when
+    /// given, must equal the run's).
+    #[arg(long)]
+    pub resume: bool,
+    /// Start over in a --run-dir that holds a run: its checkpoint and metrics are removed first.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
+    /// Stop this invocation after N iterations (continue with --resume).
+    #[arg(long)]
+    pub stop_after: Option<usize>,
+    /// Stop when the run has trained this many seconds (validation and checkpoint first).
+    #[arg(long)]
+    pub max_seconds: Option<f64>,
+    /// GEMM arithmetic: f32, or bf16 inputs with f32 accumulation (needs AVX512-BF16; see README).
+    #[arg(long, value_parser = super::values::PrecisionChoice::parser(), default_value = "f32")]
+    pub precision: whitebox::model::bf16::Precision,
+    /// End by printing one JSON object on the last line.
+    #[arg(long)]
+    pub json: bool,
+    /// Flags given on the command line (filled in after parsing; `--resume` checks them).
+    #[arg(skip)]
+    pub given: Vec<String>,
+}
+
+impl TokenRunArgs {
+    /// The library's settings of these flags: a progress bar on a terminal unless `--json`,
+    /// Ctrl-C saves and stops.
+    pub fn settings(&self) -> TokenRunSettings {
+        TokenRunSettings {
+            given: self.given.clone(),
+            resume: self.resume,
+            overwrite: self.overwrite,
+            stop_after: self.stop_after,
+            max_seconds: self.max_seconds,
+            show_progress: std::io::IsTerminal::is_terminal(&std::io::stderr()) && !self.json,
+            cancel: Cancel::on_signals(),
+            precision: Some(self.precision),
+            ..TokenRunSettings::new(&self.data, &self.corpus, &self.run_dir)
+        }
+    }
+}
+
+/// The defaults of `lm train`'s recipe flags.
+const R: LmRecipeSettings = LmRecipeSettings::DEFAULT;
+
+#[derive(Args, Debug)]
+#[command(mut_arg("run_dir", |a| a.default_value("runs/lm").required(false)))]
+pub struct LmTrainArgs {
+    #[command(flatten)]
+    pub run: TokenRunArgs,
     /// Preset (char, crate-1l, crate, crate-medium, crate-large, crate-xl) or a JSON config.
     #[arg(long, default_value = "char")]
     pub config: String,
@@ -75,18 +126,6 @@ pub struct LmTrainArgs {
     pub n_embd: Option<usize>,
     #[arg(long)]
     pub block_size: Option<usize>,
-    #[arg(long, default_value = "runs/lm")]
-    pub run_dir: PathBuf,
-    /// Continue the run in --run-dir from its last checkpoint (flags that define the run, when
-    /// given, must equal the run's).
-    #[arg(long)]
-    pub resume: bool,
-    /// Start over in a --run-dir that holds a run: its checkpoint and metrics are removed first.
-    #[arg(long, conflicts_with = "resume")]
-    pub overwrite: bool,
-    /// Flags given on the command line (filled in after parsing; `--resume` checks them).
-    #[arg(skip)]
-    pub given: Vec<String>,
     #[arg(long, default_value_t = R.max_iters)]
     pub max_iters: usize,
     #[arg(long, default_value_t = R.batch_size)]
@@ -116,18 +155,6 @@ pub struct LmTrainArgs {
     pub eval_iters: usize,
     #[arg(long, default_value_t = R.seed)]
     pub seed: u64,
-    /// Stop this invocation after N iterations (continue with --resume).
-    #[arg(long)]
-    pub stop_after: Option<usize>,
-    /// Stop when the run has trained this many seconds (validation and checkpoint first).
-    #[arg(long)]
-    pub max_seconds: Option<f64>,
-    /// GEMM arithmetic: f32, or bf16 inputs with f32 accumulation (needs AVX512-BF16; see README).
-    #[arg(long, value_parser = super::values::PrecisionChoice::parser(), default_value = "f32")]
-    pub precision: whitebox::model::bf16::Precision,
-    /// End by printing one JSON object on the last line.
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -193,17 +220,7 @@ fn print_prepared(out: &Path, meta: &text::DataMeta) {
 fn train_settings(a: LmTrainArgs) -> Result<LmTrainSettings> {
     let arch = a.arch.as_deref().map(str::parse).transpose()?;
     Ok(LmTrainSettings {
-        run: TokenRunSettings {
-            given: a.given,
-            resume: a.resume,
-            overwrite: a.overwrite,
-            stop_after: a.stop_after,
-            max_seconds: a.max_seconds,
-            show_progress: progress(a.json),
-            cancel: Cancel::on_signals(),
-            precision: Some(a.precision),
-            ..TokenRunSettings::new(&a.data, &a.corpus, &a.run_dir)
-        },
+        run: a.run.settings(),
         model: LmModelSettings {
             config: a.config,
             arch,
@@ -230,16 +247,11 @@ fn train_settings(a: LmTrainArgs) -> Result<LmTrainSettings> {
     })
 }
 
-/// A progress bar on a terminal unless `--json`.
-pub(super) fn progress(json: bool) -> bool {
-    std::io::IsTerminal::is_terminal(&std::io::stderr()) && !json
-}
-
 pub fn train(a: LmTrainArgs) -> Result<()> {
-    if let Some(meta) = text::prepare_missing(&a.data, &a.corpus)? {
-        print_prepared(&a.data, &meta);
+    if let Some(meta) = text::prepare_missing(&a.run.data, &a.run.corpus)? {
+        print_prepared(&a.run.data, &meta);
     }
-    let json = a.json;
+    let json = a.run.json;
     let out = whitebox::train::lm::train(&train_settings(a)?)?;
     if let Some(m) = &out.last {
         println!(

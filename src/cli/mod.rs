@@ -404,13 +404,10 @@ pub fn run() -> anyhow::Result<()> {
             a.precision
         }
         Some(Command::Lm(lm::LmArgs {
-            command: lm::LmCommand::Train(a),
-        })) => {
-            a.given = given;
-            a.precision
-        }
-        Some(Command::Bert(bert::BertArgs {
-            command: bert::BertCommand::Train(a),
+            command: lm::LmCommand::Train(lm::LmTrainArgs { run: a, .. }),
+        }))
+        | Some(Command::Bert(bert::BertArgs {
+            command: bert::BertCommand::Train(bert::BertTrainArgs { run: a, .. }),
         })) => {
             a.given = given;
             a.precision
