@@ -2,9 +2,9 @@
 //! `cargo run --release --example train_fmnist [-- DATA_DIR EPOCHS TRAIN_LIMIT]`
 //! (defaults: the Debian package's folder, 1 epoch, 6,000 training images).
 
-use whitebox::data::{self, Augment, Format, Split};
+use whitebox::data::{self, Format, Split};
 use whitebox::model::CrateConfig;
-use whitebox::train::{self, Classify, OptimSettings, OptimizerKind, Recipe, TrainOptimizer};
+use whitebox::train::{self, Classify, Recipe, TrainOptimizer};
 use whitebox::train::{TrainRun, TrainState};
 use whitebox::TrainBackend;
 
@@ -19,28 +19,11 @@ fn main() -> anyhow::Result<()> {
     let device = Default::default();
     let config = CrateConfig::resolve("fmnist")?; // 28×28, patch 7, d 96, 6 layers, 4 heads
     let model = config.init::<TrainBackend>(&device);
+    // the main job's recipe (`whitebox train`'s defaults), without warm-up for a short run
     let recipe = Recipe {
         epochs,
-        batch_size: 128,
-        lr: 2e-3,
-        min_lr: 1e-5,
         warmup_epochs: 0.0,
-        label_smoothing: 0.1,
-        seed: 0,
-        optim: OptimSettings {
-            kind: OptimizerKind::Adamw,
-            weight_decay: 0.05,
-            beta1: 0.9,
-            beta2: 0.999,
-            no_decay_norm_bias: false,
-            clip_grad_norm: None,
-        },
-        augment: Augment {
-            crop_padding: 2,
-            hflip: false,
-        },
-        schedule: Default::default(),
-        weight_decay_end: None,
+        ..Recipe::MAIN_JOB
     };
     let optim = TrainOptimizer::new(recipe.optim.clone(), &model);
     let mut state = TrainState::new(recipe, &dir);

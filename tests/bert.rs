@@ -349,17 +349,7 @@ fn bert_train_and_fill_mask_from_the_command_line() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
     assert!(lines[0].starts_with("<mask> 1: "), "{out}");
-    let probs: Vec<f64> = lines[0]
-        .split(", ")
-        .map(|e| {
-            e.rsplit(' ')
-                .next()
-                .unwrap()
-                .trim_end_matches('%')
-                .parse()
-                .unwrap()
-        })
-        .collect();
+    let probs = common::percentages(lines[0]);
     assert_eq!(probs.len(), 5);
     assert!(probs.windows(2).all(|p| p[0] >= p[1]) && probs.iter().sum::<f64>() <= 100.01);
     assert!(

@@ -9,7 +9,7 @@ use whitebox::data::{Augment, Format};
 use whitebox::model::CrateConfig;
 use whitebox::train::image_run::{self, Finished, ImageRun, Saved};
 use whitebox::train::resume::ResumeCheck;
-use whitebox::train::{Classify, OptimSettings, OptimizerKind, Recipe, RunOptions};
+use whitebox::train::{Classify, Recipe, RunOptions};
 use whitebox::TrainBackend;
 
 fn recipe(lr: f64) -> Recipe {
@@ -17,21 +17,10 @@ fn recipe(lr: f64) -> Recipe {
         epochs: 2,
         batch_size: 16,
         lr,
-        min_lr: 1e-5,
         warmup_epochs: 0.0,
-        label_smoothing: 0.1,
         seed: 3,
-        optim: OptimSettings {
-            kind: OptimizerKind::Adamw,
-            weight_decay: 0.05,
-            beta1: 0.9,
-            beta2: 0.999,
-            no_decay_norm_bias: false,
-            clip_grad_norm: None,
-        },
         augment: Augment::none(),
-        schedule: Default::default(),
-        weight_decay_end: None,
+        ..Recipe::MAIN_JOB
     }
 }
 

@@ -201,21 +201,7 @@ fn train_eval_and_errors_with_arch_tost() {
         img.to_str().unwrap(),
     ]);
     // two labels, most likely first, probabilities of a softmax
-    let probs: Vec<f64> = p
-        .trim()
-        .split(": ")
-        .nth(1)
-        .unwrap()
-        .split(", ")
-        .map(|l| {
-            l.rsplit(' ')
-                .next()
-                .unwrap()
-                .trim_end_matches('%')
-                .parse()
-                .unwrap()
-        })
-        .collect();
+    let probs = common::percentages(&p);
     assert!(p.starts_with(img.to_str().unwrap()), "{p}");
     assert_eq!(probs.len(), 2, "{p}");
     assert!(

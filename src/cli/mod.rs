@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use values::{FormatChoice, OptimizerChoice, PrecisionChoice};
 use whitebox::data::Format;
 use whitebox::model::bf16::Precision;
-use whitebox::train::OptimizerKind;
+use whitebox::train::{OptimizerKind, Recipe};
 
 #[derive(Parser, Debug)]
 #[command(name = "whitebox", version, about = "CRATE white-box transformers: train, evaluate, load official weights, run inference", long_about = None)]
@@ -230,6 +230,9 @@ pub struct DataArgs {
 /// `--epochs` of `mae train` and `dino train` (the classifier's `train` has its own default).
 pub(crate) const PRETRAIN_EPOCHS: &str = "14";
 
+/// The defaults of the training flags: the main job's recipe.
+const R: Recipe = Recipe::MAIN_JOB;
+
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// Preset name (fmnist, crate-tiny, crate-small, crate-base, crate-large, crate-alpha-B/16, …,
@@ -260,45 +263,45 @@ pub struct TrainArgs {
     pub init_from: Option<PathBuf>,
     /// Epochs of the schedule (`whitebox train`: the main job's 40; `mae train` and `dino
     /// train`: 14).
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, default_value_t = R.epochs)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = R.batch_size)]
     pub batch_size: usize,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = R.lr)]
     pub lr: f64,
     /// Final learning rate of the cosine.
-    #[arg(long, default_value_t = 1e-5)]
+    #[arg(long, default_value_t = R.min_lr)]
     pub min_lr: f64,
     /// Linear warm-up length in epochs (stepped per iteration).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = R.warmup_epochs)]
     pub warmup_epochs: f64,
     #[arg(long, value_parser = OptimizerChoice::parser(), default_value = "adamw")]
     pub optimizer: OptimizerKind,
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = R.optim.weight_decay)]
     pub weight_decay: f64,
     /// Adam/Lion β₁.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = R.optim.beta1)]
     pub beta1: f64,
     /// Adam/Lion β₂ (Lion's usual value is 0.99).
-    #[arg(long, default_value_t = 0.999)]
+    #[arg(long, default_value_t = R.optim.beta2)]
     pub beta2: f64,
     /// Do not decay LayerNorm weights, biases, the cls token and position embedding
     /// (the official code decays everything).
     #[arg(long)]
     pub no_decay_norm_bias: bool,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = R.label_smoothing)]
     pub label_smoothing: f64,
     /// Clip the global gradient norm to this value (0 = off).
     #[arg(long, default_value_t = 0.0)]
     pub clip_grad_norm: f64,
     /// Zero padding for the random crop (0 = no crop).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = R.augment.crop_padding)]
     pub crop_padding: usize,
     /// Random horizontal flip (off by default: it slowed convergence within the 14-epoch budget).
     #[arg(long)]
     pub hflip: bool,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = R.seed)]
     pub seed: u64,
     /// Stop this invocation after N epochs (the schedule still spans --epochs; continue with --resume).
     #[arg(long)]

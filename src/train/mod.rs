@@ -70,6 +70,33 @@ pub enum LrSchedule {
 }
 
 impl Recipe {
+    /// The main job's recipe (`whitebox train`'s defaults): 40 epochs of batch 128, AdamW at
+    /// 2e-3 with one warm-up epoch and a cosine to 1e-5, weight decay 0.05, label smoothing 0.1,
+    /// a random crop with 2 pixels of padding.
+    pub const MAIN_JOB: Self = Self {
+        epochs: 40,
+        batch_size: 128,
+        lr: 2e-3,
+        min_lr: 1e-5,
+        warmup_epochs: 1.0,
+        label_smoothing: 0.1,
+        seed: 0,
+        optim: OptimSettings {
+            kind: OptimizerKind::Adamw,
+            weight_decay: 0.05,
+            beta1: 0.9,
+            beta2: 0.999,
+            no_decay_norm_bias: false,
+            clip_grad_norm: None,
+        },
+        augment: Augment {
+            crop_padding: 2,
+            hflip: false,
+        },
+        schedule: LrSchedule::WarmupCosine,
+        weight_decay_end: None,
+    };
+
     /// Values training can run with, for images of `image_size` pixels; each error names the flag.
     pub fn validate(&self, image_size: usize) -> Result<()> {
         ensure!(self.epochs > 0, "--epochs must be at least 1");

@@ -159,3 +159,15 @@ pub fn fails(args: &[&str]) -> String {
     assert!(!se.contains("panicked"), "panic instead of an error: {se}");
     se
 }
+
+/// The percentages of a `label 12.3%, label 4.5%, …` list after `prefix: `, in order.
+pub fn percentages(line: &str) -> Vec<f64> {
+    let list = line.trim().split_once(": ").map_or(line, |(_, l)| l);
+    list.split(", ")
+        .map(|e| {
+            let p = e.rsplit(' ').next().unwrap().trim_end_matches('%');
+            p.parse()
+                .unwrap_or_else(|_| panic!("no percentage in {e:?}"))
+        })
+        .collect()
+}
