@@ -165,30 +165,13 @@ fn absurd_config_sizes_are_refused_with_the_field() {
 
 #[test]
 fn training_flags_are_checked() {
-    use whitebox::data::Augment;
-    use whitebox::train::{OptimSettings, OptimizerKind, Recipe};
+    use whitebox::train::Recipe;
     let ok = Recipe {
         epochs: 1,
         batch_size: 4,
         lr: 1e-3,
-        min_lr: 1e-5,
         warmup_epochs: 0.0,
-        label_smoothing: 0.1,
-        seed: 0,
-        optim: OptimSettings {
-            kind: OptimizerKind::Adamw,
-            weight_decay: 0.05,
-            beta1: 0.9,
-            beta2: 0.999,
-            no_decay_norm_bias: false,
-            clip_grad_norm: None,
-        },
-        augment: Augment {
-            crop_padding: 2,
-            hflip: false,
-        },
-        schedule: Default::default(),
-        weight_decay_end: None,
+        ..Recipe::MAIN_JOB
     };
     ok.validate(8).unwrap();
     let bad = |f: &dyn Fn(&mut Recipe)| {

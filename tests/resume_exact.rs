@@ -10,8 +10,8 @@ use whitebox::data::{Augment, ImageSet, Normalization};
 use whitebox::model::{Crate, CrateAutodiff, CrateConfig};
 use whitebox::train::checkpoint::{self, Checkpoint};
 use whitebox::train::{
-    fit, Cancel, Classify, EvalResult, OptimSettings, OptimizerKind, Progress, Recipe, RunOptions,
-    Task, TrainOptimizer, TrainRun, TrainState,
+    fit, Cancel, Classify, EvalResult, OptimSettings, Progress, Recipe, RunOptions, Task,
+    TrainOptimizer, TrainRun, TrainState,
 };
 use whitebox::weights::{apply_state_dict, canonical_ids, read_state_dict};
 use whitebox::CpuAutodiff;
@@ -77,24 +77,17 @@ fn fresh_state(train: &ImageSet) -> TrainState {
             epochs: 2,
             batch_size: 8,
             lr: 3e-3,
-            min_lr: 1e-5,
             warmup_epochs: 0.5,
-            label_smoothing: 0.1,
             seed: 3,
             optim: OptimSettings {
-                kind: OptimizerKind::Adamw,
-                weight_decay: 0.05,
-                beta1: 0.9,
-                beta2: 0.999,
-                no_decay_norm_bias: false,
                 clip_grad_norm: Some(1.0),
+                ..Recipe::MAIN_JOB.optim
             },
             augment: Augment {
                 crop_padding: 1,
                 hflip: true,
             },
-            schedule: Default::default(),
-            weight_decay_end: None,
+            ..Recipe::MAIN_JOB
         },
         normalization: Normalization::from_set(train),
         class_names: train.class_names.clone(),
