@@ -169,9 +169,20 @@ pub fn read_safetensors_all(
 /// Tensor `name` of the safetensors file `path` as an input batch: shape `[N, want…]` with
 /// N ≥ 1 and every value finite (float inputs).
 pub fn read_input_tensor(path: &Path, name: &str, want: &[usize]) -> Result<TensorData> {
-    let (mut tensors, _) = read_safetensors_all(path)?;
+    let (tensors, _) = read_safetensors_all(path)?;
+    input_tensor(&tensors, path, name, want)
+}
+
+/// [`read_input_tensor`] on the tensors already read from `path`.
+pub fn input_tensor(
+    tensors: &HashMap<String, TensorData>,
+    path: &Path,
+    name: &str,
+    want: &[usize],
+) -> Result<TensorData> {
     let t = tensors
-        .remove(name)
+        .get(name)
+        .cloned()
         .with_context(|| format!("{}: no tensor named `{name}`", path.display()))?;
     let shape = t.shape.to_vec();
     let dims: Vec<String> = want.iter().map(|d| d.to_string()).collect();

@@ -6,6 +6,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use rand::{rngs::StdRng, SeedableRng};
 use std::path::Path;
 
+use super::files::input_tensor;
 use super::{check_finite, read_input_tensor, read_safetensors_all, Loaded, StateDict};
 use crate::model::lm;
 use crate::model::mae::CrateMae;
@@ -78,7 +79,12 @@ fn mae_outputs<B: CrateBackend>(
     device: &B::Device,
 ) -> Result<StateDict> {
     let (tensors, _) = read_safetensors_all(path)?;
-    let input = read_input_tensor(path, "input", &[c.in_chans, c.img_size, c.img_size])?;
+    let input = input_tensor(
+        &tensors,
+        path,
+        "input",
+        &[c.in_chans, c.img_size, c.img_size],
+    )?;
     let b = input.shape[0];
     let noise = match tensors.get("noise") {
         Some(t) => {
