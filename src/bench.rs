@@ -33,6 +33,25 @@ pub enum Task {
     Bert,
 }
 
+impl Task {
+    /// `"image"`, `"lm"` or `"bert"` (as `whitebox bench --task` names it).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Task::Image(_) => "image",
+            Task::Lm => "lm",
+            Task::Bert => "bert",
+        }
+    }
+
+    /// What a rate counts: images or tokens.
+    pub fn unit(&self) -> &'static str {
+        match self {
+            Task::Image(_) => "img",
+            _ => "tok",
+        }
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -581,4 +600,120 @@ pub fn profile_table(p: &StepProfile) -> String {
         .unwrap();
     }
     out
+}
+
+/// A timing run as `whitebox bench` reports it: one line of rates (with `profile`, the CPU and
+/// the profile table after it) and the same as JSON.
+pub struct Report {
+    pub task: Task,
+    /// The timed model's config.
+    pub config: Value,
+    pub settings: Settings,
+    pub timed: Timed,
+    pub profile: bool,
+}
+
+impl Report {
+    /// Time `task` with `settings` ([`run`]).
+    pub fn measure(task: Task, settings: Settings, profile: bool) -> Result<Self> {
+        let (config, timed) = run(&task, &settings, profile)?;
+        Ok(Self {
+            task,
+            config,
+            settings,
+            timed,
+            profile,
+        })
+    }
+
+    /// Training and inference rates (items per second).
+    fn rates(&self) -> (f64, f64) {
+        let t = &self.timed;
+        (t.items as f64 / t.train_s, t.items as f64 / t.infer_s)
+    }
+
+    /// Everything [`Report`] prints, with the backend, threads, precision and peak memory.
+    pub fn json(&self) -> Value {
+        let (t, s, unit) = (&self.timed, &self.settings, self.task.unit());
+        let (train_rate, infer_rate) = self.rates();
+        let mut out = json!({
+            "task": self.task.name(),
+            "config": self.config, "batch_size": s.batch_size, "steps": s.steps,
+            "train_step_s": t.train_s, format!("train_{unit}_s"): train_rate,
+            "infer_s": t.infer_s, format!("infer_{unit}_s"): infer_rate,
+            "train_cores_busy": t.train_cores,
+            "peak_rss_bytes": peak_rss_bytes(),
+            "backend": std::any::type_name::<crate::InferBackend>(),
+            "threads": rayon::current_num_threads(),
+            "precision": format!("{:?}", crate::model::bf16::precision()).to_lowercase(),
+        });
+        if self.task.unit() == "tok" {
+            out["context"] = json!(s.context);
+        }
+        if self.profile {
+            let (cpu, flags) = profile::cpu_summary();
+            out["profile"] = profile_json(&t.profile);
+            out["cpu"] = json!(cpu);
+            out["isa"] = json!(flags);
+        }
+        out
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let (t, unit) = (&self.timed, self.task.unit());
+        let (train_rate, infer_rate) = self.rates();
+        writeln!(
+            f,
+            "train {train_rate:.1} {unit}/s ({:.3} s/step, {:.2} cores busy)  infer {infer_rate:.1} {unit}/s  peak RSS {:.0} MiB",
+            t.train_s,
+            t.train_cores,
+            peak_rss_bytes().unwrap_or(0) as f64 / 1048576.0
+        )?;
+        if self.profile {
+            let (cpu, flags) = profile::cpu_summary();
+            let isa = if flags.is_empty() {
+                "none of avx2/avx512/amx".to_string()
+            } else {
+                flags.join(" ")
+            };
+            let threads = rayon::current_num_threads();
+            writeln!(f, "CPU: {cpu}; {threads} threads; ISA: {isa}")?;
+            write!(f, "{}", profile_table(&t.profile))?;
+        }
+        Ok(())
+    }
+}
+
+impl Scaling {
+    /// The header of the `--scaling` table for `settings` (batch and steps).
+    pub fn header(&self, settings: &Settings) -> String {
+        let (d, depth, heads) = (self.dim, self.depth, self.heads);
+        format!(
+            "CRATE (MSSA + ISTA) vs ToST (TSSA + MLP, 2 class-attention blocks): d = {d}, depth {depth}, \
+             {heads} heads, patch 8, batch {}, median of {} steps, {} threads\n{:>7} {:>6} | {:>12} {:>12} {:>6} | {:>12} {:>12} {:>6}",
+            settings.batch_size,
+            settings.steps,
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "tokens", "image", "CRATE fwd", "ToST fwd", "ratio", "CRATE train", "ToST train", "ratio"
+        )
+    }
+}
+
+impl std::fmt::Display for ScalingRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>7} {:>6} | {:>12.2} {:>12.2} {:>5.2}× | {:>12.2} {:>12.2} {:>5.2}×",
+            self.tokens,
+            format!("{}²", self.image_size),
+            self.crate_forward_ms,
+            self.tost_forward_ms,
+            self.crate_forward_ms / self.tost_forward_ms,
+            self.crate_train_ms,
+            self.tost_train_ms,
+            self.crate_train_ms / self.tost_train_ms
+        )
+    }
 }

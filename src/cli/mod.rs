@@ -8,7 +8,6 @@ pub mod lm;
 mod mae;
 mod pictures;
 pub mod ssl;
-mod tost;
 mod values;
 
 use clap::{Args, Parser, Subcommand};
@@ -398,28 +397,23 @@ pub fn run() -> anyhow::Result<()> {
     let mut cli =
         <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // the training commands' `--resume` checks the flags given on the command line
-    let given = given_flags(&matches);
-    let precision = match &mut cli.command {
+    let (given, leaf) = given_flags(&matches);
+    match &mut cli.command {
         Some(Command::Train(a))
         | Some(Command::Mae(MaeCommand::Train(MaeTrainArgs { train: a, .. })))
         | Some(Command::Dino(ssl::DinoCommand::Train(ssl::DinoTrainArgs { train: a, .. }))) => {
-            a.given = given;
-            a.precision
+            a.given = given
         }
         Some(Command::Lm(lm::LmArgs {
             command: lm::LmCommand::Train(lm::LmTrainArgs { run: a, .. }),
         }))
         | Some(Command::Bert(bert::BertArgs {
             command: bert::BertCommand::Train(bert::BertTrainArgs { run: a, .. }),
-        })) => {
-            a.given = given;
-            a.precision
-        }
-        Some(Command::Eval(a)) => a.precision,
-        Some(Command::Forward(a)) => a.precision,
-        Some(Command::Bench(a)) => a.precision,
-        _ => Precision::F32,
-    };
+        })) => a.given = given,
+        _ => {}
+    }
+    let precision = leaf.try_get_one::<Precision>("precision");
+    let precision = precision.ok().flatten().copied().unwrap_or(Precision::F32);
     whitebox::model::bf16::set_precision(precision).map_err(|e| {
         anyhow::anyhow!(
             "--precision {}: {e}",
@@ -427,8 +421,8 @@ pub fn run() -> anyhow::Result<()> {
         )
     })?;
     match cli.command {
-        None => train(TrainArgs::default_args()),
-        Some(Command::Train(a)) => train(a),
+        None => commands::train(TrainArgs::default_args()),
+        Some(Command::Train(a)) => commands::train(a),
         Some(Command::Eval(a)) => commands::eval(a),
         Some(Command::Predict(a)) => commands::predict(a),
         Some(Command::Forward(a)) => forward::forward(a),
@@ -448,26 +442,31 @@ pub fn run() -> anyhow::Result<()> {
     }
 }
 
-/// `whitebox train`: a ToST run (`tost.rs`) or a CRATE run (`commands.rs`), holding the run's lock.
-fn train(a: TrainArgs) -> anyhow::Result<()> {
-    let _lock = whitebox::train::checkpoint::RunLock::acquire(&a.run_dir)?;
-    if tost::wants_tost(&a) {
-        tost::train(a)
-    } else {
-        commands::train(a)
+/// Print a run's summary line, and with `--json` its JSON object on the last line.
+fn print_outcome<T: std::fmt::Display + serde::Serialize>(
+    out: &T,
+    json: bool,
+) -> anyhow::Result<()> {
+    println!("{out}");
+    if json {
+        println!("{}", serde_json::to_value(out)?);
     }
+    Ok(())
 }
 
-/// Ids of the arguments of the (innermost) subcommand that were given on the command line.
-fn given_flags(m: &clap::ArgMatches) -> Vec<String> {
+/// Ids of the arguments of the innermost subcommand that were given on the command line, and
+/// that subcommand's matches.
+fn given_flags(m: &clap::ArgMatches) -> (Vec<String>, &clap::ArgMatches) {
     let mut m = m;
     while let Some((_, sub)) = m.subcommand() {
         m = sub;
     }
-    m.ids()
+    let given = m
+        .ids()
         .filter(|id| m.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine))
         .map(|id| id.to_string())
-        .collect()
+        .collect();
+    (given, m)
 }
 
 impl TrainArgs {

@@ -1,26 +1,17 @@
 //! Self-supervised CRATE commands: `dino train` (DINO / SimDINO) and `knn`.
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::commands::{
-    fresh_state, image_run, init_weights, input_shape, load_split, recipe_from, refuse_flags,
-    resume_check,
-};
+use super::commands::load_split;
 use super::{DataArgs, TrainArgs};
-use whitebox::data::{Augment, Split};
-use whitebox::model::ssl::{SslLoss, STUDENT_PREFIX};
-use whitebox::model::CrateConfig;
-use whitebox::train::image_run::Saved;
-use whitebox::train::resume::same_json;
-use whitebox::train::ssl::{
-    knn_eval, read_checkpoint_weights, FeatureSource, SelfDistillTask, SslOptions, SslRunConfig,
-};
-use whitebox::train::{self, LrSchedule, Recipe};
-use whitebox::TrainBackend;
+use whitebox::data::Split;
+use whitebox::model::ssl::SslLoss;
+use whitebox::train::dino::{self, DinoTrainSettings};
+use whitebox::train::ssl::{knn_eval, FeatureSource, SslOptions};
 
 #[derive(Subcommand, Debug)]
 pub enum DinoCommand {
@@ -131,27 +122,8 @@ pub fn run(c: DinoCommand) -> Result<()> {
     }
 }
 
-/// Refuse classifier flags that have no meaning for self-distillation (set away from their defaults).
-fn check_flags(d: &DinoTrainArgs) -> Result<()> {
-    refuse_flags(
-        &d.train,
-        &["label_smoothing", "crop_padding", "hflip", "measure_every"],
-        "`dino train` (the views are DINO's multi-crop ones)",
-    )?;
-    ensure!(
-        d.weight_decay_end >= 0.0,
-        "--weight-decay-end must not be negative"
-    );
-    Ok(())
-}
-
-/// The model and settings of a fresh run from the flags.
-fn fresh_config(d: &DinoTrainArgs) -> Result<SslRunConfig> {
-    let a = &d.train;
-    let mut backbone = CrateConfig::resolve(&a.config)?;
-    if let Some(arch) = &a.arch {
-        backbone = backbone.with_arch(arch.parse()?)?;
-    }
+/// `whitebox dino train`: DINO / SimDINO on the classifier's training engine.
+pub fn train(d: DinoTrainArgs) -> Result<()> {
     let options = SslOptions {
         loss: d.loss,
         local_crops: d.local_crops,
@@ -173,110 +145,14 @@ fn fresh_config(d: &DinoTrainArgs) -> Result<SslRunConfig> {
         knn_k: d.knn_k,
         knn_temperature: d.knn_temperature,
         knn_bank: d.knn_bank,
-        epochs: a.epochs,
+        epochs: d.train.epochs,
     };
-    SslRunConfig::new(backbone, &options)
-}
-
-/// The recipe of the flags with DINO's schedule: weight decay along a cosine to
-/// `--weight-decay-end`, no augmentation or label smoothing, no decay of biases and norms (as in
-/// the references).
-fn ssl_recipe(d: &DinoTrainArgs, image_size: usize) -> Result<Recipe> {
-    let mut recipe = Recipe {
-        schedule: LrSchedule::Dino,
-        weight_decay_end: Some(d.weight_decay_end),
-        augment: Augment::none(),
-        label_smoothing: 0.0,
-        ..recipe_from(&d.train, image_size)?
+    let settings = DinoTrainSettings {
+        image: d.train.settings()?,
+        options,
+        weight_decay_end: d.weight_decay_end,
     };
-    recipe.optim.no_decay_norm_bias = true;
-    Ok(recipe)
-}
-
-/// `whitebox dino train`: DINO / SimDINO on the classifier's training engine.
-pub fn train(d: DinoTrainArgs) -> Result<()> {
-    check_flags(&d)?;
-    let a = &d.train;
-    let t_start = Instant::now();
-    let _lock = train::checkpoint::RunLock::acquire(&a.run_dir)?;
-    let saved = Saved {
-        read_config: SslRunConfig::from_json_file,
-        init: |c: &SslRunConfig, dev| c.model.init::<TrainBackend>(dev),
-        read_weights: read_checkpoint_weights,
-    };
-    let mut started = if a.resume {
-        saved.resume(&a.run_dir, |run, state| {
-            let wanted = fresh_config(&d)?;
-            let aliases = [
-                ("head_hidden", "hidden_dim"),
-                ("head_bottleneck", "bottleneck_dim"),
-                ("head_layers", "nlayers"),
-                ("knn_temperature", "knn_t"),
-            ];
-            resume_check(a, ssl_recipe(&d, run.model.backbone.image_size)?, state)
-                .fields(&wanted, run, &aliases)
-                .model(&a.config, || {
-                    same_json(&wanted.model.backbone, &run.model.backbone)
-                })
-                .check(&a.run_dir)
-        })?
-    } else {
-        let config = fresh_config(&d)?;
-        // the same backbone weights for teacher (official keys) and student
-        let init = init_weights(a)?.map(|(p, sd)| {
-            let student = sd
-                .iter()
-                .map(|(k, v)| (format!("{STUDENT_PREFIX}{k}"), v.clone()));
-            let both = sd.clone().into_iter().chain(student).collect();
-            (p, both)
-        });
-        let state = fresh_state(ssl_recipe(&d, config.model.backbone.image_size)?, a);
-        saved.fresh(&a.run_dir, a.overwrite, config, state, init)?
-    };
-    let config = started.config.clone();
-    let run = image_run(a);
-    let input = input_shape(&config.model.backbone);
-    let (train_set, test_set) = run.splits(&mut started.state, input, None)?;
-    let s = &config.settings;
-    tracing::info!(
-        "{:?} pre-training of a {}-parameter CRATE on {} images of {} ({} test): 2 global {}px + {} local {}px views, {} epochs",
-        config.model.loss,
-        config.model.backbone.param_count(),
-        train_set.len(),
-        a.data.data.display(),
-        test_set.len(),
-        s.crops.global_size,
-        s.crops.local_crops,
-        s.crops.local_size,
-        started.state.recipe.epochs
-    );
-    let (k, t, bank) = (s.knn_k, s.knn_t, s.knn_bank);
-    let norm = started.state.normalization.clone();
-    let task = SelfDistillTask::<TrainBackend>::new(config.clone(), norm, &train_set);
-    let end = run.fit(&task, started, &train_set, &test_set)?;
-    let (top1, top5) = (end.eval.top1, end.eval.top5);
-    let (terms, loss) = end
-        .last
-        .map_or((None, None), |m| (m.terms, Some(m.train_loss)));
-    println!(
-        "teacher k-NN top-1 {:.2}%  top-5 {:.2}%  (k = {k}, {} train images as neighbours; {} epochs, teacher backbone in {})",
-        100.0 * top1,
-        100.0 * top5,
-        bank.min(train_set.len()),
-        end.state.epoch,
-        end.weights.display()
-    );
-    if a.json {
-        println!(
-            "{}",
-            json!({"loss": config.model.loss, "knn_top1": top1, "knn_top5": top5, "knn_k": k, "knn_T": t,
-                   "train_loss": loss.filter(|l: &f64| l.is_finite()), "terms": terms,
-                   "epochs": end.state.epoch, "steps": end.state.step,
-                   "seconds": t_start.elapsed().as_secs_f64(), "train_seconds": end.state.seconds,
-                   "weights": end.weights})
-        );
-    }
-    Ok(())
+    super::print_outcome(&dino::train(&settings)?, d.train.json)
 }
 
 /// `whitebox knn`: DINO's weighted k-NN on cosine similarity of frozen features; the train split

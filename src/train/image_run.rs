@@ -1,18 +1,23 @@
 //! One image run — a classifier (CRATE, CRATE-α, ToST), CRATE-MAE pre-training or DINO/SimDINO —
 //! in its run folder: resume the last checkpoint or start fresh, load the splits checked against
-//! the model, [`fit`], and read back the final checkpoint. Every image command runs through it.
+//! the model, [`fit`], and read back the final checkpoint. Every image command runs through it:
+//! [`ImageTrainSettings`] is what a training command says, [`train_classifier`] the classifier's
+//! whole run (`whitebox train`); `mae::train` and `ssl::train` are the pre-training ones.
 
 use anyhow::{bail, ensure, Context, Result};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::Backend;
+use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
+use super::resume::{same_json, ResumeCheck};
 use super::{
-    checkpoint, fit, Checkpoint, EpochMetrics, EvalResult, Recipe, RunOptions, Task,
+    checkpoint, fit, Checkpoint, Classify, EpochMetrics, EvalResult, Recipe, RunOptions, Task,
     TrainOptimizer, TrainRun, TrainState,
 };
 use crate::data::{self, Format, ImageSet, Split};
-use crate::model::{mae, CrateConfig};
+use crate::model::{mae, Arch, CrateConfig};
 use crate::weights::{
     apply_state_dict, canonical_ids, read_state_dict, ModelConfig, OfficialKeys, StateDict,
 };
@@ -291,4 +296,237 @@ pub fn classifier_init(
         config.arch
     );
     Ok(config)
+}
+
+/// An image training run as a command gives it (`whitebox train`, `mae train`, `dino train`):
+/// the model, where the run reads and writes, its recipe, and how this invocation runs.
+#[derive(Clone)]
+pub struct ImageTrainSettings {
+    /// Preset name or JSON config file.
+    pub config: String,
+    /// Override the config's architecture (`crate` ↔ `crate-alpha`; `tost` only confirms a ToST
+    /// config).
+    pub arch: Option<Arch>,
+    /// Data, run folder, engine options and the per-epoch measures.
+    pub run: ImageRun,
+    /// Continue the run in `run.run_dir` from its last checkpoint.
+    pub resume: bool,
+    /// Start over in a run folder that holds a run (its checkpoint and metrics are removed first).
+    pub overwrite: bool,
+    /// Ids of the settings given on the command line (clap ids: `weight_decay`); with `resume`
+    /// each must equal the run's.
+    pub given: Vec<String>,
+    /// Start a fresh run from these weights where their keys fit.
+    pub init_from: Option<PathBuf>,
+    pub recipe: Recipe,
+    /// Use only the first this many training / test images.
+    pub train_limit: Option<usize>,
+    pub test_limit: Option<usize>,
+}
+
+/// The end of a classifier run: its test accuracy and loss (the last epoch's, or the saved
+/// weights' when the run had already finished), where it stands and its weights.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassifierOutcome {
+    pub test_acc: f64,
+    pub test_loss: f64,
+    pub epochs: usize,
+    pub steps: usize,
+    /// Wall time of the whole call, and the run's training time over all its invocations.
+    pub seconds: f64,
+    pub train_seconds: f64,
+    pub weights: PathBuf,
+}
+
+impl std::fmt::Display for ClassifierOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "test accuracy {:.2}%  (test loss {:.4}, {} epochs, weights in {})",
+            100.0 * self.test_acc,
+            self.test_loss,
+            self.epochs,
+            self.weights.display()
+        )
+    }
+}
+
+impl ImageTrainSettings {
+    /// A fresh run of `config` on the data in `data` with `recipe`, in `run_dir`: quiet, every
+    /// image, nothing given.
+    pub fn new(config: &str, data: &Path, run_dir: &Path, recipe: Recipe) -> Self {
+        Self {
+            config: config.into(),
+            arch: None,
+            run: ImageRun {
+                data: data.to_path_buf(),
+                format: Format::Auto,
+                run_dir: run_dir.to_path_buf(),
+                options: RunOptions::default(),
+                measure_every: 0,
+                measure_images: 64,
+            },
+            resume: false,
+            overwrite: false,
+            given: Vec::new(),
+            init_from: None,
+            recipe,
+            train_limit: None,
+            test_limit: None,
+        }
+    }
+
+    /// Whether the setting with clap id `id` was given.
+    pub fn was_given(&self, id: &str) -> bool {
+        self.given.iter().any(|g| g == id)
+    }
+
+    /// The recipe, checked for images of `image_size` pixels; the final rate defaults to at most
+    /// the peak (a `min_lr` given above `lr` is an error).
+    pub fn recipe_for(&self, image_size: usize) -> Result<Recipe> {
+        let mut recipe = self.recipe.clone();
+        if !self.was_given("min_lr") {
+            recipe.min_lr = recipe.min_lr.min(recipe.lr);
+        }
+        recipe.validate(image_size)?;
+        Ok(recipe)
+    }
+
+    /// The state a fresh run of `recipe` starts from, on the settings' data and limits.
+    pub fn fresh_state(&self, recipe: Recipe) -> TrainState {
+        fresh_state(recipe, &self.run.data, self.train_limit, self.test_limit)
+    }
+
+    /// `resume`: the given settings against the run's state (`wanted`: the recipe a fresh run
+    /// would take); callers add their model's checks.
+    pub fn resume_check(&self, wanted: Recipe, run: &TrainState) -> ResumeCheck<'_> {
+        ResumeCheck::new(&self.given)
+            .fields(&self.fresh_state(wanted), run, &[("optimizer", "kind")])
+            .refuse("init_from", "no --init-from on resume")
+    }
+
+    /// The `init_from` weights, read once for a fresh run.
+    pub fn init_weights(&self) -> Result<Option<(&Path, StateDict)>> {
+        self.init_from
+            .as_deref()
+            .map(|p| Ok((p, read_state_dict(p)?)))
+            .transpose()
+    }
+
+    /// Refuse the settings `ids` (clap ids) given to a run they do not apply to (`what`).
+    pub fn refuse(&self, ids: &[&str], what: &str) -> Result<()> {
+        let given: Vec<String> = ids
+            .iter()
+            .filter(|id| self.was_given(id))
+            .map(|id| format!("--{}", id.replace('_', "-")))
+            .collect();
+        ensure!(
+            given.is_empty(),
+            "{} does not apply to {what}",
+            given.join(", ")
+        );
+        Ok(())
+    }
+
+    /// The CRATE config of `config` with `arch` applied.
+    pub fn crate_config(&self) -> Result<CrateConfig> {
+        let config = CrateConfig::resolve(&self.config)?;
+        match self.arch {
+            Some(arch) => config.with_arch(arch),
+            None => Ok(config),
+        }
+    }
+
+    /// Start the run: resume it (`check` sees the run's config and state) or start it fresh
+    /// with `config()` and the `init_from` weights as `prepare` leaves them; `image_size` gives
+    /// the pixels a config's recipe is checked for.
+    pub fn start<C, M: AutodiffModule<TrainBackend> + OfficialKeys>(
+        &self,
+        saved: &Saved<C, M>,
+        image_size: fn(&C) -> usize,
+        config: impl FnOnce() -> Result<C>,
+        prepare: impl FnOnce(&mut C, &Path, &mut StateDict) -> Result<()>,
+        check: impl FnOnce(&C, ResumeCheck) -> Result<()>,
+    ) -> Result<Started<C, M>> {
+        let run_dir = &self.run.run_dir;
+        if self.resume {
+            return saved.resume(run_dir, |run, state| {
+                check(
+                    run,
+                    self.resume_check(self.recipe_for(image_size(run))?, state),
+                )
+            });
+        }
+        let (mut config, mut init) = (config()?, self.init_weights()?);
+        if let Some((p, sd)) = &mut init {
+            prepare(&mut config, p, sd)?;
+        }
+        let state = self.fresh_state(self.recipe_for(image_size(&config))?);
+        saved.fresh(run_dir, self.overwrite, config, state, init)
+    }
+}
+
+/// `whitebox train`: a CRATE, CRATE-α or ToST classifier (ToST when the config or the resumed
+/// run is one) trained in its run folder, which this call locks.
+pub fn train_classifier(s: &ImageTrainSettings) -> Result<ClassifierOutcome> {
+    let t_start = Instant::now();
+    let _lock = checkpoint::RunLock::acquire(&s.run.run_dir)?;
+    if super::tost::wants_tost(s) {
+        return super::tost::train(s, t_start);
+    }
+    let saved = Saved {
+        read_config: CrateConfig::from_json_file,
+        init: |c: &CrateConfig, d| c.init::<TrainBackend>(d),
+        read_weights: model_weights,
+    };
+    let started = s.start(
+        &saved,
+        |c| c.image_size,
+        || s.crate_config(),
+        |config, p, sd| {
+            *config = classifier_init(config.clone(), p, sd)?;
+            Ok(())
+        },
+        |run, check| {
+            let wanted = s.crate_config()?;
+            check
+                .fields(&wanted, run, &[])
+                .model(&s.config, || same_json(&wanted, run))
+                .check(&s.run.run_dir)
+        },
+    )?;
+    let config = started.config.clone();
+    let smoothing = started.state.recipe.label_smoothing;
+    let task = Classify::new(config.clone(), smoothing, &Default::default());
+    let input = [config.channels, config.image_size, config.image_size];
+    let shape = (input, config.num_classes, config.param_count());
+    run_classifier(s, &task, started, shape, t_start)
+}
+
+/// Train a classifier `task` (CRATE, CRATE-α or ToST) of `(input, classes, parameters)`.
+pub(super) fn run_classifier<T: Task<TrainBackend>, C>(
+    s: &ImageTrainSettings,
+    task: &T,
+    mut started: Started<C, T::Model>,
+    (input, classes, params): ([usize; 3], usize, usize),
+    t_start: Instant,
+) -> Result<ClassifierOutcome> {
+    let (train_set, test_set) = s.run.splits(&mut started.state, input, Some(classes))?;
+    tracing::info!(
+        "training {params} params on {} images ({} test) from {}, {} epochs",
+        train_set.len(),
+        test_set.len(),
+        s.run.data.display(),
+        started.state.recipe.epochs
+    );
+    let end = s.run.fit(task, started, &train_set, &test_set)?;
+    Ok(ClassifierOutcome {
+        test_acc: end.eval.top1,
+        test_loss: end.eval.loss,
+        epochs: end.state.epoch,
+        steps: end.state.step,
+        seconds: t_start.elapsed().as_secs_f64(),
+        train_seconds: end.state.seconds,
+        weights: end.weights,
+    })
 }

@@ -7,6 +7,7 @@
 pub mod adamw;
 pub mod bert;
 pub mod checkpoint;
+pub mod dino;
 pub mod engine;
 pub mod image_run;
 pub mod lion;
