@@ -136,3 +136,78 @@ fn refuses_overwrite_checks_resume_and_resumes_exactly() {
         end.eval.loss
     );
 }
+
+/// The commands' whole runs as library calls: `train_classifier` learns the stripe classes, a
+/// run stopped after an epoch and resumed through the settings ends with the straight run's
+/// weights, a resume with another given setting is refused by name, and `mae::train` lowers its
+/// masked-patch loss; `mae::train` refuses a classifier setting.
+#[test]
+fn commands_run_as_library_calls() {
+    use whitebox::train::image_run::{train_classifier, ImageTrainSettings};
+    use whitebox::train::mae::{self, MaeTrainSettings};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    common::write_idx_classes(&data, "train", 160, 0);
+    common::write_idx_classes(&data, "t10k", 40, 5);
+    let spec = dir.path().join("crate.json");
+    std::fs::write(&spec, serde_json::to_string(&config()).unwrap()).unwrap();
+    let recipe = Recipe {
+        epochs: 6,
+        ..recipe(4e-3)
+    };
+    let settings = |run_dir: &str| {
+        ImageTrainSettings::new(
+            spec.to_str().unwrap(),
+            &data,
+            &dir.path().join(run_dir),
+            recipe.clone(),
+        )
+    };
+
+    let straight = train_classifier(&settings("straight")).unwrap();
+    assert_eq!((straight.epochs, straight.steps), (6, 60));
+    // ten classes: chance is 10 %; the stripes are learnt
+    assert!(
+        straight.test_acc >= 0.5,
+        "test accuracy {}",
+        straight.test_acc
+    );
+    assert!(straight.to_string().starts_with("test accuracy "));
+
+    let mut first = settings("split");
+    first.run.options.stop_after = Some(2);
+    assert_eq!(train_classifier(&first).unwrap().epochs, 2);
+    let mut resume = settings("split");
+    resume.resume = true;
+    resume.given = vec!["lr".into()];
+    resume.recipe.lr = 0.1;
+    let e = train_classifier(&resume).err().unwrap().to_string();
+    assert!(e.contains("--lr 0.1 (the run has 0.004)"), "{e}");
+    resume.recipe.lr = 4e-3;
+    let resumed = train_classifier(&resume).unwrap();
+    assert_eq!((resumed.epochs, resumed.steps), (6, 60));
+    let bytes = |p: &Path| std::fs::read(p).unwrap();
+    assert!(bytes(&straight.weights) == bytes(&resumed.weights));
+    assert_eq!(resumed.test_acc, straight.test_acc);
+
+    let mae_spec = dir.path().join("mae.json");
+    std::fs::write(
+        &mae_spec,
+        r#"{"arch": "crate-mae", "img_size": 28, "patch_size": 7, "in_chans": 1, "embed_dim": 16, "depth": 1, "num_heads": 2, "decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2}"#,
+    )
+    .unwrap();
+    let mut m = MaeTrainSettings {
+        image: settings("mae"),
+        mask_ratio: Some(0.5),
+        norm_pix_loss: false,
+    };
+    m.image.config = mae_spec.to_string_lossy().into();
+    m.image.given = vec!["label_smoothing".into()];
+    let e = mae::train(&m).err().unwrap().to_string();
+    assert!(e.contains("--label-smoothing does not apply"), "{e}");
+    m.image.given.clear();
+    let out = mae::train(&m).unwrap();
+    let start = out.start_test_loss.unwrap();
+    assert!(out.test_loss < 0.9 * start, "{} vs {start}", out.test_loss);
+}
