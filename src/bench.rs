@@ -145,7 +145,7 @@ fn time_steps<B, M>(
     items: usize,
     mut model: M,
     mut optim: TrainOptimizer<M, B>,
-    split: bool,
+    parts: Vec<Range<usize>>,
     loss: impl Fn(&M, Range<usize>) -> Tensor<B, 1> + Sync,
     infer: impl Fn(&M::InnerModule),
 ) -> Timed
@@ -153,12 +153,6 @@ where
     B: AutodiffBackend,
     M: AutodiffModule<B> + Send,
 {
-    // the batch over the cores (as `train::fit` does for the classifier), or one pass
-    let parts = if split {
-        parallel::slices(a.batch_size)
-    } else {
-        std::iter::once(0..a.batch_size).collect()
-    };
     let mut p = StepProfile {
         slices: parts.len(),
         ..StepProfile::default()
@@ -266,7 +260,7 @@ fn image(a: &Settings, cfg: &CrateConfig) -> Result<(Value, Timed)> {
         b,
         model,
         optim,
-        true,
+        parallel::slices(b),
         |m, r| {
             let rows = |t: Tensor<TrainBackend, 4>| t.narrow(0, r.start, r.len());
             ce.forward(
@@ -313,8 +307,11 @@ fn lm(a: &Settings) -> Result<(Value, Timed)> {
         b * t,
         model,
         optim,
-        false,
-        |m, _| cross_entropy(m.forward(x.clone()), y.clone()),
+        parallel::sequence_slices(b, t),
+        |m, r| {
+            let rows = |t: Tensor<TrainBackend, 2, Int>| t.narrow(0, r.start, r.len());
+            cross_entropy(m.forward(rows(x.clone())), rows(y.clone()))
+        },
         |m| {
             let _ = m.forward(xi.clone()).into_data();
         },
@@ -350,7 +347,7 @@ fn bert(a: &Settings) -> Result<(Value, Timed)> {
         b * t,
         model,
         optim,
-        false,
+        vec![0..b],
         |m, _| m.mlm_loss(ids.clone(), &labels),
         |m| {
             let _ = m.mlm_loss(idi.clone(), &labels).into_data();
@@ -502,7 +499,7 @@ pub fn scaling(
             b,
             crate_model.clone(),
             TrainOptimizer::new(adamw(0.05, 0.999, None), &crate_model),
-            false,
+            vec![0..b],
             |m, _| ce.forward(m.forward(x.clone()), y.clone()),
             |m| {
                 let _ = m.forward(xi.clone()).into_data();
@@ -514,7 +511,7 @@ pub fn scaling(
             b,
             tost_model.clone(),
             TrainOptimizer::new(adamw(0.05, 0.999, None), &tost_model),
-            false,
+            vec![0..b],
             |m, _| ce.forward(m.forward_mode(x.clone(), true), y.clone()),
             |m| {
                 let _ = m.forward(xi.clone()).into_data();

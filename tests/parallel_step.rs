@@ -1,6 +1,7 @@
 //! Data parallelism within a step (`train::parallel`): a batch cut into slices that run on their
 //! own threads gives the loss and gradients of the single pass (rounded differently), the same
-//! bits on every run, and the single pass itself when there is one slice.
+//! bits on every run, and the single pass itself when there is one slice; the same for a causal
+//! language model's batch of sequences (`lm train`).
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -8,8 +9,11 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use std::ops::Range;
+use whitebox::model::lm::{cross_entropy, CausalLm, LmConfig};
 use whitebox::model::{Crate, CrateConfig};
-use whitebox::train::parallel::{loss_and_grads, slices, MIN_SLICE};
+use whitebox::train::parallel::{
+    loss_and_grads, sequence_slices, slices, MIN_SLICE, MIN_SLICE_TOKENS,
+};
 use whitebox::CpuAutodiff as B;
 
 /// Every parameter's gradient, flattened, in the module's order.
@@ -24,6 +28,83 @@ impl<Bk: AutodiffBackend> ModuleVisitor<Bk> for Collect<'_> {
         self.out
             .push(g.map_or(vec![], |g| g.into_data().to_vec().unwrap()));
     }
+}
+
+/// Every gradient of `model` in `grads`, flattened.
+fn collect<M: Module<B>>(model: &M, grads: &GradientsParams) -> Vec<Vec<f32>> {
+    let mut c = Collect { grads, out: vec![] };
+    model.visit(&mut c);
+    c.out
+}
+
+/// The gradients agree to 1e-4 of each parameter's largest, and there are many of them.
+fn assert_close_grads(g1: &[Vec<f32>], g3: &[Vec<f32>]) {
+    assert_eq!(g1.len(), g3.len());
+    let mut n_params = 0;
+    for (k, (a, b)) in g1.iter().zip(g3).enumerate() {
+        assert_eq!(a.len(), b.len(), "parameter {k}");
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            diff <= 1e-4 * scale,
+            "parameter {k}: max diff {diff} of {scale}"
+        );
+        n_params += a.len();
+    }
+    // the gradients are there (a step with none would pass the comparisons above)
+    assert!(n_params > 1000, "{n_params} gradient values");
+    assert!(g1.iter().flatten().any(|v| v.abs() > 1e-4));
+}
+
+/// Loss and gradients of a causal CRATE on 6 sequences of 16 tokens, cut into `parts`.
+fn lm_step(model: &CausalLm<B>, parts: Vec<Range<usize>>) -> (f64, Vec<Vec<f32>>) {
+    let device = Default::default();
+    let ids = |k: i64| {
+        let v: Vec<i64> = (0..96).map(|i| (i * 7 + k) % 11).collect();
+        Tensor::<B, 2, Int>::from_data(TensorData::new(v, [6, 16]), &device)
+    };
+    let (x, y) = (ids(0), ids(1));
+    let (loss, grads) = loss_and_grads(model, parts, |m: &CausalLm<B>, r: Range<usize>| {
+        let rows = |t: Tensor<B, 2, Int>| t.narrow(0, r.start, r.len());
+        cross_entropy(m.forward(rows(x.clone())), rows(y.clone()))
+    });
+    (loss, collect(model, &grads))
+}
+
+#[test]
+fn a_language_models_sequences_split_like_a_classifiers_batch() {
+    let cfg = LmConfig {
+        vocab_size: 11,
+        block_size: 16,
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 16,
+        ..LmConfig::char_default()
+    };
+    let model = cfg.init::<B>(&Default::default());
+    let (l1, g1) = lm_step(&model, vec![0..6]);
+    let (l3, g3) = lm_step(&model, vec![0..2, 2..4, 4..6]);
+    let (l3b, g3b) = lm_step(&model, vec![0..2, 2..4, 4..6]);
+    assert_eq!(
+        (l3.to_bits(), &g3),
+        (l3b.to_bits(), &g3b),
+        "not deterministic"
+    );
+    // an untrained model over 11 tokens: the loss is near ln 11
+    assert!((l1 - 11f64.ln()).abs() < 0.5, "loss {l1}");
+    assert!((l1 - l3).abs() < 1e-6 * l1.abs(), "loss {l1} vs {l3}");
+    assert_close_grads(&g1, &g3);
+    // `lm train`'s cut: whole sequences of at least MIN_SLICE_TOKENS tokens, covering the batch
+    for (n, t) in [(1, 64), (3, 64), (16, 64), (16, 8), (7, 1000)] {
+        let s = sequence_slices(n, t);
+        assert_eq!((s[0].start, s.last().unwrap().end), (0, n));
+        assert!(s.windows(2).all(|w| w[0].end == w[1].start));
+        assert!(
+            s.len() == 1 || s.iter().all(|r| r.len() * t >= MIN_SLICE_TOKENS),
+            "{n}×{t}: {s:?}"
+        );
+    }
+    assert_eq!(sequence_slices(16, 8).len(), 1, "128 tokens stay one slice");
 }
 
 fn step(model: &Crate<B>, parts: Vec<Range<usize>>) -> (f64, Vec<Vec<f32>>) {
@@ -42,12 +123,7 @@ fn step(model: &Crate<B>, parts: Vec<Range<usize>>) -> (f64, Vec<Vec<f32>>) {
             y.narrow(0, r.start, r.len()),
         )
     });
-    let mut c = Collect {
-        grads: &grads,
-        out: vec![],
-    };
-    model.visit(&mut c);
-    (loss, c.out)
+    (loss, collect(model, &grads))
 }
 
 fn tiny() -> Crate<B> {
@@ -82,21 +158,7 @@ fn slices_give_the_single_pass_gradients_and_repeat_bit_exactly() {
         "not deterministic"
     );
     assert!((l1 - l3).abs() < 1e-6 * l1.abs(), "loss {l1} vs {l3}");
-    assert_eq!(g1.len(), g3.len());
-    let mut n_params = 0;
-    for (k, (a, b)) in g1.iter().zip(&g3).enumerate() {
-        assert_eq!(a.len(), b.len(), "parameter {k}");
-        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(
-            diff <= 1e-4 * scale,
-            "parameter {k}: max diff {diff} of {scale}"
-        );
-        n_params += a.len();
-    }
-    // the gradients are there (a step with none would pass the comparisons above)
-    assert!(n_params > 1000, "{n_params} gradient values");
-    assert!(g1.iter().flatten().any(|v| v.abs() > 1e-4));
+    assert_close_grads(&g1, &g3);
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! What each subcommand does; argument parsing lives in `cli/mod.rs`.
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Result};
 
 use serde_json::json;
 use std::time::Instant;
@@ -31,22 +31,6 @@ pub(super) fn load(w: &WeightArgs) -> Result<Loaded<InferBackend>> {
         w.strict,
         &Default::default(),
     )
-}
-
-/// The normalisation stored with weights, else (with a warning) the training split's statistics.
-pub(super) fn norm_or_train(
-    stored: Option<Normalization>,
-    d: &super::DataArgs,
-) -> Result<Normalization> {
-    Ok(match stored {
-        Some(n) => n,
-        None => {
-            tracing::warn!(
-                "no normalisation stored with the weights; using the train split's statistics"
-            );
-            Normalization::from_set(&load_split(d, Split::Train, None)?)
-        }
-    })
 }
 
 /// `split` of `--data`, its first `limit` images only.
@@ -117,16 +101,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
 
 pub fn eval(a: EvalArgs) -> Result<()> {
     let l = load(&a.weights)?.into_image_classifier()?;
-    let device = Default::default();
     let t0 = Instant::now();
-    ensure!(a.batch_size > 0, "--batch-size must be at least 1");
-    let shape = l.config.input;
-    let test = load_split(&a.data, Split::Test, a.test_limit)?;
-    check_shape(shape, &test, &a.data.data)?;
-    test.check_labels(l.config.num_classes)
-        .with_context(|| format!("{}: test split", a.data.data.display()))?;
-    let norm = norm_or_train(l.normalization(shape[0])?, &a.data)?;
-    let r = train::evaluate_with(|x| l.model.forward(x), &test, &norm, a.batch_size, &device)?;
+    let (data, format, limit) = (&a.data.data, a.data.format, a.test_limit);
+    let r = l.evaluate_test_split(data, format, limit, a.batch_size, &Default::default())?;
     println!(
         "top-1 {:.2}%  top-5 {:.2}%  loss {:.4}  ({} images)",
         100.0 * r.top1,

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 use std::time::Instant;
 
-use super::commands::{check_shape, load, load_split, norm_or_train};
+use super::commands::{check_shape, load, load_split};
 use super::{MaeTrainArgs, ProbeArgs, ReconstructArgs};
 use whitebox::data::{self, Split};
 use whitebox::train::mae::MaeTrainSettings;
@@ -27,7 +27,7 @@ pub fn train(m: MaeTrainArgs) -> Result<()> {
 pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
     let device = Default::default();
     let l = load(&a.weights)?.into_mae()?;
-    let norm = norm_or_train(l.normalization(l.config.in_chans)?, &a.data)?;
+    let norm = l.normalization_or_train(l.config.in_chans, &a.data.data, a.data.format)?;
     let mut model = l.model;
     if let Some(r) = a.mask_ratio {
         whitebox::model::mae::check_mask_ratio(r)?;
@@ -69,7 +69,7 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
     let l = load(&a.weights)?.into_features()?;
     check_shape(l.config, &train_set, &a.data.data)?;
     check_shape(l.config, &test_set, &a.data.data).context("test split")?;
-    let norm = norm_or_train(l.normalization(l.config[0])?, &a.data)?;
+    let norm = l.normalization_or_train(l.config[0], &a.data.data, a.data.format)?;
     let r = probe::probe_frozen::<InferBackend, TrainBackend>(
         &train_set,
         &test_set,

@@ -14,12 +14,13 @@ use std::path::{Path, PathBuf};
 use super::checkpoint::{self, read_state, write_checkpoint, Checkpoint, RunLock};
 use super::engine::{self, Cancel, Evaluation, Fitted, Job, PeriodStats, Position, RunOptions};
 use super::resume::{same_json, ResumeCheck};
-use super::{schedule, OptimSettings, OptimizerKind, TrainOptimizer};
+use super::{parallel, schedule, OptimSettings, OptimizerKind, TrainOptimizer};
 use crate::model::lm::{cross_entropy, official_state_dict, CausalLm, LmConfig};
 use crate::model::{Arch, CrateAutodiff, CrateBackend};
 use crate::text::{self, TokenFile, Tokenizer};
 use crate::weights::write_safetensors;
 use crate::TrainBackend;
+use burn::optim::GradientsParams;
 
 /// The device of [`TrainBackend`], which [`train`] runs on.
 pub(crate) type TrainDevice = burn::tensor::Device<TrainBackend>;
@@ -361,6 +362,26 @@ impl<B: CrateAutodiff> Job<B> for LmJob<'_, B> {
         let mut rng = step_rng(r.seed, step, micro);
         let (x, y) = get_batch::<B>(self.train, r.batch_size, self.t, &mut rng, &self.device);
         (cross_entropy(model.forward(x), y), r.batch_size)
+    }
+    /// The batch's sequences over the cores ([`parallel::sequence_slices`]): the same batch as
+    /// [`Job::loss`], its mean loss as a row-weighted sum of the slices' means.
+    fn loss_and_grads(
+        &mut self,
+        model: &CausalLm<B>,
+        step: usize,
+    ) -> Option<(f64, GradientsParams, usize)> {
+        let r = &self.state.recipe;
+        let parts = parallel::sequence_slices(r.batch_size, self.t);
+        if parts.len() < 2 {
+            return None;
+        }
+        let mut rng = step_rng(r.seed, step, 0);
+        let (x, y) = get_batch::<B>(self.train, r.batch_size, self.t, &mut rng, &self.device);
+        let (loss, grads) = parallel::loss_and_grads(model, parts, |m, rows| {
+            let rows = |t: Tensor<B, 2, Int>| t.narrow(0, rows.start, rows.len());
+            cross_entropy(m.forward(rows(x.clone())), rows(y.clone()))
+        });
+        Some((loss, grads, r.batch_size))
     }
     fn describe_step(&self, step: usize) -> String {
         format!("iteration {step}")

@@ -42,7 +42,21 @@ fn pools(n: usize) -> Option<Vec<Arc<rayon::ThreadPool>>> {
 /// The slices a batch of `n` examples is cut into: one per core, each at least [`MIN_SLICE`]
 /// long (a single slice — no splitting — on one core or for a small batch).
 pub fn slices(n: usize) -> Vec<Range<usize>> {
-    let parts = rayon::current_num_threads().min(n / MIN_SLICE).max(1);
+    cut(n, n / MIN_SLICE)
+}
+
+/// Smallest slice of a batch of token sequences worth a thread of its own, in tokens.
+pub const MIN_SLICE_TOKENS: usize = 256;
+
+/// The slices a batch of `n` sequences of `t` tokens is cut into: one per core, each at least
+/// [`MIN_SLICE_TOKENS`] tokens (whole sequences).
+pub fn sequence_slices(n: usize, t: usize) -> Vec<Range<usize>> {
+    cut(n, (n * t / MIN_SLICE_TOKENS).min(n))
+}
+
+/// `0..n` in at most `most` near-equal consecutive slices, at most one per core.
+fn cut(n: usize, most: usize) -> Vec<Range<usize>> {
+    let parts = rayon::current_num_threads().min(most).max(1);
     (0..parts)
         .map(|s| s * n / parts..(s + 1) * n / parts)
         .collect()

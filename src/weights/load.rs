@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::{apply_state_dict, read_state_dict, StateDict};
-use crate::data::Normalization;
+use crate::data::{Format, Normalization, Split};
 use crate::model::bert::{untie_state_dict, BertConfig, CrateBert};
 use crate::model::features::Features;
 use crate::model::lm::{self, CausalLm, LmConfig};
@@ -18,6 +18,8 @@ use crate::model::mae::{CrateMae, MaeConfig};
 use crate::model::tost::{self, Tost, TostConfig};
 use crate::model::{Arch, Crate, CrateBackend, CrateConfig};
 use crate::text::Tokenizer;
+use crate::train::image_run::{check_shape, load_split};
+use crate::train::EvalResult;
 
 /// The five config structs, one per model family.
 #[derive(Debug, Clone, PartialEq)]
@@ -572,6 +574,26 @@ impl<B: CrateBackend> ImageClassifier<B> {
 }
 
 impl<B: CrateBackend> Weights<ClassifierShape, ImageClassifier<B>> {
+    /// Top-1, top-5 and mean loss on the first `limit` test images of `data` (normalised as the
+    /// weights were trained, else with the training split's statistics), batches of `batch_size`.
+    pub fn evaluate_test_split(
+        &self,
+        data: &Path,
+        format: Format,
+        limit: Option<usize>,
+        batch_size: usize,
+        device: &B::Device,
+    ) -> Result<EvalResult> {
+        ensure!(batch_size > 0, "--batch-size must be at least 1");
+        let shape = self.config.input;
+        let test = load_split(data, format, Split::Test, limit)?;
+        check_shape(shape, &test, data)?;
+        test.check_labels(self.config.num_classes)
+            .with_context(|| format!("{}: test split", data.display()))?;
+        let norm = self.normalization_or_train(shape[0], data, format)?;
+        crate::train::evaluate_with(|x| self.model.forward(x), &test, &norm, batch_size, device)
+    }
+
     /// The class names stored with the weights, else the class indices.
     pub fn class_names(&self) -> Result<Vec<String>> {
         Ok(self.meta_json("class_names")?.unwrap_or_else(|| {
@@ -692,6 +714,24 @@ impl<C, M> Weights<C, M> {
                 std: vec![0.5; channels],
             }
         }))
+    }
+
+    /// [`Weights::normalization`], else (with a warning) the statistics of the training split of
+    /// the images in `data`, the normalisation a run on them would have stored.
+    pub fn normalization_or_train(
+        &self,
+        channels: usize,
+        data: &Path,
+        format: Format,
+    ) -> Result<Normalization> {
+        if let Some(n) = self.normalization(channels)? {
+            return Ok(n);
+        }
+        tracing::warn!(
+            "no normalisation stored with the weights; using the train split's statistics"
+        );
+        let train = load_split(data, format, Split::Train, None)?;
+        Ok(Normalization::from_set(&train))
     }
 
     /// The tokenizer stored with the weights (validated).
