@@ -347,7 +347,7 @@ fn bert(a: &Settings) -> Result<(Value, Timed)> {
         b * t,
         model,
         optim,
-        vec![0..b],
+        std::iter::once(0..b).collect(),
         |m, _| m.mlm_loss(ids.clone(), &labels),
         |m| {
             let _ = m.mlm_loss(idi.clone(), &labels).into_data();
@@ -499,7 +499,7 @@ pub fn scaling(
             b,
             crate_model.clone(),
             TrainOptimizer::new(adamw(0.05, 0.999, None), &crate_model),
-            vec![0..b],
+            std::iter::once(0..b).collect(),
             |m, _| ce.forward(m.forward(x.clone()), y.clone()),
             |m| {
                 let _ = m.forward(xi.clone()).into_data();
@@ -511,7 +511,7 @@ pub fn scaling(
             b,
             tost_model.clone(),
             TrainOptimizer::new(adamw(0.05, 0.999, None), &tost_model),
-            vec![0..b],
+            std::iter::once(0..b).collect(),
             |m, _| ce.forward(m.forward_mode(x.clone(), true), y.clone()),
             |m| {
                 let _ = m.forward(xi.clone()).into_data();

@@ -82,7 +82,7 @@ fn a_language_models_sequences_split_like_a_classifiers_batch() {
         ..LmConfig::char_default()
     };
     let model = cfg.init::<B>(&Default::default());
-    let (l1, g1) = lm_step(&model, vec![0..6]);
+    let (l1, g1) = lm_step(&model, std::iter::once(0..6).collect());
     let (l3, g3) = lm_step(&model, vec![0..2, 2..4, 4..6]);
     let (l3b, g3b) = lm_step(&model, vec![0..2, 2..4, 4..6]);
     assert_eq!(
