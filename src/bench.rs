@@ -17,6 +17,7 @@ use crate::model::lm::{cross_entropy, LmConfig};
 use crate::model::profile::{self, Class, Usage};
 use crate::model::tost::TostConfig;
 use crate::model::CrateConfig;
+use crate::train::bert::masked_slices;
 use crate::train::{parallel, OptimSettings, OptimizerKind, TrainOptimizer};
 use crate::viz::curves::ScalingSeries;
 use crate::TrainBackend;
@@ -145,7 +146,7 @@ fn time_steps<B, M>(
     items: usize,
     mut model: M,
     mut optim: TrainOptimizer<M, B>,
-    parts: Vec<Range<usize>>,
+    parts: Vec<(Range<usize>, f64)>,
     loss: impl Fn(&M, Range<usize>) -> Tensor<B, 1> + Sync,
     infer: impl Fn(&M::InnerModule),
 ) -> Timed
@@ -163,8 +164,9 @@ where
         let c0 = profile::totals();
         let (grads, fwd, bwd, c1) = if parts.len() > 1 {
             // forward and backward run together on every slice: all of it counts as forward
-            let ((_, g), fb) =
-                profile::measure(|| parallel::loss_and_grads(&model, parts.clone(), &loss));
+            let ((_, g), fb) = profile::measure(|| {
+                parallel::weighted_loss_and_grads(&model, parts.clone(), &loss)
+            });
             (g, fb, Usage::default(), profile::totals())
         } else {
             let (l, fwd) = profile::measure(|| {
@@ -260,7 +262,7 @@ fn image(a: &Settings, cfg: &CrateConfig) -> Result<(Value, Timed)> {
         b,
         model,
         optim,
-        parallel::slices(b),
+        parallel::by_rows(parallel::slices(b)),
         |m, r| {
             let rows = |t: Tensor<TrainBackend, 4>| t.narrow(0, r.start, r.len());
             ce.forward(
@@ -307,7 +309,7 @@ fn lm(a: &Settings) -> Result<(Value, Timed)> {
         b * t,
         model,
         optim,
-        parallel::sequence_slices(b, t),
+        parallel::by_rows(parallel::sequence_slices(b, t)),
         |m, r| {
             let rows = |t: Tensor<TrainBackend, 2, Int>| t.narrow(0, r.start, r.len());
             cross_entropy(m.forward(rows(x.clone())), rows(y.clone()))
@@ -347,8 +349,13 @@ fn bert(a: &Settings) -> Result<(Value, Timed)> {
         b * t,
         model,
         optim,
-        std::iter::once(0..b).collect(),
-        |m, _| m.mlm_loss(ids.clone(), &labels),
+        // as `bert train` cuts it: slices weighted by their share of the masked tokens
+        masked_slices(&labels, parallel::sequence_slices(b, t), t)
+            .unwrap_or_else(|| vec![(0..b, 1.0)]),
+        |m, r| {
+            let rows = ids.clone().narrow(0, r.start, r.len());
+            m.mlm_loss(rows, &labels[r.start * t..r.end * t])
+        },
         |m| {
             let _ = m.mlm_loss(idi.clone(), &labels).into_data();
         },
@@ -499,7 +506,7 @@ pub fn scaling(
             b,
             crate_model.clone(),
             TrainOptimizer::new(adamw(0.05, 0.999, None), &crate_model),
-            std::iter::once(0..b).collect(),
+            vec![(0..b, 1.0)],
             |m, _| ce.forward(m.forward(x.clone()), y.clone()),
             |m| {
                 let _ = m.forward(xi.clone()).into_data();
@@ -511,7 +518,7 @@ pub fn scaling(
             b,
             tost_model.clone(),
             TrainOptimizer::new(adamw(0.05, 0.999, None), &tost_model),
-            std::iter::once(0..b).collect(),
+            vec![(0..b, 1.0)],
             |m, _| ce.forward(m.forward_mode(x.clone(), true), y.clone()),
             |m| {
                 let _ = m.forward(xi.clone()).into_data();

@@ -107,6 +107,49 @@ fn a_language_models_sequences_split_like_a_classifiers_batch() {
     assert_eq!(sequence_slices(16, 8).len(), 1, "128 tokens stay one slice");
 }
 
+#[test]
+fn bert_slices_weighted_by_masked_tokens_give_the_single_pass() {
+    use whitebox::model::bert::{mask_tokens, BertConfig, CrateBert};
+    use whitebox::train::bert::masked_slices;
+    use whitebox::train::parallel::weighted_loss_and_grads;
+    let cfg = BertConfig {
+        vocab_size: 20,
+        hidden_size: 16,
+        num_hidden_layers: 2,
+        num_attention_heads: 2,
+        max_position_embeddings: 34,
+        type_vocab_size: 1,
+        layer_norm_eps: 1e-12,
+        pad_token_id: 1,
+        initializer_range: 0.2,
+    };
+    let device = Default::default();
+    let model = cfg.init::<B>(&device);
+    let (b, t) = (6, 32);
+    let text: Vec<i64> = (0..b * t).map(|i| 3 + (i as i64 * 5) % 17).collect();
+    let (x, labels) = mask_tokens(&text, &[0, 1, 2], 2, 20, 0.15, 4);
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(x, [b, t]), &device);
+    let step = |parts: Vec<(Range<usize>, f64)>| {
+        let (loss, grads) = weighted_loss_and_grads(&model, parts, |m: &CrateBert<B>, r| {
+            let rows = ids.clone().narrow(0, r.start, r.len());
+            m.mlm_loss(rows, &labels[r.start * t..r.end * t])
+        });
+        (loss, collect(&model, &grads))
+    };
+    let weighted = masked_slices(&labels, vec![0..1, 1..4, 4..6], t).unwrap();
+    // uneven slices: the weights are shares of the masked tokens, not of the rows
+    let w: Vec<f64> = weighted.iter().map(|(_, w)| *w).collect();
+    assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12, "{w:?}");
+    assert!((w[1] - 0.5).abs() > 1e-3, "{w:?}");
+    let (l1, g1) = step(vec![(0..b, 1.0)]);
+    let (l3, g3) = step(weighted);
+    assert!((l1 - l3).abs() < 1e-6 * l1.abs(), "loss {l1} vs {l3}");
+    assert_close_grads(&g1, &g3);
+    // a slice without masked tokens: no weights (the step runs as one pass)
+    let none = vec![-100; b * t];
+    assert!(masked_slices(&none, vec![0..3, 3..6], t).is_none());
+}
+
 fn step(model: &Crate<B>, parts: Vec<Range<usize>>) -> (f64, Vec<Vec<f32>>) {
     let device = Default::default();
     let n = parts.iter().map(|r| r.len()).sum::<usize>();

@@ -21,14 +21,16 @@ use super::checkpoint::{read_state, resume_dir, start_fresh, write_checkpoint, R
 use super::engine::{self, Evaluation, Job, PeriodStats, Position};
 use super::lm::{open_splits, step_rng, TokenRun, TokenRunSettings, TokenRunState, TrainDevice};
 use super::resume::ResumeCheck;
-use super::{schedule, Checkpoint, OptimSettings, OptimizerKind, TrainOptimizer};
-use crate::model::bert::{mask_tokens, untie_state_dict, BertConfig, CrateBert};
+use super::{parallel, schedule, Checkpoint, OptimSettings, OptimizerKind, TrainOptimizer};
+use crate::model::bert::{mask_tokens, untie_state_dict, BertConfig, CrateBert, IGNORE};
 use crate::model::{CrateAutodiff, CrateBackend};
 use crate::text::{self, TokenFile, Tokenizer};
 use crate::weights::{
     apply_state_dict, canonical_ids, collect_state_dict, read_state_dict, write_safetensors,
 };
 use crate::TrainBackend;
+use burn::optim::GradientsParams;
+use std::ops::Range;
 
 /// Ids of RoBERTa's special tokens; characters start at [`FIRST_CHAR`].
 pub const PAD: i64 = 1;
@@ -107,6 +109,28 @@ pub fn train_batch(
     let mut rng = step_rng(r.seed, step, 0);
     let x = sample_windows(tokens, r.batch_size, r.seq_len, &mut rng);
     mask_tokens(&x, &SPECIAL, MASK, vocab, r.mask_rate, rng.random())
+}
+
+/// The slices `parts` of a batch of sequences of `t` tokens with `labels` ([`IGNORE`] where not
+/// masked), each weighted by its share of the masked tokens; `None` when a slice has none.
+pub fn masked_slices(
+    labels: &[i64],
+    parts: Vec<Range<usize>>,
+    t: usize,
+) -> Option<Vec<(Range<usize>, f64)>> {
+    let masked = |rows: &Range<usize>| {
+        let l = &labels[rows.start * t..rows.end * t];
+        l.iter().filter(|&&l| l != IGNORE).count()
+    };
+    let total: usize = parts.iter().map(masked).sum();
+    if parts.iter().any(|p| masked(p) == 0) {
+        return None;
+    }
+    let weighted = parts.into_iter().map(|p| {
+        let w = masked(&p) as f64 / total as f64;
+        (p, w)
+    });
+    Some(weighted.collect())
 }
 
 pub fn ids<B: burn::tensor::backend::Backend>(
@@ -259,6 +283,29 @@ impl<B: CrateAutodiff> Job<B> for BertJob<'_> {
             model.mlm_loss(ids(x, r.batch_size, r.seq_len), &y),
             r.batch_size,
         )
+    }
+    /// The batch's sequences over the cores ([`parallel::sequence_slices`]): the same batch as
+    /// [`Job::loss`], each slice weighted by its share of the masked tokens (the loss is their
+    /// mean); one pass when a slice has none.
+    fn loss_and_grads(
+        &mut self,
+        model: &CrateBert<B>,
+        step: usize,
+    ) -> Option<(f64, GradientsParams, usize)> {
+        let r = &self.state.recipe;
+        let (b, t) = (r.batch_size, r.seq_len);
+        let parts = parallel::sequence_slices(b, t);
+        if parts.len() < 2 {
+            return None;
+        }
+        let (x, y) = train_batch(self.train, r, self.config.vocab_size, step);
+        let weighted = masked_slices(&y, parts, t)?;
+        let labels = |rows: &Range<usize>| &y[rows.start * t..rows.end * t];
+        let x = ids::<B>(x, b, t);
+        let (loss, grads) = parallel::weighted_loss_and_grads(model, weighted, |m, rows| {
+            m.mlm_loss(x.clone().narrow(0, rows.start, rows.len()), labels(&rows))
+        });
+        Some((loss, grads, b))
     }
     fn describe_step(&self, step: usize) -> String {
         format!("iteration {step}")

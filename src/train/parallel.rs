@@ -127,19 +127,43 @@ where
     M: AutodiffModule<B> + Send,
     F: Fn(&M, Range<usize>) -> Tensor<B, 1> + Sync,
 {
+    weighted_loss_and_grads(model, by_rows(parts), loss)
+}
+
+/// Each slice of `parts` weighted by its share of the rows (a loss that is a mean over examples).
+pub fn by_rows(parts: Vec<Range<usize>>) -> Vec<(Range<usize>, f64)> {
     let n: usize = parts.iter().map(|r| r.len()).sum();
+    let weighted = parts.into_iter().map(|r| {
+        let w = r.len() as f64 / n as f64;
+        (r, w)
+    });
+    weighted.collect()
+}
+
+/// [`loss_and_grads`] of a loss that is a mean over something else than the examples (BERT's
+/// masked tokens): slice `s` enters as `wₛ·Lₛ`, its weight its share of what the mean counts.
+pub fn weighted_loss_and_grads<B, M, F>(
+    model: &M,
+    parts: Vec<(Range<usize>, f64)>,
+    loss: F,
+) -> (f64, GradientsParams)
+where
+    B: AutodiffBackend,
+    M: AutodiffModule<B> + Send,
+    F: Fn(&M, Range<usize>) -> Tensor<B, 1> + Sync,
+{
     let pools = match pools(parts.len()) {
         Some(p) if parts.len() > 1 => p,
         _ => {
-            let l = loss(model, parts[0].start..parts[0].start + n);
+            let all = parts[0].0.start..parts.last().map_or(0, |p| p.0.end);
+            let l = loss(model, all);
             let v: f64 = l.clone().into_scalar().elem();
             return (v, GradientsParams::from_grads(l.backward(), model));
         }
     };
     let replicas: Vec<M> = parts.iter().map(|_| M::from_inner(model.valid())).collect();
     let jobs: Vec<_> = replicas.into_iter().zip(parts).collect();
-    let results = run_on(&pools, jobs, |(replica, rows)| {
-        let w = rows.len() as f64 / n as f64;
+    let results = run_on(&pools, jobs, |(replica, (rows, w))| {
         let l = loss(&replica, rows);
         let v: f64 = l.clone().into_scalar().elem();
         let g = GradientsParams::from_grads(l.mul_scalar(w).backward(), &replica);
