@@ -181,7 +181,7 @@ fn causal_lm_fits_without_a_run_folder() {
         TokenFile::open(&data.join("val.bin")).unwrap(),
     );
     let config = LmConfig {
-        arch: "crate-lm".into(),
+        arch: whitebox::model::Arch::CrateLm,
         vocab_size: meta.tokenizer.vocab_size(),
         block_size: 16,
         n_layer: 1,

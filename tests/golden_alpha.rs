@@ -13,7 +13,7 @@ use whitebox::CpuAutodiff as B;
 fn config(g: &Golden) -> CrateConfig {
     let mut c: CrateConfig =
         serde_json::from_str(&g.meta["ctor"]).expect("ctor metadata parses as a CrateConfig");
-    c.arch = "crate-alpha".into();
+    c.arch = whitebox::model::Arch::CrateAlpha;
     c.validate().unwrap();
     c
 }

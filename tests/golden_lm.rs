@@ -155,7 +155,7 @@ fn logits_are_causal() {
     let device = Default::default();
     for arch in lm::ARCHS {
         let cfg = LmConfig {
-            arch: arch.into(),
+            arch: arch.parse().unwrap(),
             vocab_size: 23,
             block_size: 12,
             n_layer: 2,
@@ -198,7 +198,7 @@ fn param_count_formula_matches_model() {
     use burn::module::Module;
     for arch in lm::ARCHS {
         let cfg = LmConfig {
-            arch: arch.into(),
+            arch: arch.parse().unwrap(),
             vocab_size: 31,
             block_size: 8,
             n_layer: 2,

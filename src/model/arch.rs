@@ -91,15 +91,6 @@ impl std::str::FromStr for Arch {
     }
 }
 
-/// An arch written as a literal in code (`"crate-alpha".into()`). Panics on a name that is not an
-/// arch, like a misspelt enum variant would fail to compile; parse input with `str::parse`, which
-/// returns an error instead.
-impl From<&str> for Arch {
-    fn from(s: &str) -> Self {
-        s.parse().unwrap_or_else(|e| panic!("{e}"))
-    }
-}
-
 impl PartialEq<&str> for Arch {
     fn eq(&self, other: &&str) -> bool {
         self.name() == *other
