@@ -8,23 +8,11 @@ use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use common::{fails, ok};
-use whitebox::model::bert::{mask_tokens, position_ids, BertConfig, CrateBert, IGNORE};
+use whitebox::model::bert::{mask_tokens, position_ids, CrateBert, IGNORE};
 use whitebox::weights::{apply_state_dict, collect_gradients, collect_state_dict, StateDict};
 use whitebox::{CpuAutodiff, CpuBackend};
 
-fn tiny() -> BertConfig {
-    BertConfig {
-        vocab_size: 20,
-        hidden_size: 16,
-        num_hidden_layers: 2,
-        num_attention_heads: 2,
-        max_position_embeddings: 34,
-        type_vocab_size: 1,
-        layer_norm_eps: 1e-12,
-        pad_token_id: 1,
-        initializer_range: 0.2,
-    }
-}
+use common::tiny_bert as tiny;
 
 fn ids<B: burn::tensor::backend::Backend>(v: &[i64], b: usize, t: usize) -> Tensor<B, 2, Int> {
     Tensor::from_data(TensorData::new(v.to_vec(), [b, t]), &Default::default())

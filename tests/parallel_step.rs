@@ -3,6 +3,8 @@
 //! bits on every run, and the single pass itself when there is one slice; the same for a causal
 //! language model's batch of sequences (`lm train`).
 
+mod common;
+
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
@@ -109,20 +111,10 @@ fn a_language_models_sequences_split_like_a_classifiers_batch() {
 
 #[test]
 fn bert_slices_weighted_by_masked_tokens_give_the_single_pass() {
-    use whitebox::model::bert::{mask_tokens, BertConfig, CrateBert};
+    use whitebox::model::bert::{mask_tokens, CrateBert};
     use whitebox::train::bert::masked_slices;
     use whitebox::train::parallel::weighted_loss_and_grads;
-    let cfg = BertConfig {
-        vocab_size: 20,
-        hidden_size: 16,
-        num_hidden_layers: 2,
-        num_attention_heads: 2,
-        max_position_embeddings: 34,
-        type_vocab_size: 1,
-        layer_norm_eps: 1e-12,
-        pad_token_id: 1,
-        initializer_range: 0.2,
-    };
+    let cfg = common::tiny_bert();
     let device = Default::default();
     let model = cfg.init::<B>(&device);
     let (b, t) = (6, 32);

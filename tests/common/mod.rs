@@ -171,3 +171,18 @@ pub fn percentages(line: &str) -> Vec<f64> {
         })
         .collect()
 }
+
+/// A two-layer CRATE-BERT of width 16 over 20 tokens (32-token sequences).
+pub fn tiny_bert() -> whitebox::model::bert::BertConfig {
+    whitebox::model::bert::BertConfig {
+        vocab_size: 20,
+        hidden_size: 16,
+        num_hidden_layers: 2,
+        num_attention_heads: 2,
+        max_position_embeddings: 34,
+        type_vocab_size: 1,
+        layer_norm_eps: 1e-12,
+        pad_token_id: 1,
+        initializer_range: 0.2,
+    }
+}
