@@ -112,7 +112,8 @@ pub fn train_batch(
 }
 
 /// The slices `parts` of a batch of sequences of `t` tokens with `labels` ([`IGNORE`] where not
-/// masked), each weighted by its share of the masked tokens; `None` when a slice has none.
+/// masked), each weighted by its share of the masked tokens; `None` when there are no slices or
+/// a slice has no masked token.
 pub fn masked_slices(
     labels: &[i64],
     parts: Vec<Range<usize>>,
@@ -123,7 +124,7 @@ pub fn masked_slices(
         l.iter().filter(|&&l| l != IGNORE).count()
     };
     let total: usize = parts.iter().map(masked).sum();
-    if parts.iter().any(|p| masked(p) == 0) {
+    if parts.is_empty() || parts.iter().any(|p| masked(p) == 0) {
         return None;
     }
     let weighted = parts.into_iter().map(|p| {

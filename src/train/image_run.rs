@@ -469,10 +469,9 @@ impl ImageTrainSettings {
 /// `whitebox train`: a CRATE, CRATE-α or ToST classifier (ToST when the config or the resumed
 /// run is one) trained in its run folder, which this call locks.
 pub fn train_classifier(s: &ImageTrainSettings) -> Result<ClassifierOutcome> {
-    let t_start = Instant::now();
     let _lock = checkpoint::RunLock::acquire(&s.run.run_dir)?;
     if super::tost::wants_tost(s) {
-        return super::tost::train(s, t_start);
+        return super::tost::train(s);
     }
     let saved = Saved {
         read_config: CrateConfig::from_json_file,
@@ -500,17 +499,18 @@ pub fn train_classifier(s: &ImageTrainSettings) -> Result<ClassifierOutcome> {
     let task = Classify::new(config.clone(), smoothing, &Default::default());
     let input = [config.channels, config.image_size, config.image_size];
     let shape = (input, config.num_classes, config.param_count());
-    run_classifier(s, &task, started, shape, t_start)
+    run_classifier(s, &task, started, shape)
 }
 
-/// Train a classifier `task` (CRATE, CRATE-α or ToST) of `(input, classes, parameters)`.
+/// Train a classifier `task` (CRATE, CRATE-α or ToST) of `(input, classes, parameters)`; the
+/// outcome's `seconds` count from here (the run started or resumed).
 pub(super) fn run_classifier<T: Task<TrainBackend>, C>(
     s: &ImageTrainSettings,
     task: &T,
     mut started: Started<C, T::Model>,
     (input, classes, params): ([usize; 3], usize, usize),
-    t_start: Instant,
 ) -> Result<ClassifierOutcome> {
+    let t_start = Instant::now();
     let (train_set, test_set) = s.run.splits(&mut started.state, input, Some(classes))?;
     tracing::info!(
         "training {params} params on {} images ({} test) from {}, {} epochs",

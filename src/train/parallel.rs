@@ -155,7 +155,7 @@ where
     let pools = match pools(parts.len()) {
         Some(p) if parts.len() > 1 => p,
         _ => {
-            let all = parts[0].0.start..parts.last().map_or(0, |p| p.0.end);
+            let all = parts.first().map_or(0, |p| p.0.start)..parts.last().map_or(0, |p| p.0.end);
             let l = loss(model, all);
             let v: f64 = l.clone().into_scalar().elem();
             return (v, GradientsParams::from_grads(l.backward(), model));

@@ -7,7 +7,6 @@ use burn::nn::loss::CrossEntropyLoss;
 use burn::tensor::{Int, Tensor};
 use rand::rngs::StdRng;
 use serde_json::json;
-use std::time::Instant;
 
 use super::image_run::{self, ClassifierOutcome, ImageTrainSettings, Saved};
 use super::resume::same_json;
@@ -94,7 +93,7 @@ fn tost_config(s: &ImageTrainSettings) -> Result<TostConfig> {
 
 /// A ToST classifier run (fresh, from `init_from` weights, or resumed); the caller
 /// ([`image_run::train_classifier`]) holds the run's lock.
-pub(super) fn train(s: &ImageTrainSettings, t_start: Instant) -> Result<ClassifierOutcome> {
+pub(super) fn train(s: &ImageTrainSettings) -> Result<ClassifierOutcome> {
     let saved = Saved {
         read_config: TostConfig::from_json_file,
         init: |c: &TostConfig, d| c.init::<TrainBackend>(d),
@@ -120,5 +119,5 @@ pub(super) fn train(s: &ImageTrainSettings, t_start: Instant) -> Result<Classifi
     let smoothing = started.state.recipe.label_smoothing;
     let task = ClassifyTost::new(c.clone(), smoothing, &Default::default());
     let shape = (c.input_shape(), c.num_classes, c.param_count());
-    image_run::run_classifier(s, &task, started, shape, t_start)
+    image_run::run_classifier(s, &task, started, shape)
 }
