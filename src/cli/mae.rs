@@ -1,15 +1,12 @@
 //! CRATE-MAE commands: `forward` on an MAE config, `mae train`, `mae reconstruct`, `probe`.
 
-use anyhow::{Context, Result};
-use serde_json::json;
-use std::time::Instant;
+use anyhow::Result;
 
-use super::commands::{check_shape, load, load_split};
+use super::commands::{check_shape, load};
 use super::{MaeTrainArgs, ProbeArgs, ReconstructArgs};
 use whitebox::data::{self, Split};
 use whitebox::train::mae::MaeTrainSettings;
 use whitebox::train::probe::{self, ProbeRecipe};
-use whitebox::{InferBackend, TrainBackend};
 
 /// `whitebox mae train`: masked-autoencoder pre-training with the classifier's training machinery.
 pub fn train(m: MaeTrainArgs) -> Result<()> {
@@ -62,35 +59,8 @@ pub fn probe(a: ProbeArgs) -> Result<()> {
         weight_decay: a.weight_decay,
         seed: a.seed,
     };
-    recipe.validate()?;
-    let t0 = Instant::now();
-    let train_set = load_split(&a.data, Split::Train, a.train_limit)?;
-    let test_set = load_split(&a.data, Split::Test, a.test_limit)?;
     let l = load(&a.weights)?.into_features()?;
-    check_shape(l.config, &train_set, &a.data.data)?;
-    check_shape(l.config, &test_set, &a.data.data).context("test split")?;
-    let norm = l.normalization_or_train(l.config[0], &a.data.data, a.data.format)?;
-    let r = probe::probe_frozen::<InferBackend, TrainBackend>(
-        &train_set,
-        &test_set,
-        &norm,
-        &recipe,
-        &Default::default(),
-        |x| l.model.extract(x),
-    )?;
-    println!(
-        "linear probe on frozen cls features: test accuracy {:.2}%  (train {:.2}%, d = {}, {} epochs, {:.0}s)",
-        100.0 * r.test_acc,
-        100.0 * r.train_acc,
-        r.dim,
-        a.epochs,
-        t0.elapsed().as_secs_f64()
-    );
-    if a.json {
-        println!(
-            "{}",
-            json!({"test_acc": r.test_acc, "train_acc": r.train_acc, "dim": r.dim, "epochs": a.epochs, "seconds": t0.elapsed().as_secs_f64()})
-        );
-    }
-    Ok(())
+    let (data, limits) = (&a.data.data, (a.train_limit, a.test_limit));
+    let r = probe::probe_weights(&l, data, a.data.format, limits, &recipe)?;
+    super::print_outcome(&r, a.json)
 }

@@ -2,16 +2,12 @@
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use serde_json::json;
 use std::path::PathBuf;
-use std::time::Instant;
 
-use super::commands::load_split;
 use super::{DataArgs, TrainArgs};
-use whitebox::data::Split;
 use whitebox::model::ssl::SslLoss;
 use whitebox::train::dino::{self, DinoTrainSettings};
-use whitebox::train::ssl::{knn_eval, FeatureSource, SslOptions};
+use whitebox::train::ssl::{FeatureSource, SslOptions};
 
 #[derive(Subcommand, Debug)]
 pub enum DinoCommand {
@@ -158,10 +154,6 @@ pub fn train(d: DinoTrainArgs) -> Result<()> {
 /// `whitebox knn`: DINO's weighted k-NN on cosine similarity of frozen features; the train split
 /// is the neighbours, the test split the queries.
 pub fn knn(a: KnnArgs) -> Result<()> {
-    let device = Default::default();
-    let t0 = Instant::now();
-    let train_set = load_split(&a.data, Split::Train, a.train_limit)?;
-    let test_set = load_split(&a.data, Split::Test, a.test_limit)?;
     let source = match (&a.weights, &a.config, a.pixels) {
         (None, None, true) => FeatureSource::Pixels,
         (None, Some(spec), false) => FeatureSource::RandomInit {
@@ -176,33 +168,7 @@ pub fn knn(a: KnnArgs) -> Result<()> {
         (None, None, false) => bail!("give --weights W, --config C (random init) or --pixels"),
         (Some(_), _, true) => unreachable!("clap refuses --weights with --pixels"),
     };
-    let (source, norm, what) = source.open(&train_set, &a.data.data)?;
-    let r = knn_eval(
-        &train_set,
-        &test_set,
-        &norm,
-        a.k,
-        a.temperature,
-        &device,
-        |x| source.extract(x),
-    )?;
-    println!(
-        "k-NN (k = {}, T = {}) on {}: top-1 {:.2}%  top-5 {:.2}%  ({} test images, {} neighbours, {:.0}s)",
-        a.k,
-        a.temperature,
-        what,
-        100.0 * r.top1,
-        100.0 * r.top5,
-        r.n,
-        train_set.len(),
-        t0.elapsed().as_secs_f64()
-    );
-    if a.json {
-        println!(
-            "{}",
-            json!({"top1": r.top1, "top5": r.top5, "k": a.k, "T": a.temperature, "n": r.n,
-                   "train": train_set.len(), "seconds": t0.elapsed().as_secs_f64()})
-        );
-    }
-    Ok(())
+    let limits = (a.train_limit, a.test_limit);
+    let r = source.knn(&a.data.data, a.data.format, limits, a.k, a.temperature)?;
+    super::print_outcome(&r, a.json)
 }

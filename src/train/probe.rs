@@ -2,7 +2,7 @@
 //! split's statistics), trained by AdamW on the engine, epoch by epoch, with a cosine learning
 //! rate to 0 and no checkpoints.
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use burn::module::AutodiffModule;
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::nn::{Linear, LinearConfig};
@@ -12,10 +12,13 @@ use serde::Serialize;
 use std::path::Path;
 
 use super::engine::{self, Evaluation, Job, PeriodStats, Position, RunOptions};
+use super::image_run::{check_shape, load_split};
 use super::ssl::extract_features;
 use super::{schedule, OptimSettings, OptimizerKind, TrainOptimizer};
-use crate::data::{epoch_order, ImageSet, Normalization};
+use crate::data::{epoch_order, Format, ImageSet, Normalization, Split};
 use crate::model::{CrateAutodiff, CrateBackend};
+use crate::weights::Weights;
+use crate::InferBackend;
 
 /// Everything that decides a probe's training.
 #[derive(Debug, Clone, Serialize)]
@@ -298,5 +301,63 @@ pub fn probe_frozen<B: Backend, T: CrateAutodiff>(
         train_acc,
         test_acc,
         dim,
+    })
+}
+
+/// What [`probe_weights`] measured: [`ProbeResult`] with the run's epochs and wall time.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeReport {
+    pub test_acc: f64,
+    pub train_acc: f64,
+    pub dim: usize,
+    pub epochs: usize,
+    pub seconds: f64,
+}
+
+impl std::fmt::Display for ProbeReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "linear probe on frozen cls features: test accuracy {:.2}%  (train {:.2}%, d = {}, {} epochs, {:.0}s)",
+            100.0 * self.test_acc,
+            100.0 * self.train_acc,
+            self.dim,
+            self.epochs,
+            self.seconds
+        )
+    }
+}
+
+/// `whitebox probe`: the linear probe ([`probe_frozen`]) of the frozen features of `weights` on
+/// the images of `data` (the first `train_limit` / `test_limit` of each split), normalised as the
+/// weights were trained, else with the training split's statistics.
+pub fn probe_weights(
+    weights: &Weights<[usize; 3], crate::model::features::Features<InferBackend>>,
+    data: &Path,
+    format: Format,
+    (train_limit, test_limit): (Option<usize>, Option<usize>),
+    recipe: &ProbeRecipe,
+) -> Result<ProbeReport> {
+    recipe.validate()?;
+    let t0 = std::time::Instant::now();
+    let train_set = load_split(data, format, Split::Train, train_limit)?;
+    let test_set = load_split(data, format, Split::Test, test_limit)?;
+    check_shape(weights.config, &train_set, data)?;
+    check_shape(weights.config, &test_set, data).context("test split")?;
+    let norm = weights.normalization_or_train(weights.config[0], data, format)?;
+    let r = probe_frozen::<InferBackend, crate::TrainBackend>(
+        &train_set,
+        &test_set,
+        &norm,
+        recipe,
+        &Default::default(),
+        |x| weights.model.extract(x),
+    )?;
+    Ok(ProbeReport {
+        test_acc: r.test_acc,
+        train_acc: r.train_acc,
+        dim: r.dim,
+        epochs: recipe.epochs,
+        seconds: t0.elapsed().as_secs_f64(),
     })
 }

@@ -18,7 +18,8 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::image_run::check_shape;
+use super::image_run::{check_shape, load_split};
+use crate::data::{Format, Split};
 use crate::model::features::Features;
 use crate::InferBackend;
 
@@ -581,6 +582,73 @@ impl FeatureSource {
                 let norm = l.normalization(train.channels)?.unwrap_or_else(from_train);
                 (l.model, norm, path.display().to_string())
             }
+        })
+    }
+}
+
+/// What [`FeatureSource::knn`] measured, with its settings and the features' description.
+#[derive(Debug, Clone, Serialize)]
+pub struct KnnReport {
+    pub top1: f64,
+    pub top5: f64,
+    pub k: usize,
+    #[serde(rename = "T")]
+    pub t: f64,
+    /// Test images (queries) and training images (neighbours).
+    pub n: usize,
+    pub train: usize,
+    pub seconds: f64,
+    /// The features: "pixels", a random-init CRATE, or the weights' path.
+    #[serde(skip)]
+    pub features: String,
+}
+
+impl std::fmt::Display for KnnReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "k-NN (k = {}, T = {}) on {}: top-1 {:.2}%  top-5 {:.2}%  ({} test images, {} neighbours, {:.0}s)",
+            self.k,
+            self.t,
+            self.features,
+            100.0 * self.top1,
+            100.0 * self.top5,
+            self.n,
+            self.train,
+            self.seconds
+        )
+    }
+}
+
+impl FeatureSource {
+    /// DINO's weighted k-NN (`k` neighbours, temperature `t`) of these features on the images of
+    /// `data`: its training split (the first `train_limit`) as the neighbours, its test split the
+    /// queries.
+    pub fn knn(
+        &self,
+        data: &Path,
+        format: Format,
+        (train_limit, test_limit): (Option<usize>, Option<usize>),
+        k: usize,
+        t: f64,
+    ) -> Result<KnnReport> {
+        let t0 = std::time::Instant::now();
+        let train_set = load_split(data, format, Split::Train, train_limit)?;
+        let test_set = load_split(data, format, Split::Test, test_limit)?;
+        let (source, norm, features) = self.open(&train_set, data)?;
+        let device = Default::default();
+        let r = knn_eval(&train_set, &test_set, &norm, k, t, &device, |x| {
+            source.extract(x)
+        })?;
+        Ok(KnnReport {
+            top1: r.top1,
+            top5: r.top5,
+            k,
+            t,
+            n: r.n,
+            train: train_set.len(),
+            seconds: t0.elapsed().as_secs_f64(),
+            features,
         })
     }
 }
