@@ -1,7 +1,7 @@
 //! CRATE-α against the official PyTorch port (tests/golden/crate_alpha.safetensors):
 //! every activation, logits, loss and every gradient; presets and parameter counts.
 
-mod common;
+use crate::common;
 
 use burn::module::Module;
 use burn::tensor::{Int, Tensor, TensorData};

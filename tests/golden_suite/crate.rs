@@ -1,7 +1,7 @@
 //! The CRATE classifier against the official PyTorch code (tests/golden/crate_{A,B}):
 //! logits, every activation, loss, every gradient and one AdamW step.
 
-mod common;
+use crate::common;
 
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};

@@ -2,7 +2,7 @@
 //! (tests/golden/crate_lm_{complete,overcomplete}): every activation, logits, both losses, every
 //! gradient (incl. the tied lm_head), one AdamW step of `configure_optimizers`, greedy generation.
 
-mod common;
+use crate::common;
 
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;

@@ -1,7 +1,7 @@
 //! CRATE-MAE against the official PyTorch code (tests/golden/crate_mae.safetensors): with the saved
 //! masking noise, the ids and mask, every activation, prediction, reconstruction, loss and gradients.
 
-mod common;
+use crate::common;
 
 use burn::module::Module;
 use burn::tensor::{Tensor, TensorData};

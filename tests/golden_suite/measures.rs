@@ -1,6 +1,6 @@
 //! White-box measures against tests/golden/crate_A_measures.json (official and paper formulas).
 
-mod common;
+use crate::common;
 
 use burn::tensor::Tensor;
 use common::{golden_path, Golden};

@@ -1,7 +1,7 @@
 //! ToST against the official code (`RobinWu218/ToST`, tests/golden/tost.safetensors): TSSA alone,
 //! the vision model and the causal TSSA language model — outputs, loss and every gradient.
 
-mod common;
+use crate::common;
 
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::{Int, Tensor, TensorData};
