@@ -186,3 +186,24 @@ pub fn tiny_bert() -> whitebox::model::bert::BertConfig {
         initializer_range: 0.2,
     }
 }
+
+/// Every gradient of `got` against the golden `{prefix}grad.*` (the input's gradient aside): the
+/// same keys, each within `1e-4·max|golden| + 1e-7`.
+pub fn assert_grads(g: &Golden, prefix: &str, got: &whitebox::weights::StateDict) {
+    let want = g.with_prefix(&format!("{prefix}grad."));
+    let want_keys: Vec<&String> = want.keys().filter(|k| *k != "input").collect();
+    let got_keys: Vec<&String> = got.keys().collect();
+    assert_eq!(
+        got_keys, want_keys,
+        "{prefix}: every parameter has a gradient"
+    );
+    for k in want_keys {
+        let (gv, wv) = (
+            got[k].to_vec::<f32>().unwrap(),
+            want[k].to_vec::<f32>().unwrap(),
+        );
+        let tol = 1e-4 * max_abs(&wv) + 1e-7;
+        let d = max_abs_diff(&gv, &wv);
+        assert!(d <= tol, "{prefix}grad.{k}: max |Δ| {d:e} > {tol:e}");
+    }
+}

@@ -5,7 +5,7 @@ use crate::common;
 
 use burn::module::Module;
 use burn::tensor::{Int, Tensor, TensorData};
-use common::{assert_close, max_abs, max_abs_diff, Golden};
+use common::{assert_close, Golden};
 use whitebox::model::{Activations, Crate, CrateConfig};
 use whitebox::weights::{apply_state_dict, collect_gradients, collect_state_dict};
 use whitebox::CpuAutodiff as B;
@@ -55,20 +55,7 @@ fn crate_alpha_matches_official() {
     let want = g.f32("loss")[0];
     assert!((l - want).abs() <= 1e-6, "loss {l} vs {want}");
     let grads = loss.backward();
-    let got = collect_gradients(&model, &grads);
-    let want_grads = g.with_prefix("grad.");
-    assert_eq!(
-        got.len(),
-        want_grads.len(),
-        "every parameter has a gradient"
-    );
-    for (k, w) in &want_grads {
-        let gv = got[k].to_vec::<f32>().unwrap();
-        let wv = w.to_vec::<f32>().unwrap();
-        let tol = 1e-4 * max_abs(&wv) + 1e-7;
-        let d = max_abs_diff(&gv, &wv);
-        assert!(d <= tol, "grad {k}: max |Δ| {d:e} > {tol:e}");
-    }
+    common::assert_grads(&g, "", &collect_gradients(&model, &grads));
 }
 
 #[test]

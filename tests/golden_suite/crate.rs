@@ -6,7 +6,7 @@ use crate::common;
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::{Int, Tensor, TensorData};
-use common::{assert_close, max_abs, max_abs_diff, Golden};
+use common::{assert_close, Golden};
 use whitebox::model::{Activations, CrateConfig};
 use whitebox::weights::{
     apply_state_dict, collect_gradients, collect_state_dict, gradients_from_state_dict,
@@ -88,20 +88,7 @@ fn check_grads(
     model: &whitebox::model::Crate<B>,
     grads: &<B as burn::tensor::backend::AutodiffBackend>::Gradients,
 ) {
-    let got = collect_gradients(model, grads);
-    let want_grads = g.with_prefix("grad.");
-    assert_eq!(
-        got.len(),
-        want_grads.len(),
-        "every parameter has a gradient"
-    );
-    for (k, w) in &want_grads {
-        let gv = got[k].to_vec::<f32>().unwrap();
-        let wv = w.to_vec::<f32>().unwrap();
-        let tol = 1e-4 * max_abs(&wv) + 1e-7;
-        let d = max_abs_diff(&gv, &wv);
-        assert!(d <= tol, "grad {k}: max |Δ| {d:e} > {tol:e}");
-    }
+    common::assert_grads(g, "", &collect_gradients(model, grads));
 }
 
 /// The plain forward (what training and inference run: the last layer computes the cls row

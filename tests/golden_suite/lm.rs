@@ -7,7 +7,7 @@ use crate::common;
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::tensor::{Int, Tensor, TensorData};
-use common::{assert_close, max_abs, max_abs_diff, Golden};
+use common::{assert_close, max_abs_diff, Golden};
 use whitebox::model::lm::{self, CausalLm, LmConfig, Sampling, LM_HEAD_KEY};
 use whitebox::model::Activations;
 use whitebox::train::{OptimSettings, OptimizerKind, TrainOptimizer};
@@ -91,18 +91,7 @@ fn check_case(file: &str, arch: &str) {
     let grads = loss.backward();
     let mut got = collect_gradients(&model, &grads);
     got.insert(LM_HEAD_KEY.into(), got["transformer.wte.weight"].clone());
-    let want_grads = g.with_prefix("grad.");
-    assert_eq!(
-        got.len(),
-        want_grads.len(),
-        "every parameter has a gradient"
-    );
-    for (k, w) in &want_grads {
-        let (gv, wv) = (got[k].to_vec::<f32>().unwrap(), w.to_vec::<f32>().unwrap());
-        let tol = 1e-4 * max_abs(&wv) + 1e-7;
-        let d = max_abs_diff(&gv, &wv);
-        assert!(d <= tol, "grad {k}: max |Δ| {d:e} > {tol:e}");
-    }
+    common::assert_grads(&g, "", &got);
 
     // One AdamW step from our own gradients.
     let gp = GradientsParams::from_grads(grads, &model);

@@ -5,7 +5,7 @@ use crate::common;
 
 use burn::module::Module;
 use burn::tensor::{Tensor, TensorData};
-use common::{assert_close, max_abs, max_abs_diff, Golden};
+use common::{assert_close, max_abs_diff, Golden};
 use whitebox::model::mae::{sincos_2d, unpatchify, CrateMae, MaeConfig};
 use whitebox::model::Activations;
 use whitebox::weights::{apply_state_dict, collect_gradients, collect_state_dict};
@@ -68,23 +68,7 @@ fn crate_mae_matches_official() {
     assert!((l - want).abs() <= 1e-6, "loss {l} vs {want}");
 
     let grads = out.loss.backward();
-    let got = collect_gradients(&model, &grads);
-    let want_grads = g.with_prefix("grad.");
-    let mut got_keys: Vec<_> = got.keys().cloned().collect();
-    let mut want_keys: Vec<_> = want_grads.keys().cloned().collect();
-    got_keys.sort();
-    want_keys.sort();
-    assert_eq!(
-        got_keys, want_keys,
-        "exactly the official parameters get gradients"
-    );
-    for (k, w) in &want_grads {
-        let gv = got[k].to_vec::<f32>().unwrap();
-        let wv = w.to_vec::<f32>().unwrap();
-        let tol = 1e-4 * max_abs(&wv) + 1e-7;
-        let d = max_abs_diff(&gv, &wv);
-        assert!(d <= tol, "grad {k}: max |Δ| {d:e} > {tol:e}");
-    }
+    common::assert_grads(&g, "", &collect_gradients(&model, &grads));
 }
 
 #[test]

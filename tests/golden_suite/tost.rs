@@ -5,35 +5,16 @@ use crate::common;
 
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::{Int, Tensor, TensorData};
-use common::{assert_close, max_abs, max_abs_diff, Golden};
+use common::{assert_close, max_abs, Golden};
 use whitebox::model::blocks::Tssa;
 use whitebox::model::lm::{self, LmConfig, LM_HEAD_KEY};
 use whitebox::model::tost::{self, Tost, TostConfig};
-use whitebox::weights::{apply_state_dict, collect_gradients, StateDict};
+use whitebox::weights::{apply_state_dict, collect_gradients};
 use whitebox::CpuAutodiff as B;
 
 fn case(g: &Golden, name: &str) -> serde_json::Value {
     let cases: serde_json::Value = serde_json::from_str(&g.meta["cases"]).unwrap();
     cases[name].clone()
-}
-
-/// Every `grad.*` of `prefix` against `got`, within `1e-4·max|g| + 1e-7`; same key set.
-fn check_grads(g: &Golden, prefix: &str, got: &StateDict) {
-    let want = g.with_prefix(&format!("{prefix}grad."));
-    let mut want_keys: Vec<&String> = want.keys().filter(|k| *k != "input").collect();
-    want_keys.sort();
-    let got_keys: Vec<&String> = got.keys().collect();
-    assert_eq!(
-        got_keys, want_keys,
-        "{prefix}: every parameter has a gradient"
-    );
-    for (k, w) in &want {
-        let Some(gv) = got.get(k) else { continue };
-        let (gv, wv) = (gv.to_vec::<f32>().unwrap(), w.to_vec::<f32>().unwrap());
-        let tol = 1e-4 * max_abs(&wv) + 1e-7;
-        let d = max_abs_diff(&gv, &wv);
-        assert!(d <= tol, "{prefix}grad.{k}: max |Δ| {d:e} > {tol:e}");
-    }
 }
 
 #[test]
@@ -75,7 +56,7 @@ fn tssa_matches_official() {
     let want = g.get("tssa.grad.input");
     let tol = 1e-4 * max_abs(&want.to_vec::<f32>().unwrap()) + 1e-7;
     assert_close("tssa.grad.input", &gx, want, tol);
-    check_grads(&g, "tssa.", &collect_gradients(&tssa, &grads));
+    common::assert_grads(&g, "tssa.", &collect_gradients(&tssa, &grads));
 }
 
 /// The golden vision case as a whitebox config (the official constructor's fields).
@@ -132,7 +113,7 @@ fn tost_vision_matches_official() {
         .forward(logits, labels);
     let (l, want) = (loss.clone().into_scalar(), g.f32("vision.loss")[0]);
     assert!((l - want).abs() <= 1e-5, "vision.loss {l} vs {want}");
-    check_grads(&g, "vision.", &collect_gradients(&model, &loss.backward()));
+    common::assert_grads(&g, "vision.", &collect_gradients(&model, &loss.backward()));
 }
 
 #[test]
@@ -190,7 +171,7 @@ fn tost_lm_matches_official() {
     let loss = lm::cross_entropy(logits, targets);
     let (l, want) = (loss.clone().into_scalar(), g.f32("lm.loss")[0]);
     assert!((l - want).abs() <= 1e-5, "lm.loss {l} vs {want}");
-    check_grads(&g, "lm.", &collect_gradients(&model, &loss.backward()));
+    common::assert_grads(&g, "lm.", &collect_gradients(&model, &loss.backward()));
 
     // the tied head given once (`transformer.wte.weight` only) loads to the same model
     let mut once = sd;
