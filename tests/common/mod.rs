@@ -207,3 +207,14 @@ pub fn assert_grads(g: &Golden, prefix: &str, got: &whitebox::weights::StateDict
         assert!(d <= tol, "{prefix}grad.{k}: max |Δ| {d:e} > {tol:e}");
     }
 }
+
+/// Every captured activation against the golden tensor of its name (`act.*`, within 1e-5), and as
+/// many as the golden file holds.
+pub fn assert_activations(g: &Golden, acts: &[whitebox::model::Captured]) {
+    let golden_acts = g.tensors.keys().filter(|k| k.starts_with("act.")).count();
+    assert_eq!(acts.len(), golden_acts, "number of captured activations");
+    for a in acts {
+        let got = TensorData::new(a.values.clone(), a.shape.clone());
+        assert_close(&a.name, &got, g.get(&a.name), 1e-5);
+    }
+}

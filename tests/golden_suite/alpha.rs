@@ -4,7 +4,7 @@
 use crate::common;
 
 use burn::module::Module;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor};
 use common::{assert_close, Golden};
 use whitebox::model::{Activations, Crate, CrateConfig};
 use whitebox::weights::{apply_state_dict, collect_gradients, collect_state_dict};
@@ -38,13 +38,7 @@ fn crate_alpha_matches_official() {
     let input = Tensor::<B, 4>::from_data(g.get("input").clone(), &device);
     let mut acts = Activations::on();
     let logits = model.forward_with(input, &mut acts);
-    let acts = acts.into_vec();
-    let golden_acts = g.tensors.keys().filter(|k| k.starts_with("act.")).count();
-    assert_eq!(acts.len(), golden_acts, "number of captured activations");
-    for a in &acts {
-        let got = TensorData::new(a.values.clone(), a.shape.clone());
-        assert_close(&a.name, &got, g.get(&a.name), 1e-5);
-    }
+    common::assert_activations(&g, &acts.into_vec());
     assert_close("logits", &logits.clone().into_data(), g.get("logits"), 1e-5);
 
     let labels = Tensor::<B, 1, Int>::from_data(g.get("labels").clone(), &device);

@@ -5,7 +5,7 @@ use crate::common;
 
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor};
 use common::{assert_close, Golden};
 use whitebox::model::{Activations, CrateConfig};
 use whitebox::weights::{
@@ -48,17 +48,7 @@ fn check_case(file: &str) {
     let input = Tensor::<B, 4>::from_data(g.get("input").clone(), &device);
     let mut acts = Activations::on();
     let logits = model.forward_with(input, &mut acts);
-    let acts = acts.into_vec();
-    let golden_acts: Vec<&String> = g.tensors.keys().filter(|k| k.starts_with("act.")).collect();
-    assert_eq!(
-        acts.len(),
-        golden_acts.len(),
-        "number of captured activations"
-    );
-    for a in &acts {
-        let got = TensorData::new(a.values.clone(), a.shape.clone());
-        assert_close(&a.name, &got, g.get(&a.name), 1e-5);
-    }
+    common::assert_activations(&g, &acts.into_vec());
     assert_close("logits", &logits.clone().into_data(), g.get("logits"), 1e-5);
 
     // Loss and gradients.

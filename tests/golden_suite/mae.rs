@@ -53,13 +53,7 @@ fn crate_mae_matches_official() {
     );
     let mut acts = Activations::on();
     let out = model.forward_with(input, masking, &mut acts);
-    let acts = acts.into_vec();
-    let golden_acts = g.tensors.keys().filter(|k| k.starts_with("act.")).count();
-    assert_eq!(acts.len(), golden_acts, "number of captured activations");
-    for a in &acts {
-        let got = TensorData::new(a.values.clone(), a.shape.clone());
-        assert_close(&a.name, &got, g.get(&a.name), 1e-5);
-    }
+    common::assert_activations(&g, &acts.into_vec());
     assert_close("pred", &out.pred.clone().into_data(), g.get("pred"), 1e-5);
     let recon = unpatchify(out.pred.clone(), cfg.patch_size, cfg.in_chans);
     assert_close("recon_img", &recon.into_data(), g.get("recon_img"), 1e-5);
