@@ -218,3 +218,15 @@ pub fn assert_activations(g: &Golden, acts: &[whitebox::model::Captured]) {
         assert_close(&a.name, &got, g.get(&a.name), 1e-5);
     }
 }
+
+/// `model` with the weights `sd` (official keys) loaded strictly: every key present, none left
+/// over, every shape right.
+pub fn load_clean<B, M>(model: M, sd: &whitebox::weights::StateDict) -> M
+where
+    B: burn::tensor::backend::Backend,
+    M: burn::module::Module<B> + whitebox::weights::OfficialKeys,
+{
+    let (model, report) = whitebox::weights::apply_state_dict(model, sd, true).unwrap();
+    assert!(report.is_clean(), "{}", report.describe());
+    model
+}

@@ -19,14 +19,10 @@ fn config(g: &Golden) -> CrateConfig {
 }
 
 fn golden_model(g: &Golden) -> Crate<B> {
-    let (model, report) = apply_state_dict(
+    common::load_clean(
         config(g).init::<B>(&Default::default()),
         &g.with_prefix("param."),
-        true,
     )
-    .unwrap();
-    assert!(report.is_clean());
-    model
 }
 
 #[test]

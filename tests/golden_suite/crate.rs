@@ -8,9 +8,7 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::{Int, Tensor};
 use common::{assert_close, Golden};
 use whitebox::model::{Activations, CrateConfig};
-use whitebox::weights::{
-    apply_state_dict, collect_gradients, collect_state_dict, gradients_from_state_dict,
-};
+use whitebox::weights::{collect_gradients, collect_state_dict, gradients_from_state_dict};
 use whitebox::CpuAutodiff as B;
 
 fn config(g: &Golden) -> CrateConfig {
@@ -29,14 +27,10 @@ fn torch_adamw() -> impl Optimizer<whitebox::model::Crate<B>, B> {
 
 /// The model of a golden case with its initial official weights (strict load).
 fn golden_model(g: &Golden) -> whitebox::model::Crate<B> {
-    let (model, report) = apply_state_dict(
+    common::load_clean(
         config(g).init::<B>(&Default::default()),
         &g.with_prefix("param."),
-        true,
     )
-    .unwrap();
-    assert!(report.is_clean());
-    model
 }
 
 fn check_case(file: &str) {

@@ -16,14 +16,10 @@ fn config(g: &Golden) -> MaeConfig {
 }
 
 fn golden_model(g: &Golden) -> CrateMae<B> {
-    let (model, report) = apply_state_dict(
+    common::load_clean(
         config(g).init::<B>(&Default::default()),
         &g.with_prefix("param."),
-        true,
     )
-    .unwrap();
-    assert!(report.is_clean());
-    model
 }
 
 fn ids(g: &Golden, k: &str) -> Vec<i64> {

@@ -9,7 +9,7 @@ use common::{assert_close, max_abs, Golden};
 use whitebox::model::blocks::Tssa;
 use whitebox::model::lm::{self, LmConfig, LM_HEAD_KEY};
 use whitebox::model::tost::{self, Tost, TostConfig};
-use whitebox::weights::{apply_state_dict, collect_gradients};
+use whitebox::weights::collect_gradients;
 use whitebox::CpuAutodiff as B;
 
 fn case(g: &Golden, name: &str) -> serde_json::Value {
@@ -25,13 +25,10 @@ fn tssa_matches_official() {
     let dim = c["dim"].as_u64().unwrap() as usize;
     let heads = c["num_heads"].as_u64().unwrap() as usize;
     let qkv_bias = c["qkv_bias"].as_bool().unwrap();
-    let (tssa, report) = apply_state_dict(
+    let tssa = common::load_clean(
         Tssa::<B>::new(dim, heads, qkv_bias, &device),
         &g.with_prefix("tssa.param."),
-        true,
-    )
-    .unwrap();
-    assert!(report.is_clean());
+    );
     let input = g.get("tssa.input");
     let [b, n, d] = [input.shape[0], input.shape[1], input.shape[2]];
     let x = Tensor::<B, 3>::from_data(input.clone(), &device).require_grad();
@@ -84,14 +81,10 @@ fn vision_config(g: &Golden) -> TostConfig {
 }
 
 fn vision_model(g: &Golden) -> Tost<B> {
-    let (model, report) = apply_state_dict(
+    common::load_clean(
         vision_config(g).init::<B>(&Default::default()),
         &tost::prepare_state_dict(g.with_prefix("vision.param.")),
-        true,
     )
-    .unwrap();
-    assert!(report.is_clean());
-    model
 }
 
 #[test]
