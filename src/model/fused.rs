@@ -3,7 +3,7 @@
 //! burn's autodiff differentiates LayerNorm and softmax-attention op by op (about ten graph
 //! nodes each, with gradient accumulation on strided views). Here each is one node whose
 //! backward is the closed form. Plain backends (flex, CUDA) use the forward only; the
-//! autodiff wrapper adds the backward. `tests/fused_ops.rs` checks both against the op-by-op
+//! autodiff wrapper adds the backward. `tests/suite/fused_ops.rs` checks both against the op-by-op
 //! versions.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;

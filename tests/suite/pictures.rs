@@ -3,7 +3,7 @@
 //! per-epoch measures of a trained toy model (R^c falls and sparsity rises with depth), the HTML
 //! report, and clear errors on bad input.
 
-mod common;
+use crate::common;
 
 use burn::tensor::TensorData;
 use common::{fails, idx_bytes, ok, write_idx};

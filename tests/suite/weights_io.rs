@@ -1,7 +1,7 @@
 //! Loading official weights: torch.save containers (.pth/.pth.tar), safetensors round trips,
 //! and strict/non-strict key checking.
 
-mod common;
+use crate::common;
 
 use burn::tensor::Tensor;
 use common::{assert_close, golden_path, Golden};

@@ -2,7 +2,7 @@
 //! that holds a run, `--resume`'s check names the differing setting, and a run stopped after an
 //! epoch and resumed ends with the same weights as a straight run.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use whitebox::data::{Augment, Format};
@@ -62,14 +62,9 @@ fn train(
     r.fit(&task, started, &train, &test).unwrap()
 }
 
-/// Held by each test of this file for its whole run: a fresh start seeds the backend's one
-/// generator and draws the model from it, and a concurrent test drawing in between would give
-/// the straight and the resumed run different initial weights.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 #[test]
 fn refuses_overwrite_checks_resume_and_resumes_exactly() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = crate::serial();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -149,7 +144,7 @@ fn refuses_overwrite_checks_resume_and_resumes_exactly() {
 /// masked-patch loss; `mae::train` refuses a classifier setting.
 #[test]
 fn commands_run_as_library_calls() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = crate::serial();
     use whitebox::train::image_run::{train_classifier, ImageTrainSettings};
     use whitebox::train::mae::{self, MaeTrainSettings};
     let dir = tempfile::tempdir().unwrap();

@@ -2,7 +2,7 @@
 //! the official golden weights (vision and language model), and `train`/`eval`/`info` with
 //! `"arch": "tost"` on a tiny IDX data set, with clear errors on bad configs.
 
-mod common;
+use crate::common;
 
 use burn::tensor::{Tensor, TensorData};
 use common::{assert_close, fails, ok, write_idx, Golden};

@@ -2,7 +2,7 @@
 //! bidirectionality, BERT's 80/10/10 masking, a finite-difference gradient check and a short
 //! masked-LM training run whose loss must fall; `bert train` and `bert fill-mask` end to end.
 
-mod common;
+use crate::common;
 
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};

@@ -1,6 +1,6 @@
 //! Dataset readers on small files written here in each real format, and their error messages.
 
-mod common;
+use crate::common;
 
 use common::{idx_bytes, write_idx};
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! bits on every run, and the single pass itself when there is one slice; the same for a causal
 //! language model's batch of sequences (`lm train`).
 
-mod common;
+use crate::common;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::loss::CrossEntropyLossConfig;

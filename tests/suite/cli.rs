@@ -1,7 +1,7 @@
 //! The `whitebox` binary end to end: info, forward (the interop contract), train/eval/predict
 //! on a tiny IDX data set, exact resume, interrupt, and clear errors on bad input.
 
-mod common;
+use crate::common;
 
 use common::{assert_close, fails, golden_path, ok, write_idx_classes, Golden};
 use std::path::Path;

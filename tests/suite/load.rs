@@ -2,7 +2,7 @@
 //! config beside it, a nanoGPT checkpoint's `model_args` or a given `--config`, and loads the
 //! weights unchanged (tiny models saved by the library itself, and the official fixtures).
 
-mod common;
+use crate::common;
 
 use burn::tensor::{Int, Tensor};
 use common::{assert_close, Golden};

@@ -2,7 +2,7 @@
 //! determinism, position embeddings at the local-crop grid, `dino train` resuming exactly (both
 //! objectives), its checkpoint read by `eval`, `knn` and `probe`, and clear errors on bad flags.
 
-mod common;
+use crate::common;
 
 use burn::module::Module;
 use burn::tensor::{Tensor, TensorData};

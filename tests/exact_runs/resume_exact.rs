@@ -113,6 +113,7 @@ fn metrics(run: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn interrupted_and_resumed_run_equals_the_straight_run() {
+    let _serial = crate::serial();
     let device = Default::default();
     let config: CrateConfig = serde_json::from_str(
         r#"{"image_size": 8, "patch_size": 4, "num_classes": 3, "dim": 8, "depth": 1, "heads": 2, "dim_head": 4, "channels": 1}"#,

@@ -1,7 +1,7 @@
 //! `whitebox forward` on language models (the interop contract) and `whitebox lm` prepare / train
 //! / eval / generate on a tiny corpus: loss goes down, resume equals a straight run, clear errors.
 
-mod common;
+use crate::common;
 
 use common::{assert_close, fails, golden_path, ok, Golden};
 use std::path::Path;
