@@ -4,7 +4,6 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use serde_json::json;
 
 use super::WeightArgs;
 use whitebox::model::bert::CrateBert;
@@ -110,21 +109,7 @@ fn train_settings(a: BertTrainArgs) -> BertTrainSettings {
 
 pub fn train(a: BertTrainArgs) -> Result<()> {
     let json = a.run.json;
-    let out = whitebox::train::bert::train(&train_settings(a))?;
-    println!(
-        "validation masked-LM loss {:.4} after {} iterations ({:.0} s); weights in {}",
-        out.val_loss,
-        out.iters,
-        out.seconds,
-        out.weights.display()
-    );
-    if json {
-        println!(
-            "{}",
-            json!({"val_loss": out.val_loss, "iters": out.iters, "seconds": out.seconds, "weights": out.weights})
-        );
-    }
-    Ok(())
+    super::print_outcome(&whitebox::train::bert::train(&train_settings(a))?, json)
 }
 
 /// CRATE-BERT weights and the character tokenizer stored with them.

@@ -488,12 +488,25 @@ pub struct BertTrainSettings {
 
 /// The end of [`train`]: the last validation loss, the iterations done, the seconds training
 /// took in this invocation and the weights of the last checkpoint.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct BertOutcome {
     pub val_loss: f64,
     pub iters: usize,
     pub seconds: f64,
     pub weights: PathBuf,
+}
+
+impl std::fmt::Display for BertOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(
+            f,
+            "validation masked-LM loss {:.4} after {} iterations ({:.0} s); weights in {}",
+            self.val_loss,
+            self.iters,
+            self.seconds,
+            self.weights.display()
+        )
+    }
 }
 
 impl BertTrainSettings {
