@@ -85,8 +85,16 @@ pub fn write_idx(dir: &Path, prefix: &str, n: usize, gzip: bool) {
         .map(|i| ((i / 784) * 7 + i % 251) as u8)
         .collect();
     let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
-    let img = idx_bytes(&[n as u32, 28, 28], &pixels);
-    let lab = idx_bytes(&[n as u32], &labels);
+    write_idx_files(dir, prefix, &pixels, &labels, gzip);
+}
+
+/// `{prefix}-images-idx3-ubyte` and `{prefix}-labels-idx1-ubyte` (`.gz` when `gzip`) of 28×28
+/// `pixels` and their `labels`.
+pub fn write_idx_files(dir: &Path, prefix: &str, pixels: &[u8], labels: &[u8], gzip: bool) {
+    let n = labels.len() as u32;
+    assert_eq!(pixels.len(), labels.len() * 784, "28×28 pixels per label");
+    let img = idx_bytes(&[n, 28, 28], pixels);
+    let lab = idx_bytes(&[n], labels);
     let (ext, img, lab) = if gzip {
         (".gz", gz(&img), gz(&lab))
     } else {
@@ -105,16 +113,7 @@ pub fn write_idx_classes(dir: &Path, prefix: &str, n: usize, offset: usize) {
         pixels.extend(stripes(i % 10, ((i * 7 + offset) % 13) as f64));
     }
     let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
-    std::fs::write(
-        dir.join(format!("{prefix}-images-idx3-ubyte")),
-        idx_bytes(&[n as u32, 28, 28], &pixels),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join(format!("{prefix}-labels-idx1-ubyte")),
-        idx_bytes(&[n as u32], &labels),
-    )
-    .unwrap();
+    write_idx_files(dir, prefix, &pixels, &labels, false);
 }
 
 /// The 28×28 stripes of class `c` (see [`write_idx_classes`]) with phase `phase`.

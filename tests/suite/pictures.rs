@@ -6,7 +6,7 @@
 use crate::common;
 
 use burn::tensor::TensorData;
-use common::{fails, idx_bytes, ok, write_idx};
+use common::{fails, ok, write_idx};
 use std::path::Path;
 use whitebox::model::posembed::{at_resolution, bicubic_grid};
 use whitebox::model::CrateConfig;
@@ -296,16 +296,7 @@ fn structured_idx(dir: &Path, prefix: &str, n: usize, seed: u64) {
             }
         }
     }
-    std::fs::write(
-        dir.join(format!("{prefix}-images-idx3-ubyte")),
-        idx_bytes(&[n as u32, 28, 28], &pixels),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join(format!("{prefix}-labels-idx1-ubyte")),
-        idx_bytes(&[n as u32], &labels),
-    )
-    .unwrap();
+    common::write_idx_files(dir, prefix, &pixels, &labels, false);
 }
 
 #[test]
