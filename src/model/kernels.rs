@@ -34,7 +34,7 @@ const LANES: usize = 16;
 
 /// `Σ v` with `LANES` partial sums.
 #[inline(always)]
-fn sum(v: &[f32]) -> f32 {
+pub fn sum(v: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
     let chunks = v.chunks_exact(LANES);
     let rest: f32 = chunks.remainder().iter().sum();
@@ -48,7 +48,7 @@ fn sum(v: &[f32]) -> f32 {
 
 /// `Σ a·b` with `LANES` partial sums.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let rest: f32 = ca
@@ -67,7 +67,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// `max v` (−∞ for an empty slice) with `LANES` partial maxima.
 #[inline(always)]
-fn max(v: &[f32]) -> f32 {
+pub fn max(v: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = v.chunks_exact(LANES);
     let rest = chunks
@@ -217,34 +217,5 @@ best_isa! {
                 *o = (*o - mean_g - h * mean_gx) * r;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exp_is_within_a_few_ulp_of_libm_and_flushes_masked_scores() {
-        for i in 0..=20_000 {
-            let x = -87.0 * i as f32 / 20_000.0;
-            let (got, want) = (exp(x), x.exp());
-            assert!(
-                ((got - want) / want).abs() < 4.0 * f32::EPSILON,
-                "exp({x}) = {got}, libm {want}"
-            );
-        }
-        assert_eq!(exp(0.0), 1.0);
-        assert_eq!(exp(-1e9), 0.0);
-        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
-        assert!(exp(f32::NAN).is_nan());
-    }
-
-    #[test]
-    fn reductions_cover_the_remainder() {
-        let v: Vec<f32> = (0..37).map(|i| i as f32 - 20.0).collect();
-        assert_eq!(sum(&v), v.iter().sum::<f32>());
-        assert_eq!(max(&v), 16.0);
-        assert_eq!(dot(&v, &v), v.iter().map(|x| x * x).sum::<f32>());
     }
 }

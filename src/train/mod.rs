@@ -707,30 +707,3 @@ pub fn measure_curves<B: CrateBackend>(
     let m = measure_batch(model, x, MeasureSettings::default())?;
     LayerCurves::from_measures(&m, model.layers.len())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::EpochMetrics;
-
-    #[test]
-    fn metrics_without_test_loss_read_back() {
-        let m = EpochMetrics {
-            epoch: 1,
-            step: 4,
-            lr: 1e-3,
-            train_loss: 0.5,
-            test_loss: f64::NAN,
-            test_acc: 0.75,
-            test_top5: 1.0,
-            train_img_s: 10.0,
-            seconds: 2.0,
-            measures: None,
-            terms: None,
-        };
-        let line = serde_json::to_string(&m).unwrap();
-        assert!(line.contains("\"test_loss\":null"), "{line}");
-        let back: EpochMetrics = serde_json::from_str(&line).unwrap();
-        assert!(back.test_loss.is_nan());
-        assert_eq!((back.test_acc, back.train_loss, back.step), (0.75, 0.5, 4));
-    }
-}

@@ -35,17 +35,3 @@ pub fn cosine_scheduler(
     final_value
         + 0.5 * (base - final_value) * (1.0 + (std::f64::consts::PI * i / span as f64).cos())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn warmup_then_cosine() {
-        assert!((warmup_cosine(0, 10, 110, 1.0, 0.0) - 0.1).abs() < 1e-12);
-        assert!((warmup_cosine(9, 10, 110, 1.0, 0.0) - 1.0).abs() < 1e-12);
-        assert!((warmup_cosine(10, 10, 110, 1.0, 0.0) - 1.0).abs() < 1e-12);
-        assert!((warmup_cosine(60, 10, 110, 1.0, 0.0) - 0.5).abs() < 1e-12);
-        assert!((warmup_cosine(110, 10, 110, 1.0, 1e-3) - 1e-3).abs() < 1e-12);
-    }
-}

@@ -8,7 +8,14 @@ use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use common::{fails, ok};
+use std::path::Path;
 use whitebox::model::bert::{mask_tokens, position_ids, CrateBert, IGNORE};
+use whitebox::text::{self, Tokenizer};
+use whitebox::train::bert::{
+    encode_masked, fill_mask, train, BertModelSettings, BertRecipeSettings, BertState,
+    BertTrainSettings, MASK,
+};
+use whitebox::train::lm::TokenRunSettings;
 use whitebox::weights::{apply_state_dict, collect_gradients, collect_state_dict, StateDict};
 use whitebox::{CpuAutodiff, CpuBackend};
 
@@ -557,4 +564,113 @@ fn bert_resume_errors_are_clear() {
         e.contains("config.json") && e.contains("does not fit the run's state.json"),
         "{e}"
     );
+}
+
+fn abc() -> Tokenizer {
+    Tokenizer::Char {
+        chars: "abc".into(),
+    }
+}
+
+#[test]
+fn masks_become_the_mask_id_and_characters_shift_past_the_specials() {
+    assert_eq!(encode_masked(&abc(), "a<mask>c").unwrap(), [3, MASK, 5]);
+    assert_eq!(encode_masked(&abc(), "<mask><mask>").unwrap(), [MASK, MASK]);
+    assert!(encode_masked(&abc(), "a<mask>z").is_err());
+}
+
+#[test]
+fn fill_mask_ranks_characters_and_fills_the_best() {
+    let cfg = BertModelSettings {
+        hidden_size: 8,
+        layers: 1,
+        heads: 2,
+    }
+    .config(&abc(), 8);
+    let model = cfg.init::<CpuBackend>(&Default::default());
+    let f = fill_mask(&model, &abc(), "a<mask>b<mask>", 2).unwrap();
+    assert_eq!(f.top.len(), 2);
+    for top in &f.top {
+        assert_eq!(top.len(), 2);
+        assert!(top[0].1 >= top[1].1 && top[1].1 > 0.0 && top[0].1 + top[1].1 <= 1.0);
+    }
+    let best: Vec<&str> = f.top.iter().map(|t| t[0].0.as_str()).collect();
+    assert_eq!(f.filled, format!("a{}b{}", best[0], best[1]));
+    let e = fill_mask(&model, &abc(), "abc", 2).unwrap_err().to_string();
+    assert_eq!(e, "the text has no <mask>");
+    let long = format!("{}<mask>", "a".repeat(8));
+    let e = fill_mask(&model, &abc(), &long, 2).unwrap_err().to_string();
+    assert_eq!(e, "the text is 9 tokens long; this model reads at most 8");
+}
+
+#[test]
+fn train_stops_resumes_and_refuses_other_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(&corpus, "to be or not to be ".repeat(40)).unwrap();
+    let (data, run_dir) = (dir.path().join("tokens"), dir.path().join("run"));
+    let mut s = BertTrainSettings {
+        run: TokenRunSettings::new(&data, &corpus, &run_dir),
+        model: BertModelSettings {
+            hidden_size: 16,
+            layers: 1,
+            heads: 2,
+        },
+        recipe: BertRecipeSettings {
+            seq_len: 8,
+            max_iters: 4,
+            batch_size: 4,
+            warmup_iters: 1,
+            eval_interval: 2,
+            eval_iters: 1,
+            ..Default::default()
+        },
+    };
+    s.run.stop_after = Some(2);
+    let first = train(&s).unwrap();
+    assert_eq!(first.iters, 2);
+    assert_eq!(first.weights, run_dir.join("checkpoint/model.safetensors"));
+    assert!(first.val_loss.is_finite() && first.weights.exists());
+    // t, o, b, e, r, n and the space
+    assert_eq!(text::read_meta(&data).unwrap().tokenizer.vocab_size(), 7);
+    let e = train(&s).unwrap_err().to_string();
+    assert!(e.contains("already holds a checkpoint"), "{e}");
+
+    (s.run.resume, s.run.stop_after) = (true, None);
+    s.run.given = ["heads", "layers", "mask_rate"].map(String::from).into();
+    (s.model.layers, s.recipe.mask_rate) = (3, 0.2);
+    let e = train(&s).unwrap_err().to_string();
+    assert!(e.contains("--layers 3 (the run has 1)"), "{e}");
+    assert!(e.contains("--mask-rate 0.2 (the run has 0.15)"), "{e}");
+    assert!(!e.contains("--heads"), "{e}");
+    (s.model.layers, s.recipe.mask_rate) = (1, 0.15);
+    let done = train(&s).unwrap();
+    assert_eq!(done.iters, 4);
+    assert!(done.val_loss.is_finite());
+}
+
+#[test]
+fn resume_check_names_the_flags_by_their_fields() {
+    let s = BertTrainSettings {
+        run: TokenRunSettings::new(Path::new("tok"), Path::new("c.txt"), Path::new("runs/b")),
+        model: BertModelSettings::default(),
+        recipe: BertRecipeSettings::default(),
+    };
+    let state = BertState::fresh(s.recipe.recipe(), abc(), &s.run.data);
+    let cfg = s.model.config(&abc(), s.recipe.seq_len);
+    let mut r = s.clone();
+    (r.model.layers, r.model.heads, r.recipe.lr) = (2, 4, 0.01);
+    r.recipe.seq_len = 32;
+    r.run.given = ["layers", "heads", "lr", "data", "seq_len"]
+        .map(String::from)
+        .into();
+    let e = r.check_resume(&cfg, &state).unwrap_err().to_string();
+    assert!(e.contains("--layers 2 (the run has 4)"), "{e}");
+    assert!(e.contains("--lr 0.01 (the run has 0.001)"), "{e}");
+    assert!(e.contains("--seq-len 32 (the run has 64)"), "{e}");
+    assert!(
+        e.contains("runs/b") && !e.contains("--heads") && !e.contains("--data"),
+        "{e}"
+    );
+    assert!(s.check_resume(&cfg, &state).is_ok());
 }
