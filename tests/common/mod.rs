@@ -42,26 +42,58 @@ impl Golden {
     }
 }
 
+/// The largest `|a_i − b_i|`, or NaN when any element of either side is NaN or infinite: every
+/// `d <= tol` check then fails (a fold with `f32::max` would skip the NaN and pass).
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    let mut m = 0.0f32;
+    for (x, y) in a.iter().zip(b) {
+        if !x.is_finite() || !y.is_finite() {
+            return f32::NAN;
+        }
+        m = m.max((x - y).abs());
+    }
+    m
 }
 
+/// The largest `|a_i|`, or NaN when any element is NaN or infinite.
 pub fn max_abs(a: &[f32]) -> f32 {
-    a.iter().fold(0.0, |m, x| m.max(x.abs()))
+    let mut m = 0.0f32;
+    for x in a {
+        if !x.is_finite() {
+            return f32::NAN;
+        }
+        m = m.max(x.abs());
+    }
+    m
+}
+
+/// Panics naming `name` and the first element of `v` that is NaN or infinite, if any.
+pub fn assert_finite(name: &str, v: &[f32]) {
+    if let Some((i, x)) = v.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+        panic!("{name}: element {i} of {} is {x}", v.len());
+    }
+}
+
+/// Assert `|got_i − want_i| <= tol` for every element, both sides finite; the message names the
+/// tensor, the first non-finite element or the largest difference.
+pub fn assert_all_close(name: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{name}: length");
+    assert_finite(&format!("{name} (computed)"), got);
+    assert_finite(&format!("{name} (expected)"), want);
+    let d = max_abs_diff(got, want);
+    assert!(d <= tol, "{name}: max |Δ| = {d:e} > {tol:e}");
 }
 
 /// Assert `got` equals `want` within an absolute tolerance, with the same shape.
 pub fn assert_close(name: &str, got: &TensorData, want: &TensorData, tol: f32) {
     assert_eq!(got.shape.to_vec(), want.shape.to_vec(), "{name}: shape");
-    let d = max_abs_diff(
+    assert_all_close(
+        name,
         &got.to_vec::<f32>().unwrap(),
         &want.to_vec::<f32>().unwrap(),
+        tol,
     );
-    assert!(d <= tol, "{name}: max |Δ| = {d:e} > {tol:e}");
 }
 
 pub fn idx_bytes(dims: &[u32], payload: &[u8]) -> Vec<u8> {
@@ -201,9 +233,9 @@ pub fn assert_grads(g: &Golden, prefix: &str, got: &whitebox::weights::StateDict
             got[k].to_vec::<f32>().unwrap(),
             want[k].to_vec::<f32>().unwrap(),
         );
-        let tol = 1e-4 * max_abs(&wv) + 1e-7;
-        let d = max_abs_diff(&gv, &wv);
-        assert!(d <= tol, "{prefix}grad.{k}: max |Δ| {d:e} > {tol:e}");
+        let name = format!("{prefix}grad.{k}");
+        assert_finite(&name, &wv);
+        assert_all_close(&name, &gv, &wv, 1e-4 * max_abs(&wv) + 1e-7);
     }
 }
 

@@ -117,11 +117,7 @@ fn padding_is_invisible_and_attention_is_bidirectional() {
         .to_vec()
         .unwrap();
     let d = 16;
-    let diff = short
-        .iter()
-        .zip(&padded[..3 * d])
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let diff = common::max_abs_diff(&short, &padded[..3 * d]);
     assert!(diff < 1e-5, "padding changed the outputs by {diff}");
     // a later token changes the first position's output (no causal mask)
     let other: Vec<f32> = m
@@ -129,11 +125,7 @@ fn padding_is_invisible_and_attention_is_bidirectional() {
         .into_data()
         .to_vec()
         .unwrap();
-    let d0 = short[..d]
-        .iter()
-        .zip(&other[..d])
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let d0 = common::max_abs_diff(&short[..d], &other[..d]);
     assert!(d0 > 1e-4, "position 0 ignored position 2 ({d0})");
 }
 

@@ -15,6 +15,7 @@ mod cli;
 mod data_readers;
 mod engine;
 mod fused_ops;
+mod helpers;
 mod kernels;
 mod lm_cli;
 mod load;

@@ -45,8 +45,8 @@ fn assert_close_grads(g1: &[Vec<f32>], g3: &[Vec<f32>]) {
     let mut n_params = 0;
     for (k, (a, b)) in g1.iter().zip(g3).enumerate() {
         assert_eq!(a.len(), b.len(), "parameter {k}");
-        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        let scale = crate::common::max_abs(a).max(1e-6);
+        let diff = crate::common::max_abs_diff(a, b);
         assert!(
             diff <= 1e-4 * scale,
             "parameter {k}: max diff {diff} of {scale}"

@@ -61,7 +61,13 @@ fn check_case(file: &str) {
     let mut opt = torch_adamw();
     let stepped = opt.step(1e-3, model, gp);
     let after = collect_state_dict(&stepped.valid());
-    for (k, w) in &g.with_prefix("adamw1.") {
+    let want = g.with_prefix("adamw1.");
+    assert_eq!(
+        want.len(),
+        after.len(),
+        "adamw1.*: one golden tensor per parameter"
+    );
+    for (k, w) in &want {
         assert_close(&format!("adamw1.{k}"), &after[k], w, 1e-5);
     }
 }
@@ -105,7 +111,13 @@ fn check_adamw_from_saved_grads(file: &str) {
     let grads = gradients_from_state_dict(&model, &g.with_prefix("grad."));
     let mut opt = torch_adamw();
     let after = collect_state_dict(&opt.step(1e-3, model, grads).valid());
-    for (k, w) in &g.with_prefix("adamw1.") {
+    let want = g.with_prefix("adamw1.");
+    assert_eq!(
+        want.len(),
+        after.len(),
+        "adamw1.*: one golden tensor per parameter"
+    );
+    for (k, w) in &want {
         assert_close(&format!("adamw1.{k}"), &after[k], w, 1e-6);
     }
 }

@@ -73,19 +73,13 @@ fn assert_rel(name: &str, got: f64, want: f64) {
 }
 
 fn assert_abs(name: &str, got: &[f32], want: &[f32], tol: f32) {
-    assert_eq!(got.len(), want.len(), "{name}: length");
-    let d = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    assert!(d <= tol, "{name}: max |Δ| = {d:e} > {tol:e}");
+    crate::common::assert_all_close(name, got, want, tol);
 }
 
 /// Gradients within `1e-4·max|g| + 1e-7`.
 fn assert_grad(name: &str, got: &[f32], want: &[f32]) {
-    let max = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
-    assert_abs(name, got, want, 1e-4 * max + 1e-7);
+    crate::common::assert_finite(name, want);
+    assert_abs(name, got, want, 1e-4 * crate::common::max_abs(want) + 1e-7);
 }
 
 fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
