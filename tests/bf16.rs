@@ -3,8 +3,8 @@
 //! bf16's 8-bit mantissa. On a CPU without AVX512-BF16 the kernel checks are skipped (and say so);
 //! the emulated path is checked everywhere.
 //!
-//! `cargo test --release --test bf16 -- --ignored --nocapture` prints the kernel's speed against
-//! f32 on the model's GEMM shapes (a measurement, not a test).
+//! `whitebox bench --task kernels` prints the kernel's speed against f32 on the model's GEMM
+//! shapes (a measurement, not a test).
 
 use std::sync::Mutex;
 use whitebox::model::bf16::{self, Kernel, Precision};
@@ -194,138 +194,6 @@ fn bf16_precision_setting_is_refused_without_the_kernel_and_f32_is_the_default()
     assert_eq!(bf16::precision(), Precision::F32);
 }
 
-/// Median seconds of `f` over `reps` runs after one warm-up; with `cold`, 64 MiB are written
-/// before each run (untimed) so that the inputs come from memory, as in a training step.
-fn time_cold(reps: usize, cold: bool, mut f: impl FnMut()) -> f64 {
-    let mut junk = vec![0u8; if cold { 64 << 20 } else { 0 }];
-    f();
-    let mut t: Vec<f64> = (0..reps)
-        .map(|r| {
-            junk.iter_mut().for_each(|b| *b = b.wrapping_add(r as u8));
-            std::hint::black_box(&junk);
-            let s = std::time::Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[reps / 2]
-}
-
-fn time(reps: usize, f: impl FnMut()) -> f64 {
-    time_cold(reps, false, f)
-}
-
-/// `A` `[m, k]` from `x` and `B` `[k, n]` from `y`, each stored transposed if asked.
-fn operands<'a>(
-    x: &'a [f32],
-    y: &'a [f32],
-    (m, k, n): (usize, usize, usize),
-    at: bool,
-    bt: bool,
-) -> (MatRef<'a>, MatRef<'a>) {
-    let a = if at {
-        MatRef::rows(x, k, m).t()
-    } else {
-        MatRef::rows(x, m, k)
-    };
-    let b = if bt {
-        MatRef::rows(y, n, k).t()
-    } else {
-        MatRef::rows(y, k, n)
-    };
-    (a, b)
-}
-
-#[test]
-#[ignore = "a measurement: prints GFLOP/s of f32 and bf16 on the model's GEMM shapes"]
-fn bf16_speed_table() {
-    if !bf16::kernel_available() {
-        eprintln!("no AVX512-BF16 on this CPU: nothing to measure");
-        return;
-    }
-    println!("| product (m×k·k×n, layout) | threads | f32 GFLOP/s | bf16 GFLOP/s | bf16/f32 | cold caches: f32 | bf16 | bf16/f32 |");
-    println!("|---|---|---|---|---|---|---|---|");
-    // (m, k, n, A transposed, B transposed, what)
-    let big = [
-        (4160, 384, 384, false, false, "x·W (d384 q/out, ISTA)"),
-        (
-            4160,
-            384,
-            1536,
-            false,
-            false,
-            "x·W (d384, 4× wide: overcomplete ISTA)",
-        ),
-        (4160, 384, 384, false, true, "dP·Wᵀ (d384)"),
-        (384, 4160, 384, true, false, "xᵀ·dP (d384 weight grad)"),
-        (
-            384,
-            4160,
-            1536,
-            true,
-            false,
-            "xᵀ·dP (d384, 4× wide weight grad)",
-        ),
-        (2176, 96, 96, false, false, "x·W (fmnist, batch 128)"),
-        (96, 2176, 96, true, false, "xᵀ·dP (fmnist weight grad)"),
-    ];
-    for (m, k, n, at, bt, what) in big {
-        let (x, y) = (values(m * k, 7), values(k * n, 8));
-        let (a, b) = operands(&x, &y, (m, k, n), at, bt);
-        let flop = 2.0 * (m * k * n) as f64;
-        let reps = (3e10 / flop).clamp(5.0, 200.0) as usize;
-        let t = |cold, kernel| {
-            time_cold(reps.min(if cold { 15 } else { reps }), cold, || {
-                drop(gemm::matmul_with(a, b, kernel))
-            })
-        };
-        let (tf, tb) = (t(false, Kernel::F32), t(false, Kernel::Bf16));
-        let (cf, cb) = (t(true, Kernel::F32), t(true, Kernel::Bf16));
-        println!(
-            "| {m}×{k}·{k}×{n} {what} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {:.2} |",
-            rayon::current_num_threads(),
-            flop / tf / 1e9,
-            flop / tb / 1e9,
-            tf / tb,
-            flop / cf / 1e9,
-            flop / cb / 1e9,
-            cf / cb
-        );
-    }
-    // per-head products, on the calling thread (each thread runs its own heads)
-    let heads = [
-        (65, 64, 65, false, true, "S = w·wᵀ (head)"),
-        (65, 65, 64, false, false, "O = A·w (head)"),
-        (65, 65, 64, true, false, "Aᵀ·dO (head)"),
-        (17, 24, 17, false, true, "S = w·wᵀ (fmnist head)"),
-        (17, 17, 24, false, false, "O = A·w (fmnist head)"),
-        (128, 96, 10, false, false, "classifier (fmnist)"),
-        (64, 384, 10, false, false, "classifier (d384)"),
-        (128, 10, 96, false, true, "classifier dX"),
-    ];
-    for (m, k, n, at, bt, what) in heads {
-        let (x, y) = (values(m * k, 9), values(k * n, 10));
-        let (a, b) = operands(&x, &y, (m, k, n), at, bt);
-        let mut c = vec![0f32; m * n];
-        let flop = 2.0 * (m * k * n) as f64 * 200.0;
-        let mut run = |kernel| {
-            time(21, || {
-                for _ in 0..200 {
-                    gemm::matmul_into_with(a, b, &mut c, false, kernel)
-                }
-            })
-        };
-        let (tf, tb) = (run(Kernel::F32), run(Kernel::Bf16));
-        println!(
-            "| {m}×{k}·{k}×{n} {what} | 1 | {:.0} | {:.0} | {:.2} | | | |",
-            flop / tf / 1e9,
-            flop / tb / 1e9,
-            tf / tb
-        );
-    }
-}
-
 // ---- the fused operators and a model under the process-wide setting ----
 
 use burn::module::Param;
@@ -435,8 +303,29 @@ fn logits_and_grad(
     (vec_of(logits), vec_of(w.grad(&grads).unwrap()))
 }
 
+/// The largest `|v_i|`, or NaN when any element is not finite (so every bound check fails).
 fn max_abs(v: &[f32]) -> f64 {
-    v.iter().fold(0.0, |m, x| m.max(x.abs() as f64))
+    let mut m = 0.0f64;
+    for x in v {
+        if !x.is_finite() {
+            return f64::NAN;
+        }
+        m = m.max(x.abs() as f64);
+    }
+    m
+}
+
+/// The largest `|a_i − b_i|`, or NaN when any element of either side is not finite.
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let mut m = 0.0f64;
+    for (x, y) in a.iter().zip(b) {
+        if !x.is_finite() || !y.is_finite() {
+            return f64::NAN;
+        }
+        m = m.max((x - y).abs() as f64);
+    }
+    m
 }
 
 #[test]
@@ -451,14 +340,7 @@ fn bf16_crate_forward_and_gradient_stay_within_the_bf16_bound_of_f32() {
     const GEMMS: f64 = 2.0 * 5.0 + 1.0;
     for kernel in kernels() {
         let (l, g) = logits_and_grad(&m, kernel);
-        let dl = l
-            .iter()
-            .zip(&l32)
-            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs() as f64));
-        let dg = g
-            .iter()
-            .zip(&g32)
-            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs() as f64));
+        let (dl, dg) = (max_abs_diff(&l, &l32), max_abs_diff(&g, &g32));
         let (tl, tg) = (
             2.0 * U * GEMMS * max_abs(&l32),
             2.0 * U * 2.0 * GEMMS * max_abs(&g32),

@@ -3,6 +3,7 @@
 //! where a training step's time goes; `--scaling` times CRATE against ToST over a range of token
 //! counts. The timing is `whitebox::bench`; this file prints it.
 
+use crate::cli::output::{out, outln};
 use anyhow::Result;
 use serde_json::json;
 
@@ -19,6 +20,8 @@ pub enum Task {
     Lm,
     /// CRATE-BERT at the size of `bert train` (tokens per second).
     Bert,
+    /// Each kernel class on the models' shapes: GEMM GFLOP/s in f32 and bf16, row kernels in GB/s.
+    Kernels,
 }
 
 pub fn bench(a: BenchArgs) -> Result<()> {
@@ -36,12 +39,16 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         Task::Image => bench::Task::Image(CrateConfig::resolve(&a.config)?),
         Task::Lm => bench::Task::Lm,
         Task::Bert => bench::Task::Bert,
+        Task::Kernels => {
+            out!("{}", bench::kernels::table())?;
+            return Ok(());
+        }
     };
     let report = bench::Report::measure(task, settings, a.profile)?;
     if a.json {
-        println!("{}", report.json());
+        outln!("{}", report.json())?;
     } else {
-        print!("{report}");
+        out!("{report}")?;
     }
     Ok(())
 }
@@ -56,20 +63,20 @@ fn scaling(a: &BenchArgs, settings: &bench::Settings) -> Result<()> {
         sizes: a.sizes.clone(),
     };
     s.validate()?;
-    println!("{}", s.header(settings));
-    let rows = bench::scaling(settings, &s, |r| println!("{r}"))?;
+    outln!("{}", s.header(settings))?;
+    let rows = bench::scaling(settings, &s, |r| outln!("{r}"))?;
     let (d, depth, heads) = (a.dim, a.depth, a.heads);
     if let Some(path) = &a.plot {
         let title = format!("Time per image vs tokens (d = {d}, depth {depth}, {heads} heads)");
         whitebox::viz::curves::save_scaling(path, &title, &bench::scaling_series(&rows))?;
-        println!("wrote {}", path.display());
+        outln!("wrote {}", path.display())?;
     }
     if a.json {
-        println!(
+        outln!(
             "{}",
             json!({"dim": d, "depth": depth, "heads": heads, "batch_size": a.batch_size, "rows": rows,
             "peak_rss_bytes": peak_rss_bytes()})
-        );
+        )?;
     }
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! Benchmarks on random data: a training step (forward, backward, AdamW) and an inference
 //! forward of the image classifier, the causal language model or CRATE-BERT, timed per phase and
 //! per operation class (`whitebox bench`), and CRATE against ToST over a range of token counts
-//! (`whitebox bench --scaling`).
+//! (`whitebox bench --scaling`), and each kernel class on its own (`whitebox bench --task kernels`).
+
+pub mod kernels;
 
 use anyhow::{ensure, Result};
 use burn::module::AutodiffModule;
@@ -475,7 +477,7 @@ pub struct ScalingRow {
 pub fn scaling(
     a: &Settings,
     s: &Scaling,
-    mut on_row: impl FnMut(&ScalingRow),
+    mut on_row: impl FnMut(&ScalingRow) -> Result<()>,
 ) -> Result<Vec<ScalingRow>> {
     a.validate()?;
     s.validate()?;
@@ -533,7 +535,7 @@ pub fn scaling(
             crate_train_ms: ms(c.train_s),
             tost_train_ms: ms(t.train_s),
         };
-        on_row(&row);
+        on_row(&row)?;
         rows.push(row);
     }
     Ok(rows)
