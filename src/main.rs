@@ -30,6 +30,10 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = cli::run() {
+        if e.chain().any(|c| c.is::<cli::output::StdoutClosed>()) {
+            // the reader of our output went away: end quietly, as on SIGPIPE (128 + 13)
+            std::process::exit(141);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

@@ -2,6 +2,7 @@
 //! `whitebox bert fill-mask` (top-k completions of `<mask>` tokens); the work is
 //! `whitebox::train::bert`'s.
 
+use crate::cli::output::outln;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
@@ -132,8 +133,8 @@ pub fn fill_mask(a: FillMaskArgs) -> Result<()> {
             .iter()
             .map(|(c, p)| format!("{c:?} {:.1}%", 100.0 * p))
             .collect();
-        println!("<mask> {}: {}", k + 1, top.join(", "));
+        outln!("<mask> {}: {}", k + 1, top.join(", "))?;
     }
-    println!("{}", fill.filled);
+    outln!("{}", fill.filled)?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! What each subcommand does; argument parsing lives in `cli/mod.rs`.
 
+use crate::cli::output::{out, outln};
 use anyhow::{bail, Result};
 
 use serde_json::json;
@@ -17,9 +18,9 @@ use whitebox::InferBackend;
 
 pub fn info(a: InfoArgs) -> Result<()> {
     let config = ModelConfig::resolve(&a.config)?;
-    println!("{}", config.to_json_pretty());
-    println!("{}", config.tokens_line());
-    println!("parameters: {}", config.param_count());
+    outln!("{}", config.to_json_pretty())?;
+    outln!("{}", config.tokens_line())?;
+    outln!("parameters: {}", config.param_count())?;
     Ok(())
 }
 
@@ -104,18 +105,18 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let t0 = Instant::now();
     let (data, format, limit) = (&a.data.data, a.data.format, a.test_limit);
     let r = l.evaluate_test_split(data, format, limit, a.batch_size, &Default::default())?;
-    println!(
+    outln!(
         "top-1 {:.2}%  top-5 {:.2}%  loss {:.4}  ({} images)",
         100.0 * r.top1,
         100.0 * r.top5,
         r.loss,
         r.n
-    );
+    )?;
     if a.json {
-        println!(
+        outln!(
             "{}",
             json!({"test_acc": r.top1, "test_top5": r.top5, "test_loss": r.loss, "n": r.n, "epochs": 0, "seconds": t0.elapsed().as_secs_f64()})
-        );
+        )?;
     }
     Ok(())
 }
@@ -130,7 +131,7 @@ pub fn predict(a: PredictArgs) -> Result<()> {
             .iter()
             .map(|(class, p)| format!("{class} {:.1}%", 100.0 * p))
             .collect();
-        println!("{}: {}", path.display(), top.join(", "));
+        outln!("{}: {}", path.display(), top.join(", "))?;
     }
     Ok(())
 }
@@ -157,16 +158,16 @@ pub fn measure(a: MeasureArgs) -> Result<()> {
         official_eps: a.official_eps,
     };
     let m = whitebox::measure::measure_batch(&l.model, x, s)?;
-    print!("{}", whitebox::measure::table(&m, cfg.depth));
+    out!("{}", whitebox::measure::table(&m, cfg.depth))?;
     if let Some(path) = &a.json {
         write_atomic(path, serde_json::to_string_pretty(&m)?.as_bytes())?;
-        println!("wrote {} measures to {}", m.len(), path.display());
+        outln!("wrote {} measures to {}", m.len(), path.display())?;
     }
     if let Some(prefix) = &a.plot {
         let curves = whitebox::measure::LayerCurves::from_measures(&m, cfg.depth)?;
         let (png, svg) =
             whitebox::viz::curves::save_layer_curves(prefix, &[(String::new(), &curves)])?;
-        println!("wrote {} and {}", png.display(), svg.display());
+        outln!("wrote {} and {}", png.display(), svg.display())?;
     }
     Ok(())
 }

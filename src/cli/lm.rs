@@ -1,5 +1,6 @@
 //! `whitebox lm …` (prepare, train, eval, generate) and the language-model path of `whitebox forward`.
 
+use crate::cli::output::outln;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use std::io::Write;
@@ -200,20 +201,19 @@ pub fn run(a: LmArgs) -> Result<()> {
 pub fn prepare(a: PrepareArgs) -> Result<()> {
     let tokenizer = text::tokenizer_named(&a.tokenizer)?;
     let meta = text::prepare_corpus(&a.corpus, &a.out, tokenizer, a.val_fraction)?;
-    print_prepared(&a.out, &meta);
-    Ok(())
+    print_prepared(&a.out, &meta)
 }
 
 /// The summary line of prepared token data.
-fn print_prepared(out: &Path, meta: &text::DataMeta) {
-    println!(
+fn print_prepared(out: &Path, meta: &text::DataMeta) -> Result<()> {
+    outln!(
         "{}: {} train + {} val tokens, vocabulary {} ({})",
         out.display(),
         meta.train_tokens,
         meta.val_tokens,
         meta.tokenizer.vocab_size(),
         meta.tokenizer.name()
-    );
+    )
 }
 
 /// The library's settings of `lm train`'s flags.
@@ -249,20 +249,20 @@ fn train_settings(a: LmTrainArgs) -> Result<LmTrainSettings> {
 
 pub fn train(a: LmTrainArgs) -> Result<()> {
     if let Some(meta) = text::prepare_missing(&a.run.data, &a.run.corpus)? {
-        print_prepared(&a.run.data, &meta);
+        print_prepared(&a.run.data, &meta)?;
     }
     let json = a.run.json;
     let out = whitebox::train::lm::train(&train_settings(a)?)?;
     if let Some(m) = &out.last {
-        println!(
+        outln!(
             "iteration {}: val loss {:.4} (perplexity {:.2}), weights {}",
             m.step,
             m.val_loss,
             m.val_loss.exp(),
             out.weights.display()
-        );
+        )?;
         if json {
-            println!("{}", serde_json::to_string(m)?);
+            outln!("{}", serde_json::to_string(m)?)?;
         }
     }
     Ok(())
@@ -275,18 +275,18 @@ fn load_for_inference(w: &WeightArgs) -> Result<Weights<LmConfig, CausalLm<Infer
 
 pub fn eval(a: LmEvalArgs) -> Result<()> {
     let (loss, n) = load_for_inference(&a.weights)?.text_loss(&a.text, a.batch_size)?;
-    println!(
+    outln!(
         "{}: loss {:.4}, perplexity {:.2} over {} predicted tokens",
         a.text.display(),
         loss,
         loss.exp(),
         n
-    );
+    )?;
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"loss": loss, "perplexity": loss.exp(), "tokens": n})
-        );
+        )?;
     }
     Ok(())
 }

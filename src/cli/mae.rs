@@ -1,5 +1,6 @@
 //! CRATE-MAE commands: `forward` on an MAE config, `mae train`, `mae reconstruct`, `probe`.
 
+use crate::cli::output::outln;
 use anyhow::Result;
 
 use super::commands::{check_shape, load};
@@ -38,13 +39,13 @@ pub fn reconstruct(a: ReconstructArgs) -> Result<()> {
         whitebox::viz::maps::reconstruction_grid(&model, &set, &norm, a.seed, a.scale, &device);
     let (w, h, n) = (img.width(), img.height(), set.len());
     whitebox::viz::save_png(&a.output, &img)?;
-    println!(
+    outln!(
         "wrote {}×{} grid of {n} images (original / masked / reconstructed, mask ratio {}) to {}",
         w,
         h,
         model.mask_ratio,
         a.output.display()
-    );
+    )?;
     Ok(())
 }
 

@@ -6,11 +6,13 @@ mod commands;
 mod forward;
 pub mod lm;
 mod mae;
+pub mod output;
 mod pictures;
 pub mod ssl;
 mod values;
 
 use clap::{Args, Parser, Subcommand};
+use output::outln;
 use std::path::PathBuf;
 
 use values::{FormatChoice, OptimizerChoice, PrecisionChoice};
@@ -447,9 +449,9 @@ fn print_outcome<T: std::fmt::Display + serde::Serialize>(
     out: &T,
     json: bool,
 ) -> anyhow::Result<()> {
-    println!("{out}");
+    outln!("{out}")?;
     if json {
-        println!("{}", serde_json::to_value(out)?);
+        outln!("{}", serde_json::to_value(out)?)?;
     }
     Ok(())
 }

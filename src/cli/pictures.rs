@@ -1,6 +1,7 @@
 //! `whitebox attention`, `whitebox pca` and `whitebox report`: pictures of what a trained CRATE
 //! attends to and how its features group, drawn from the weights of a run.
 
+use crate::cli::output::outln;
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
@@ -98,13 +99,13 @@ pub fn attention(a: AttentionArgs) -> Result<()> {
     let l = look_at_files(&a.p)?;
     let img = attention_grid(&l.view, &l.display, l.grid)?;
     save_png(&a.p.out, &img)?;
-    println!(
+    outln!(
         "wrote {} ({}×{}: per image the input, the head average, then {} heads)",
         a.p.out.display(),
         img.width(),
         img.height(),
         l.view.heads
-    );
+    )?;
     Ok(())
 }
 
@@ -116,12 +117,12 @@ pub fn pca(a: PcaArgs) -> Result<()> {
     };
     let img = pca_grid(&l.view, &l.display, l.grid, opt)?;
     save_png(&a.p.out, &img)?;
-    println!(
+    outln!(
         "wrote {} ({}×{}: per image the input and its PCA features)",
         a.p.out.display(),
         img.width(),
         img.height()
-    );
+    )?;
     Ok(())
 }
 
@@ -137,6 +138,6 @@ pub fn report(a: ReportArgs) -> Result<()> {
     let (page, epochs) = run_report(&a.run_dir, test, a.images, a.measure_images)?;
     let out = a.out.unwrap_or_else(|| a.run_dir.join("report.html"));
     write_atomic(&out, page.as_bytes())?;
-    println!("wrote {} ({} epochs)", out.display(), epochs);
+    outln!("wrote {} ({} epochs)", out.display(), epochs)?;
     Ok(())
 }

@@ -859,3 +859,33 @@ fn mae_train_refuses_classifier_flags_and_has_its_own_run_dir() {
     assert!(ok(&["lm", "train", "--help"]).contains("[default: runs/lm]"));
     assert!(ok(&["bert", "train", "--help"]).contains("[default: runs/bert]"));
 }
+
+/// A reader that goes away (`whitebox info … | head -c0`) ends the run quietly with status 141, as
+/// on SIGPIPE; a full device is an error naming standard output. Neither is a panic (issue #28).
+#[test]
+fn closed_or_full_standard_output_is_not_a_panic() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_whitebox"))
+        .args(["info", "--config", "crate-base"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let se = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{se}");
+    assert!(!se.contains("panicked"), "{se}");
+
+    if let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") {
+        let out = Command::new(env!("CARGO_BIN_EXE_whitebox"))
+            .args(["info", "--config", "crate-base"])
+            .stdout(full)
+            .output()
+            .unwrap();
+        let se = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{se}");
+        assert!(se.contains("cannot write to standard output"), "{se}");
+        assert!(!se.contains("panicked"), "{se}");
+    } else {
+        eprintln!("skipped the full-device half: this machine has no /dev/full");
+    }
+}
