@@ -7,7 +7,7 @@
 //! teacher moves towards the student, `θ_t ← θ_t + (1 − m)(θ_s − θ_t)`, with `m` on DINO's
 //! cosine from `momentum_teacher` to 1.
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -234,7 +234,20 @@ pub fn knn_classifier(
         "k-NN needs train and test images"
     );
     ensure!(k > 0, "k-NN: k must be positive");
-    ensure!(t > 0.0, "k-NN: the temperature must be positive");
+    ensure!(
+        t > 0.0 && t.is_finite(),
+        "k-NN: the temperature must be positive and finite (got {t})"
+    );
+    for (what, v) in [("train", train), ("test", test)] {
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            bail!(
+                "k-NN: the {what} features are not finite (image {}, value {}): the model or its \
+                 input normalisation produces NaN or infinity",
+                i / d.max(1),
+                v[i]
+            );
+        }
+    }
     let k = k.min(n_train);
     let top = 5.min(k).min(num_classes);
     let bank = crate::model::gemm::MatRef::rows(train, n_train, d).t();
@@ -252,6 +265,12 @@ pub fn knn_classifier(
             if k < n_train {
                 order.select_nth_unstable_by(k - 1, by_sim);
             }
+            // weights exp(s_i/T), each divided by exp(s_max/T): the same ranking, no overflow at
+            // small T (where the vote tends to the nearest neighbour's)
+            let s_max = order[..k]
+                .iter()
+                .map(|&i| s[i as usize] as f64)
+                .fold(f64::NEG_INFINITY, f64::max);
             let mut votes = vec![0f64; num_classes];
             for &i in &order[..k] {
                 let label = train_labels[i as usize];
@@ -259,7 +278,7 @@ pub fn knn_classifier(
                     label < num_classes,
                     "k-NN: label {label} ≥ {num_classes} classes"
                 );
-                votes[label] += (s[i as usize] as f64 / t).exp();
+                votes[label] += ((s[i as usize] as f64 - s_max) / t).exp();
             }
             let mut classes: Vec<usize> = (0..num_classes).collect();
             classes.sort_by(|&a, &b| votes[b].total_cmp(&votes[a]));
@@ -316,6 +335,13 @@ pub fn knn_eval<B: Backend>(
     device: &B::Device,
     features: impl Fn(Tensor<B, 4>) -> Tensor<B, 2>,
 ) -> Result<KnnResult> {
+    ensure!(
+        !bank.is_empty() && !test.is_empty(),
+        "k-NN needs at least one train (bank) image and one test image (got {} and {}): raise \
+         --train-limit / --knn-bank / --test-limit",
+        bank.len(),
+        test.len()
+    );
     let (mut ftr, d) = extract_features(bank, norm, device, &features);
     let (mut fte, _) = extract_features(test, norm, device, &features);
     normalize_rows(&mut ftr, d);

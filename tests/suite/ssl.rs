@@ -463,3 +463,40 @@ fn teacher_starts_as_a_copy_of_the_student() {
         .iter()
         .all(|v| *v == 1.0));
 }
+
+/// Test `[1, 0]` (label 1) against three neighbours: label 1 at similarity 1, label 0 at 0.9 and
+/// 0.8 (an overflowing vote, ∞ = ∞, would fall to the lower class: 0).
+fn knn_votes(t: f64) -> anyhow::Result<whitebox::train::ssl::KnnResult> {
+    let train = [1.0, 0.0, 0.9, 0.19f32.sqrt(), 0.8, 0.6];
+    whitebox::train::ssl::knn_classifier(&train, &[1, 0, 0], &[1.0, 0.0], &[1], 2, 3, t, 2)
+}
+
+/// Votes `exp(s/T)` are computed relative to the best similarity: at a tiny temperature the vote
+/// is the nearest neighbour's (it used to overflow to ∞ = ∞, a tie), at T = 1 the two label-0
+/// neighbours outvote it (e^0.9 + e^0.8 > e^1); a NaN feature or a bad temperature is an error.
+#[test]
+fn knn_temperature_is_stable_and_bad_inputs_are_errors() {
+    assert_eq!(knn_votes(1e-4).unwrap().top1, 1.0);
+    assert_eq!(knn_votes(1.0).unwrap().top1, 0.0);
+    for t in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let e = knn_votes(t)
+            .err()
+            .expect("bad temperature accepted")
+            .to_string();
+        assert!(e.contains("temperature"), "{e}");
+    }
+    let e = whitebox::train::ssl::knn_classifier(
+        &[1.0, f32::NAN],
+        &[0],
+        &[1.0, 0.0],
+        &[0],
+        2,
+        1,
+        0.07,
+        2,
+    )
+    .err()
+    .expect("NaN feature accepted")
+    .to_string();
+    assert!(e.contains("train features are not finite"), "{e}");
+}
