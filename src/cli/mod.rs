@@ -395,7 +395,7 @@ pub struct InfoArgs {
 
 /// Parse the command line and run it; errors come back to `main` for a clean exit code.
 pub fn run() -> anyhow::Result<()> {
-    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let matches = values::with_ranges(<Cli as clap::CommandFactory>::command()).get_matches();
     let mut cli =
         <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // the training commands' `--resume` checks the flags given on the command line

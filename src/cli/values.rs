@@ -54,3 +54,247 @@ choices!(PrecisionChoice => whitebox::model::bf16::Precision {
     /// GEMM inputs rounded to bf16, f32 accumulation (needs AVX512-BF16).
     Bf16,
 });
+
+/// The valid values of a numeric flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Range {
+    /// An integer ≥ 1 (`usize`).
+    Count,
+    /// An integer ≥ 1 (`u32`).
+    Count32,
+    /// A finite number > 0.
+    Positive,
+    /// A finite number ≥ 0.
+    NonNegative,
+    /// 0 ≤ x < 1.
+    UnitBelowOne,
+    /// 0 ≤ x ≤ 1.
+    Unit,
+    /// 0 < x < 1.
+    UnitOpen,
+    /// Any finite number (`f32`).
+    Finite32,
+}
+
+/// The range of every numeric flag, by flag id; `command.flag` overrides `flag` for the one
+/// subcommand whose flag means something else. The CLI checks these before any work, names the flag,
+/// the value and the range, and shows the range in `--help`.
+pub const RANGES: &[(&str, Range)] = {
+    use Range::*;
+    &[
+        // sizes and counts of things
+        ("batch_size", Count),
+        ("block_size", Count),
+        ("context", Count),
+        ("count", Count),
+        ("depth", Count),
+        ("dim", Count),
+        ("epochs", Count),
+        ("eval_interval", Count),
+        ("eval_iters", Count),
+        ("grad_accum", Count),
+        ("head_bottleneck", Count),
+        ("head_hidden", Count),
+        ("head_layers", Count),
+        ("heads", Count),
+        ("hidden_size", Count),
+        ("report.images", Count),
+        ("k", Count),
+        ("knn_bank", Count),
+        ("knn_k", Count),
+        ("layers", Count),
+        ("limit", Count),
+        ("local_size", Count),
+        ("max_iters", Count),
+        ("max_new_tokens", Count),
+        ("measure_images", Count),
+        ("n_embd", Count),
+        ("n_head", Count),
+        ("n_layer", Count),
+        ("out_dim", Count),
+        ("seq_len", Count),
+        ("size", Count),
+        ("sizes", Count),
+        ("steps", Count),
+        ("stop_after", Count),
+        ("test_limit", Count),
+        ("top_k", Count),
+        ("train_limit", Count),
+        ("cell", Count32),
+        ("scale", Count32),
+        // rates, temperatures, tolerances and time
+        ("coeff", Positive),
+        ("eps", Positive),
+        ("eps_sq", Positive),
+        ("knn_temperature", Positive),
+        ("lr", Positive),
+        ("max_seconds", Positive),
+        ("official_eps", Positive),
+        ("student_temp", Positive),
+        ("teacher_temp", Positive),
+        ("temperature", Positive),
+        ("generate.temperature", NonNegative),
+        ("warmup_teacher_temp", Positive),
+        ("clip_grad_norm", NonNegative),
+        ("min_lr", NonNegative),
+        ("warmup_epochs", NonNegative),
+        ("weight_decay", NonNegative),
+        ("weight_decay_end", NonNegative),
+        // fractions and moments
+        ("beta1", UnitBelowOne),
+        ("beta2", UnitBelowOne),
+        ("label_smoothing", UnitBelowOne),
+        ("mask_ratio", UnitBelowOne),
+        ("center_momentum", Unit),
+        ("momentum_teacher", Unit),
+        ("mask_rate", UnitOpen),
+        ("val_fraction", UnitOpen),
+        ("mask_threshold", Finite32),
+    ]
+};
+
+/// Numeric flags for which every value of their type is valid (0 means "none" or "off").
+pub const UNBOUNDED: &[&str] = &[
+    "seed",
+    "layer",
+    "crop_padding",
+    "freeze_last_layer",
+    "local_crops",
+    "measure_every",
+    "warmup",
+    "warmup_iters",
+    "warmup_teacher_temp_epochs",
+];
+
+impl Range {
+    /// The range in words, as `--help` and the errors show it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Range::Count | Range::Count32 => "an integer ≥ 1",
+            Range::Positive => "a finite number > 0",
+            Range::NonNegative => "a finite number ≥ 0",
+            Range::UnitBelowOne => "0 ≤ x < 1",
+            Range::Unit => "0 ≤ x ≤ 1",
+            Range::UnitOpen => "0 < x < 1",
+            Range::Finite32 => "a finite number",
+        }
+    }
+
+    /// The parser that accepts exactly this range.
+    pub fn parser(self) -> clap::builder::ValueParser {
+        use clap::builder::ValueParser;
+        fn float(s: &str, ok: fn(f64) -> bool, r: Range) -> Result<f64, String> {
+            let v: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
+            if ok(v) {
+                Ok(v)
+            } else {
+                Err(format!("{v} is out of range: expected {}", r.describe()))
+            }
+        }
+        fn count(s: &str) -> Result<u64, String> {
+            let v: u64 = s.trim().parse().map_err(|e| format!("{e}"))?;
+            if v >= 1 {
+                Ok(v)
+            } else {
+                Err(format!(
+                    "{v} is out of range: expected {}",
+                    Range::Count.describe()
+                ))
+            }
+        }
+        match self {
+            Range::Count => ValueParser::new(|s: &str| {
+                count(s).and_then(|v| usize::try_from(v).map_err(|e| e.to_string()))
+            }),
+            Range::Count32 => ValueParser::new(|s: &str| {
+                count(s).and_then(|v| u32::try_from(v).map_err(|e| e.to_string()))
+            }),
+            Range::Positive => {
+                ValueParser::new(|s: &str| float(s, |v| v.is_finite() && v > 0.0, Range::Positive))
+            }
+            Range::NonNegative => ValueParser::new(|s: &str| {
+                float(s, |v| v.is_finite() && v >= 0.0, Range::NonNegative)
+            }),
+            Range::UnitBelowOne => ValueParser::new(|s: &str| {
+                float(s, |v| (0.0..1.0).contains(&v), Range::UnitBelowOne)
+            }),
+            Range::Unit => {
+                ValueParser::new(|s: &str| float(s, |v| (0.0..=1.0).contains(&v), Range::Unit))
+            }
+            Range::UnitOpen => {
+                ValueParser::new(|s: &str| float(s, |v| v > 0.0 && v < 1.0, Range::UnitOpen))
+            }
+            Range::Finite32 => ValueParser::new(|s: &str| {
+                let v: f32 = s.trim().parse().map_err(|e| format!("{e}"))?;
+                if v.is_finite() {
+                    Ok(v)
+                } else {
+                    Err(format!(
+                        "{v} is out of range: expected {}",
+                        Range::Finite32.describe()
+                    ))
+                }
+            }),
+        }
+    }
+}
+
+/// The range of flag `id` of subcommand `command`, if the table has one.
+pub fn range_of(command: &str, id: &str) -> Option<Range> {
+    let qualified = format!("{command}.{id}");
+    let find = |key: &str| RANGES.iter().find(|(k, _)| *k == key).map(|&(_, r)| r);
+    find(&qualified).or_else(|| find(id))
+}
+
+/// `cmd` and all its subcommands with the range table's parsers and the ranges in their help.
+/// A table entry whose type differs from the field's is a programming error, found by the tests.
+pub fn with_ranges(mut cmd: clap::Command) -> clap::Command {
+    let name = cmd.get_name().to_string();
+    let ranged: Vec<(String, Range)> = cmd
+        .get_arguments()
+        .filter_map(|a| {
+            let id = a.get_id().as_str();
+            range_of(&name, id).map(|r| (id.to_string(), r))
+        })
+        .collect();
+    for a in cmd.get_arguments() {
+        let (id, ty) = (a.get_id().as_str(), a.get_value_parser().type_id());
+        let numeric = [
+            clap::builder::ValueParser::from(clap::value_parser!(usize)).type_id(),
+            clap::builder::ValueParser::from(clap::value_parser!(u32)).type_id(),
+            clap::builder::ValueParser::from(clap::value_parser!(u64)).type_id(),
+            clap::builder::ValueParser::from(clap::value_parser!(f64)).type_id(),
+            clap::builder::ValueParser::from(clap::value_parser!(f32)).type_id(),
+        ];
+        assert!(
+            !numeric.contains(&ty) || range_of(&name, id).is_some() || UNBOUNDED.contains(&id),
+            "`{name} --{id}` is numeric but has no entry in the range table (cli/values.rs)"
+        );
+    }
+    for (id, r) in ranged {
+        cmd = cmd.mut_arg(&id, |a| {
+            let parser = r.parser();
+            assert_eq!(
+                a.get_value_parser().type_id(),
+                parser.type_id(),
+                "`{name} --{id}`: the range table's {r:?} has another type than the flag"
+            );
+            let note = format!("[range: {}]", r.describe());
+            let help = a.get_help().map_or(note.clone(), |h| format!("{h} {note}"));
+            let long = a.get_long_help().map(|h| format!("{h}\n\n{note}"));
+            let a = a.value_parser(parser).help(help);
+            match long {
+                Some(l) => a.long_help(l),
+                None => a,
+            }
+        });
+    }
+    let subs: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    for s in subs {
+        cmd = cmd.mut_subcommand(&s, with_ranges);
+    }
+    cmd
+}

@@ -834,7 +834,10 @@ fn mae_train_lowers_masked_loss_then_reconstructs_and_probes() {
         ]
         .concat(),
     );
-    assert!(e.contains("mask ratio 1.5"), "{e}");
+    assert!(
+        e.contains("'1.5' for '--mask-ratio") && e.contains("0 ≤ x < 1"),
+        "{e}"
+    );
 }
 
 /// `mae train` refuses the classifier's flags it has no use for (issue #11: it used to ignore
@@ -888,4 +891,79 @@ fn closed_or_full_standard_output_is_not_a_panic() {
     } else {
         eprintln!("skipped the full-device half: this machine has no /dev/full");
     }
+}
+
+/// Every numeric flag's range comes from one table (`cli/values.rs`), is checked before any work
+/// and named in the error with the value and the range; one case per range class (issue #28).
+#[test]
+fn out_of_range_flags_name_the_flag_value_and_range() {
+    for (args, flag, range) in [
+        (
+            &["predict", "--top-k", "0", "x.png"][..],
+            "--top-k",
+            "an integer ≥ 1",
+        ),
+        (
+            &["attention", "--count", "0"][..],
+            "--count",
+            "an integer ≥ 1",
+        ),
+        (
+            &["mae", "reconstruct", "--scale", "0"][..],
+            "--scale",
+            "an integer ≥ 1",
+        ),
+        (
+            &["lm", "eval", "--batch-size", "0"][..],
+            "--batch-size",
+            "an integer ≥ 1",
+        ),
+        (
+            &["measure", "--eps-sq", "0"][..],
+            "--eps-sq",
+            "a finite number > 0",
+        ),
+        (
+            &["lm", "train", "--max-seconds", "nan"][..],
+            "--max-seconds",
+            "a finite number > 0",
+        ),
+        (
+            &["train", "--weight-decay=-1"][..],
+            "--weight-decay",
+            "a finite number ≥ 0",
+        ),
+        (
+            &["lm", "generate", "--temperature=-0.5"][..],
+            "--temperature",
+            "a finite number ≥ 0",
+        ),
+        (&["train", "--beta2", "1"][..], "--beta2", "0 ≤ x < 1"),
+        (
+            &["dino", "train", "--center-momentum", "1.1"][..],
+            "--center-momentum",
+            "0 ≤ x ≤ 1",
+        ),
+        (
+            &["bert", "train", "--mask-rate", "0"][..],
+            "--mask-rate",
+            "0 < x < 1",
+        ),
+        (
+            &["pca", "--mask-threshold", "NaN"][..],
+            "--mask-threshold",
+            "a finite number",
+        ),
+    ] {
+        let e = fails(args);
+        let value = args.iter().rev().find(|a| !a.ends_with(".png")).unwrap();
+        let value = value.rsplit('=').next().unwrap();
+        assert!(
+            e.contains(&format!("'{value}' for '{flag}")) && e.contains(range),
+            "{args:?}: {e}"
+        );
+    }
+    // the range is documented in --help, and 0 stays valid where it means "greedy"
+    assert!(ok(&["lm", "generate", "--help"]).contains("[range: a finite number ≥ 0]"));
+    assert!(ok(&["knn", "--help"]).contains("[range: a finite number > 0]"));
 }

@@ -412,7 +412,10 @@ fn bad_flags_are_clear_errors() {
     let e = fails(&["knn", "--data", &data]);
     assert!(e.contains("--pixels"), "{e}");
     let e = fails(&["knn", "--pixels", "--data", &data, "--k", "0"]);
-    assert!(e.contains("k must be positive"), "{e}");
+    assert!(
+        e.contains("'--k <K>'") && e.contains("an integer ≥ 1"),
+        "{e}"
+    );
     let e = fails(&[
         "knn",
         "--weights",
