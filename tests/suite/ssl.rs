@@ -483,8 +483,7 @@ fn knn_temperature_is_stable_and_bad_inputs_are_errors() {
     assert_eq!(knn_votes(1.0).unwrap().top1, 0.0);
     for t in [0.0, -1.0, f64::NAN, f64::INFINITY] {
         let e = knn_votes(t)
-            .err()
-            .expect("bad temperature accepted")
+            .expect_err("bad temperature accepted")
             .to_string();
         assert!(e.contains("temperature"), "{e}");
     }
@@ -498,8 +497,7 @@ fn knn_temperature_is_stable_and_bad_inputs_are_errors() {
         0.07,
         2,
     )
-    .err()
-    .expect("NaN feature accepted")
+    .expect_err("NaN feature accepted")
     .to_string();
     assert!(e.contains("train features are not finite"), "{e}");
 }
