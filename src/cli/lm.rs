@@ -1,9 +1,8 @@
 //! `whitebox lm …` (prepare, train, eval, generate) and the language-model path of `whitebox forward`.
 
-use crate::cli::output::outln;
+use crate::cli::output::{out, outln};
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::WeightArgs;
@@ -182,7 +181,7 @@ pub struct GenerateArgs {
     /// Softmax temperature (0 = greedy).
     #[arg(long, default_value_t = 0.8)]
     pub temperature: f64,
-    /// Sample among the k most likely tokens only.
+    /// Sample among the k most likely tokens only (0 = among all tokens).
     #[arg(long, default_value_t = 200)]
     pub top_k: usize,
     #[arg(long, default_value_t = 1337)]
@@ -298,12 +297,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         temperature: a.temperature,
         top_k: (a.top_k > 0).then_some(a.top_k),
     };
-    let mut out = std::io::stdout().lock();
-    write!(out, "{}", a.prompt)?;
-    l.generate_text(&a.prompt, &opts, a.seed, |piece| {
-        write!(out, "{piece}")?;
-        Ok(out.flush()?)
-    })?;
-    writeln!(out)?;
-    Ok(())
+    out!("{}", a.prompt)?;
+    l.generate_text(&a.prompt, &opts, a.seed, |piece| out!("{piece}"))?;
+    outln!()
 }

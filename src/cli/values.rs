@@ -74,6 +74,8 @@ pub enum Range {
     UnitOpen,
     /// Any finite number (`f32`).
     Finite32,
+    /// Every value of the flag's type (seeds, indices, and counts where 0 means "none" or "off").
+    Any,
 }
 
 /// The range of every numeric flag, by flag id; `command.flag` overrides `flag` for the one
@@ -133,9 +135,9 @@ pub const RANGES: &[(&str, Range)] = {
         ("student_temp", Positive),
         ("teacher_temp", Positive),
         ("temperature", Positive),
-        ("generate.temperature", NonNegative),
         ("warmup_teacher_temp", Positive),
         ("clip_grad_norm", NonNegative),
+        ("generate.temperature", NonNegative),
         ("min_lr", NonNegative),
         ("warmup_epochs", NonNegative),
         ("weight_decay", NonNegative),
@@ -150,21 +152,19 @@ pub const RANGES: &[(&str, Range)] = {
         ("mask_rate", UnitOpen),
         ("val_fraction", UnitOpen),
         ("mask_threshold", Finite32),
+        // every value valid
+        ("crop_padding", Any),
+        ("freeze_last_layer", Any),
+        ("generate.top_k", Any),
+        ("layer", Any),
+        ("local_crops", Any),
+        ("measure_every", Any),
+        ("seed", Any),
+        ("warmup", Any),
+        ("warmup_iters", Any),
+        ("warmup_teacher_temp_epochs", Any),
     ]
 };
-
-/// Numeric flags for which every value of their type is valid (0 means "none" or "off").
-pub const UNBOUNDED: &[&str] = &[
-    "seed",
-    "layer",
-    "crop_padding",
-    "freeze_last_layer",
-    "local_crops",
-    "measure_every",
-    "warmup",
-    "warmup_iters",
-    "warmup_teacher_temp_epochs",
-];
 
 impl Range {
     /// The range in words, as `--help` and the errors show it.
@@ -177,64 +177,47 @@ impl Range {
             Range::Unit => "0 ≤ x ≤ 1",
             Range::UnitOpen => "0 < x < 1",
             Range::Finite32 => "a finite number",
+            Range::Any => "any value",
         }
     }
 
-    /// The parser that accepts exactly this range.
-    pub fn parser(self) -> clap::builder::ValueParser {
+    /// The parser that accepts exactly this range; `None` for [`Range::Any`] (the flag's own).
+    pub fn parser(self) -> Option<clap::builder::ValueParser> {
         use clap::builder::ValueParser;
-        fn float(s: &str, ok: fn(f64) -> bool, r: Range) -> Result<f64, String> {
-            let v: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
-            if ok(v) {
+        /// `s` parsed as a `T` for which `ok` holds.
+        fn checked<T>(s: &str, ok: fn(&T) -> bool, r: Range) -> Result<T, String>
+        where
+            T: std::str::FromStr + std::fmt::Display,
+            T::Err: std::fmt::Display,
+        {
+            let v: T = s.trim().parse().map_err(|e: T::Err| e.to_string())?;
+            if ok(&v) {
                 Ok(v)
             } else {
                 Err(format!("{v} is out of range: expected {}", r.describe()))
             }
         }
-        fn count(s: &str) -> Result<u64, String> {
-            let v: u64 = s.trim().parse().map_err(|e| format!("{e}"))?;
-            if v >= 1 {
-                Ok(v)
-            } else {
-                Err(format!(
-                    "{v} is out of range: expected {}",
-                    Range::Count.describe()
-                ))
-            }
-        }
+        let p = |f: fn(&str) -> Result<f64, String>| Some(ValueParser::new(f));
         match self {
-            Range::Count => ValueParser::new(|s: &str| {
-                count(s).and_then(|v| usize::try_from(v).map_err(|e| e.to_string()))
-            }),
-            Range::Count32 => ValueParser::new(|s: &str| {
-                count(s).and_then(|v| u32::try_from(v).map_err(|e| e.to_string()))
-            }),
-            Range::Positive => {
-                ValueParser::new(|s: &str| float(s, |v| v.is_finite() && v > 0.0, Range::Positive))
+            Range::Count => Some(ValueParser::new(|s: &str| {
+                checked::<usize>(s, |v| *v >= 1, Range::Count)
+            })),
+            Range::Count32 => Some(ValueParser::new(|s: &str| {
+                checked::<u32>(s, |v| *v >= 1, Range::Count32)
+            })),
+            Range::Positive => p(|s| checked(s, |v| v.is_finite() && *v > 0.0, Range::Positive)),
+            Range::NonNegative => {
+                p(|s| checked(s, |v| v.is_finite() && *v >= 0.0, Range::NonNegative))
             }
-            Range::NonNegative => ValueParser::new(|s: &str| {
-                float(s, |v| v.is_finite() && v >= 0.0, Range::NonNegative)
-            }),
-            Range::UnitBelowOne => ValueParser::new(|s: &str| {
-                float(s, |v| (0.0..1.0).contains(&v), Range::UnitBelowOne)
-            }),
-            Range::Unit => {
-                ValueParser::new(|s: &str| float(s, |v| (0.0..=1.0).contains(&v), Range::Unit))
+            Range::UnitBelowOne => {
+                p(|s| checked(s, |v| (0.0..1.0).contains(v), Range::UnitBelowOne))
             }
-            Range::UnitOpen => {
-                ValueParser::new(|s: &str| float(s, |v| v > 0.0 && v < 1.0, Range::UnitOpen))
-            }
-            Range::Finite32 => ValueParser::new(|s: &str| {
-                let v: f32 = s.trim().parse().map_err(|e| format!("{e}"))?;
-                if v.is_finite() {
-                    Ok(v)
-                } else {
-                    Err(format!(
-                        "{v} is out of range: expected {}",
-                        Range::Finite32.describe()
-                    ))
-                }
-            }),
+            Range::Unit => p(|s| checked(s, |v| (0.0..=1.0).contains(v), Range::Unit)),
+            Range::UnitOpen => p(|s| checked(s, |v| *v > 0.0 && *v < 1.0, Range::UnitOpen)),
+            Range::Finite32 => Some(ValueParser::new(|s: &str| {
+                checked::<f32>(s, |v| v.is_finite(), Range::Finite32)
+            })),
+            Range::Any => None,
         }
     }
 }
@@ -247,33 +230,32 @@ pub fn range_of(command: &str, id: &str) -> Option<Range> {
 }
 
 /// `cmd` and all its subcommands with the range table's parsers and the ranges in their help.
-/// A table entry whose type differs from the field's is a programming error, found by the tests.
+/// A numeric flag missing from the table, or an entry whose type differs from the flag's, is a
+/// programming error that every CLI test finds.
 pub fn with_ranges(mut cmd: clap::Command) -> clap::Command {
+    use clap::builder::ValueParser;
     let name = cmd.get_name().to_string();
-    let ranged: Vec<(String, Range)> = cmd
-        .get_arguments()
-        .filter_map(|a| {
-            let id = a.get_id().as_str();
-            range_of(&name, id).map(|r| (id.to_string(), r))
-        })
-        .collect();
+    let numeric = [
+        ValueParser::from(clap::value_parser!(usize)).type_id(),
+        ValueParser::from(clap::value_parser!(u32)).type_id(),
+        ValueParser::from(clap::value_parser!(u64)).type_id(),
+        ValueParser::from(clap::value_parser!(f64)).type_id(),
+        ValueParser::from(clap::value_parser!(f32)).type_id(),
+    ];
+    let mut ranged = Vec::new();
     for a in cmd.get_arguments() {
-        let (id, ty) = (a.get_id().as_str(), a.get_value_parser().type_id());
-        let numeric = [
-            clap::builder::ValueParser::from(clap::value_parser!(usize)).type_id(),
-            clap::builder::ValueParser::from(clap::value_parser!(u32)).type_id(),
-            clap::builder::ValueParser::from(clap::value_parser!(u64)).type_id(),
-            clap::builder::ValueParser::from(clap::value_parser!(f64)).type_id(),
-            clap::builder::ValueParser::from(clap::value_parser!(f32)).type_id(),
-        ];
-        assert!(
-            !numeric.contains(&ty) || range_of(&name, id).is_some() || UNBOUNDED.contains(&id),
-            "`{name} --{id}` is numeric but has no entry in the range table (cli/values.rs)"
-        );
+        let id = a.get_id().as_str();
+        match range_of(&name, id) {
+            Some(r) => ranged.push((id.to_string(), r)),
+            None => assert!(
+                !numeric.contains(&a.get_value_parser().type_id()),
+                "`{name} --{id}` is numeric but has no entry in the range table (cli/values.rs)"
+            ),
+        }
     }
     for (id, r) in ranged {
+        let Some(parser) = r.parser() else { continue };
         cmd = cmd.mut_arg(&id, |a| {
-            let parser = r.parser();
             assert_eq!(
                 a.get_value_parser().type_id(),
                 parser.type_id(),

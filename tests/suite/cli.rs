@@ -865,29 +865,29 @@ fn mae_train_refuses_classifier_flags_and_has_its_own_run_dir() {
 
 /// A reader that goes away (`whitebox info … | head -c0`) ends the run quietly with status 141, as
 /// on SIGPIPE; a full device is an error naming standard output. Neither is a panic (issue #28).
+/// `whitebox info --config crate-base` writing to `stdout`.
+fn info_into(stdout: impl Into<std::process::Stdio>) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_whitebox"))
+        .args(["info", "--config", "crate-base"])
+        .stdout(stdout)
+        .output()
+        .unwrap();
+    let se = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!se.contains("panicked"), "{se}");
+    (out.status.code(), se)
+}
+
 #[test]
 fn closed_or_full_standard_output_is_not_a_panic() {
     let (reader, writer) = std::io::pipe().unwrap();
     drop(reader);
-    let out = Command::new(env!("CARGO_BIN_EXE_whitebox"))
-        .args(["info", "--config", "crate-base"])
-        .stdout(writer)
-        .output()
-        .unwrap();
-    let se = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(141), "{se}");
-    assert!(!se.contains("panicked"), "{se}");
+    let (code, se) = info_into(writer);
+    assert_eq!(code, Some(141), "{se}");
 
     if let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") {
-        let out = Command::new(env!("CARGO_BIN_EXE_whitebox"))
-            .args(["info", "--config", "crate-base"])
-            .stdout(full)
-            .output()
-            .unwrap();
-        let se = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{se}");
+        let (code, se) = info_into(full);
+        assert_eq!(code, Some(1), "{se}");
         assert!(se.contains("cannot write to standard output"), "{se}");
-        assert!(!se.contains("panicked"), "{se}");
     } else {
         eprintln!("skipped the full-device half: this machine has no /dev/full");
     }
@@ -897,73 +897,67 @@ fn closed_or_full_standard_output_is_not_a_panic() {
 /// and named in the error with the value and the range; one case per range class (issue #28).
 #[test]
 fn out_of_range_flags_name_the_flag_value_and_range() {
-    for (args, flag, range) in [
+    for (command, flag, value, range) in [
+        (&["predict", "x.png"][..], "--top-k", "0", "an integer ≥ 1"),
+        (&["attention"][..], "--count", "0", "an integer ≥ 1"),
         (
-            &["predict", "--top-k", "0", "x.png"][..],
-            "--top-k",
-            "an integer ≥ 1",
-        ),
-        (
-            &["attention", "--count", "0"][..],
-            "--count",
-            "an integer ≥ 1",
-        ),
-        (
-            &["mae", "reconstruct", "--scale", "0"][..],
+            &["mae", "reconstruct"][..],
             "--scale",
+            "0",
             "an integer ≥ 1",
         ),
+        (&["lm", "eval"][..], "--batch-size", "0", "an integer ≥ 1"),
+        (&["measure"][..], "--eps-sq", "0", "a finite number > 0"),
         (
-            &["lm", "eval", "--batch-size", "0"][..],
-            "--batch-size",
-            "an integer ≥ 1",
-        ),
-        (
-            &["measure", "--eps-sq", "0"][..],
-            "--eps-sq",
-            "a finite number > 0",
-        ),
-        (
-            &["lm", "train", "--max-seconds", "nan"][..],
+            &["lm", "train"][..],
             "--max-seconds",
+            "nan",
             "a finite number > 0",
         ),
         (
-            &["train", "--weight-decay=-1"][..],
+            &["train"][..],
             "--weight-decay",
+            "-1",
             "a finite number ≥ 0",
         ),
         (
-            &["lm", "generate", "--temperature=-0.5"][..],
+            &["lm", "generate"][..],
             "--temperature",
+            "-0.5",
             "a finite number ≥ 0",
         ),
-        (&["train", "--beta2", "1"][..], "--beta2", "0 ≤ x < 1"),
+        (&["train"][..], "--beta2", "1", "0 ≤ x < 1"),
         (
-            &["dino", "train", "--center-momentum", "1.1"][..],
+            &["dino", "train"][..],
             "--center-momentum",
+            "1.1",
             "0 ≤ x ≤ 1",
         ),
-        (
-            &["bert", "train", "--mask-rate", "0"][..],
-            "--mask-rate",
-            "0 < x < 1",
-        ),
-        (
-            &["pca", "--mask-threshold", "NaN"][..],
-            "--mask-threshold",
-            "a finite number",
-        ),
+        (&["bert", "train"][..], "--mask-rate", "0", "0 < x < 1"),
+        (&["pca"][..], "--mask-threshold", "NaN", "a finite number"),
     ] {
-        let e = fails(args);
-        let value = args.iter().rev().find(|a| !a.ends_with(".png")).unwrap();
-        let value = value.rsplit('=').next().unwrap();
+        let given = format!("{flag}={value}");
+        let e = fails(&[command, &[given.as_str()]].concat());
         assert!(
             e.contains(&format!("'{value}' for '{flag}")) && e.contains(range),
-            "{args:?}: {e}"
+            "{command:?} {given}: {e}"
         );
     }
-    // the range is documented in --help, and 0 stays valid where it means "greedy"
+    // the range is documented in --help; 0 stays valid where it means "greedy" or "all tokens"
     assert!(ok(&["lm", "generate", "--help"]).contains("[range: a finite number ≥ 0]"));
     assert!(ok(&["knn", "--help"]).contains("[range: a finite number > 0]"));
+    let e = fails(&[
+        "lm",
+        "generate",
+        "--weights",
+        "/nonexistent.safetensors",
+        "--temperature",
+        "0",
+        "--top-k",
+        "0",
+    ]);
+    assert!(
+        e.contains("/nonexistent.safetensors") && !e.contains("range"),
+        "{e}"
+    );
 }
