@@ -97,7 +97,13 @@ pub struct RunOptions {
     /// optimizer state, bf16 GEMM inputs with f32 accumulation), set for the run and restored
     /// after it; `None` keeps the process's setting.
     pub precision: Option<Precision>,
+    /// Called with each period's metrics line once its checkpoint is written; `false` ends this
+    /// invocation there, as a `stop_after` would (a library caller's progress callback).
+    pub on_period: Option<PeriodHook>,
 }
+
+/// See [`RunOptions::on_period`].
+pub type PeriodHook = Arc<dyn Fn(&serde_json::Value) -> bool + Send + Sync>;
 
 impl Default for RunOptions {
     fn default() -> Self {
@@ -109,6 +115,7 @@ impl Default for RunOptions {
             cancel: Cancel::new(),
             grad_sync: Arc::new(LocalSync),
             precision: None,
+            on_period: None,
         }
     }
 }
@@ -329,8 +336,15 @@ pub fn run<B: CrateAutodiff, J: Job<B>>(
             b.finish_and_clear();
             bar = None;
             let m = end_period(job, &model, &optim, &mut pos, &stats, &clock, run_dir)?;
+            let go_on = opts
+                .on_period
+                .as_ref()
+                .is_none_or(|hook| serde_json::to_value(&m).map_or(true, |line| hook(&line)));
             last = Some(m);
             stats = PeriodStats::default();
+            if !go_on {
+                break;
+            }
         }
         if out_of_time {
             break;

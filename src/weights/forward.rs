@@ -4,6 +4,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use burn::tensor::{Int, Tensor, TensorData};
 use rand::{rngs::StdRng, SeedableRng};
+use std::collections::HashMap;
 use std::path::Path;
 
 use super::files::input_tensor;
@@ -25,11 +26,30 @@ pub fn forward_file<B: CrateBackend>(
     activations: bool,
     device: &B::Device,
 ) -> Result<StateDict> {
+    let (tensors, _) = read_safetensors_all(input)?;
+    forward_tensors(loaded, &tensors, input, activations, device)
+}
+
+/// [`forward_file`] on tensors already in memory (`input`, `noise`, `idx` as in the file);
+/// `source` names them in errors.
+pub fn forward_tensors<B: CrateBackend>(
+    loaded: &Loaded<B>,
+    tensors: &HashMap<String, TensorData>,
+    source: &Path,
+    activations: bool,
+    device: &B::Device,
+) -> Result<StateDict> {
+    let input = source;
     let mut acts = Activations::<B>::recording(activations);
     let mut out = match loaded {
         Loaded::Crate(l) => {
             let c = &l.config;
-            let x = read_images(input, [c.channels, c.image_size, c.image_size], device)?;
+            let x = images(
+                tensors,
+                input,
+                [c.channels, c.image_size, c.image_size],
+                device,
+            )?;
             logits(l.model.forward_with(x, &mut acts).into_data())
         }
         Loaded::Tost(l) => {
@@ -37,12 +57,18 @@ pub fn forward_file<B: CrateBackend>(
                 !activations,
                 "--activations is not available for ToST (logits only)"
             );
-            let x = read_images(input, l.config.input_shape(), device)?;
+            let x = images(tensors, input, l.config.input_shape(), device)?;
             logits(l.model.forward(x).into_data())
         }
-        Loaded::Mae(l) => mae_outputs(&l.model, &l.config, input, &mut acts, device)?,
+        Loaded::Mae(l) => mae_outputs(&l.model, &l.config, tensors, input, &mut acts, device)?,
         Loaded::Lm(l) => {
-            let x = read_ids(input, l.config.block_size, l.config.vocab_size, device)?;
+            let x = read_ids(
+                tensors,
+                input,
+                l.config.block_size,
+                l.config.vocab_size,
+                device,
+            )?;
             logits(l.model.forward_with(x, &mut acts).into_data())
         }
         Loaded::Bert(l) => bail!(
@@ -70,17 +96,27 @@ pub fn read_images<B: CrateBackend>(
     Ok(Tensor::from_data(input.convert::<f32>(), device))
 }
 
+fn images<B: CrateBackend>(
+    tensors: &HashMap<String, TensorData>,
+    source: &Path,
+    want: [usize; 3],
+    device: &B::Device,
+) -> Result<Tensor<B, 4>> {
+    let input = input_tensor(tensors, source, "input", &want)?;
+    Ok(Tensor::from_data(input.convert::<f32>(), device))
+}
+
 /// CRATE-MAE on `input` with the file's `noise` (else random masks of seed 0).
 fn mae_outputs<B: CrateBackend>(
     model: &CrateMae<B>,
     c: &crate::model::mae::MaeConfig,
+    tensors: &HashMap<String, TensorData>,
     path: &Path,
     acts: &mut Activations<B>,
     device: &B::Device,
 ) -> Result<StateDict> {
-    let (tensors, _) = read_safetensors_all(path)?;
     let input = input_tensor(
-        &tensors,
+        tensors,
         path,
         "input",
         &[c.in_chans, c.img_size, c.img_size],
@@ -108,12 +144,12 @@ fn mae_outputs<B: CrateBackend>(
 
 /// The int64 `idx` `[B, T]` of a file: non-empty, at most `block_size` long, ids below `vocab`.
 fn read_ids<B: CrateBackend>(
+    tensors: &HashMap<String, TensorData>,
     path: &Path,
     block_size: usize,
     vocab: usize,
     device: &B::Device,
 ) -> Result<Tensor<B, 2, Int>> {
-    let (tensors, _) = read_safetensors_all(path)?;
     let idx = tensors
         .get("idx")
         .with_context(|| format!("{}: no tensor named `idx`", path.display()))?;
@@ -122,6 +158,16 @@ fn read_ids<B: CrateBackend>(
         shape.len() == 2,
         "{}: `idx` has shape {shape:?}, expected [B, T]",
         path.display()
+    );
+    use burn::tensor::DType;
+    ensure!(
+        matches!(
+            idx.dtype,
+            DType::I64 | DType::I32 | DType::I16 | DType::I8 | DType::U8 | DType::U16 | DType::U32
+        ),
+        "{}: `idx` holds {:?} values; token ids must be integers (int64)",
+        path.display(),
+        idx.dtype
     );
     let ids: Vec<i64> = idx
         .clone()

@@ -84,7 +84,7 @@ impl ModelConfig {
 
     /// A config JSON of any family: its `"arch"` names the family (no `"arch"`: a CRATE
     /// classifier, a language model when it has `vocab_size`, CRATE-BERT when it also has
-    /// `hidden_size`).
+    /// `hidden_size`, CRATE-MAE when it has `decoder_embed_dim`).
     pub fn from_json(text: &str) -> Result<Self> {
         let v: serde_json::Value = serde_json::from_str(text).context("not a valid JSON config")?;
         Ok(match json_arch(&v)? {
@@ -177,6 +177,8 @@ fn json_arch(v: &serde_json::Value) -> Result<Option<Arch>> {
             Some(Arch::CrateBert)
         }
         None if v.get("vocab_size").is_some() || v.get("TSSA").is_some() => Some(Arch::Gpt),
+        // the official `MaskedAutoencoderViT` arguments
+        None if v.get("decoder_embed_dim").is_some() => Some(Arch::CrateMae),
         None => None,
     })
 }
@@ -271,7 +273,7 @@ pub fn load<B: CrateBackend>(
     let sd = read_state_dict(path)?;
     let meta = super::read_safetensors_metadata(path)?;
     let config = find_config(path, config, &meta, &sd)?;
-    build(config, sd, meta, path, strict, device)
+    from_state_dict(config, sd, meta, path, strict, device)
 }
 
 /// The config that goes with the weights at `path` (see [`load`]), without loading them.
@@ -404,7 +406,9 @@ fn apply<M: burn::module::Module<B> + super::OfficialKeys, B: burn::tensor::back
     Ok(model)
 }
 
-fn build<B: CrateBackend>(
+/// The model `config` describes with the weights `sd` (official keys) in it; `meta` is kept with
+/// it and `path` names the weights' source in errors. `strict` as in [`load`].
+pub fn from_state_dict<B: CrateBackend>(
     config: ModelConfig,
     sd: StateDict,
     meta: HashMap<String, String>,
@@ -466,7 +470,72 @@ fn build<B: CrateBackend>(
     })
 }
 
+/// A freshly initialised model of `config` (burn's initialisers, seeded by the backend's seed).
+pub fn create<B: CrateBackend>(config: ModelConfig, device: &B::Device) -> Loaded<B> {
+    fn fresh<C, M>(config: C, model: M) -> Weights<C, M> {
+        let path = PathBuf::from("(freshly initialised)");
+        Weights {
+            config,
+            model,
+            meta: HashMap::new(),
+            path,
+        }
+    }
+    match config {
+        ModelConfig::Crate(c) => Loaded::Crate(fresh(c.clone(), c.init::<B>(device))),
+        ModelConfig::Mae(c) => Loaded::Mae(fresh(c.clone(), c.init::<B>(device))),
+        ModelConfig::Tost(c) => Loaded::Tost(fresh(c.clone(), c.init::<B>(device))),
+        ModelConfig::Lm(c) => Loaded::Lm(fresh(c.clone(), c.init::<B>(device))),
+        ModelConfig::Bert(c) => Loaded::Bert(fresh(c.clone(), c.init::<B>(device))),
+    }
+}
+
 impl<B: CrateBackend> Loaded<B> {
+    /// The config of the loaded model.
+    pub fn config(&self) -> ModelConfig {
+        match self {
+            Loaded::Crate(w) => ModelConfig::Crate(w.config.clone()),
+            Loaded::Mae(w) => ModelConfig::Mae(w.config.clone()),
+            Loaded::Tost(w) => ModelConfig::Tost(w.config.clone()),
+            Loaded::Lm(w) => ModelConfig::Lm(w.config.clone()),
+            Loaded::Bert(w) => ModelConfig::Bert(w.config.clone()),
+        }
+    }
+
+    /// The safetensors metadata the weights came with (empty for a torch file or a fresh model).
+    pub fn meta(&self) -> &HashMap<String, String> {
+        match self {
+            Loaded::Crate(w) => &w.meta,
+            Loaded::Mae(w) => &w.meta,
+            Loaded::Tost(w) => &w.meta,
+            Loaded::Lm(w) => &w.meta,
+            Loaded::Bert(w) => &w.meta,
+        }
+    }
+
+    /// The weights under the official PyTorch keys (a language model's as nanoGPT writes them).
+    pub fn state_dict(&self) -> StateDict {
+        use crate::weights::collect_state_dict;
+        match self {
+            Loaded::Crate(w) => collect_state_dict(&w.model),
+            Loaded::Mae(w) => collect_state_dict(&w.model),
+            Loaded::Tost(w) => collect_state_dict(&w.model),
+            Loaded::Lm(w) => lm::official_state_dict(&w.model),
+            Loaded::Bert(w) => collect_state_dict(&w.model),
+        }
+    }
+
+    /// Write the weights to `path` as safetensors under the official keys, atomically, with the
+    /// metadata they came with and the config under `config` (so [`load`] reads them back).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut meta = self.meta().clone();
+        let config = self.config();
+        let json = config.to_json_pretty();
+        meta.insert("config".into(), json);
+        meta.insert("arch".into(), config.arch().name().to_string());
+        crate::weights::write_safetensors(path, &self.state_dict(), Some(meta))
+    }
+
     pub fn arch(&self) -> Arch {
         match self {
             Loaded::Crate(w) => w.config.arch,
