@@ -1,8 +1,11 @@
 //! whitebox: CRATE white-box transformers ("White-Box Transformers via Sparse Rate Reduction")
 //! on burn. Model code is generic over `B: Backend`; the CPU default is `Autodiff<Flex>`.
 
+pub mod alloc;
+pub mod atomic;
 pub mod bench;
 pub mod data;
+pub mod infer;
 pub mod measure;
 pub mod model;
 pub mod text;

@@ -12,8 +12,13 @@ mod train;
 
 pub use errors::WhiteboxError;
 
+// the allocator of the CLI: the library's kernels are tuned with it (freed pages kept for reuse)
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[pymodule]
 fn _whitebox(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    whitebox::alloc::keep_freed_pages();
     m.add("WhiteboxError", m.py().get_type::<WhiteboxError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     model::register(m)?;

@@ -82,25 +82,26 @@ fn coding_rate<'py>(
 
 /// `U` as the official `[K·p, d]` weight whose rows `k·p..(k+1)·p` are `U_kᵀ`, and K.
 fn bases(u: &Bound<'_, PyAny>, d: usize) -> PyResult<(Vec<f64>, usize)> {
-    let mats: Vec<(Vec<f64>, Vec<usize>)> =
-        if let Ok(list) = u.cast::<PyList>() {
-            list.iter()
-                .enumerate()
-                .map(|(k, m)| to_f64(&format!("U[{k}]"), &m))
-                .collect::<PyResult<_>>()?
-        } else {
-            let (v, shape) = to_f64("U", u)?;
-            match shape[..] {
-                [k, dd, p] => v
-                    .chunks_exact(dd * p.max(1))
-                    .take(k)
-                    .map(|c| (c.to_vec(), vec![dd, p]))
-                    .collect(),
-                _ => return Err(bad(format!(
+    let mats: Vec<(Vec<f64>, Vec<usize>)> = if let Ok(list) = u.cast::<PyList>() {
+        list.iter()
+            .enumerate()
+            .map(|(k, m)| to_f64(&format!("U[{k}]"), &m))
+            .collect::<PyResult<_>>()?
+    } else {
+        let (v, shape) = to_f64("U", u)?;
+        match shape[..] {
+            [k, dd, p] => v
+                .chunks_exact(dd * p.max(1))
+                .take(k)
+                .map(|c| (c.to_vec(), vec![dd, p]))
+                .collect(),
+            _ => {
+                return Err(bad(format!(
                     "U must be a list of [d, p] arrays or a [K, d, p] array, got shape {shape:?}"
-                ))),
+                )))
             }
-        };
+        }
+    };
     if mats.is_empty() {
         return Err(bad("U holds no subspace (K = 0)"));
     }

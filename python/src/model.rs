@@ -10,7 +10,7 @@ use burn::tensor::TensorData;
 use pyo3::exceptions::PyFileNotFoundError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
-use whitebox::weights::forward::forward_tensors;
+use whitebox::infer::forward::forward_tensors;
 use whitebox::weights::load::{create as create_model, from_state_dict as build};
 use whitebox::weights::{read_safetensors_all, read_safetensors_metadata, read_state_dict};
 use whitebox::weights::{Loaded, ModelConfig, StateDict};
@@ -139,6 +139,70 @@ impl Model {
     /// atomically; `whitebox.load(path)` and the CLI read it back.
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
         self.with(py, |l| l.save(&path))
+    }
+
+    /// The text a language model generates after `prompt` (without the prompt), with its stored
+    /// tokenizer, as `whitebox lm generate` does: `temperature` 0 is greedy, `top_k` 0 samples
+    /// among all tokens.
+    #[pyo3(signature = (prompt="\n", max_new_tokens=500, temperature=0.8, top_k=200, seed=1337))]
+    fn generate(
+        &self,
+        py: Python<'_>,
+        prompt: &str,
+        max_new_tokens: usize,
+        temperature: f64,
+        top_k: usize,
+        seed: u64,
+    ) -> PyResult<String> {
+        let opts = whitebox::model::lm::Sampling {
+            max_new_tokens,
+            temperature,
+            top_k: (top_k > 0).then_some(top_k),
+        };
+        self.with(py, |l| {
+            let Loaded::Lm(w) = l else {
+                anyhow::bail!("generate needs a language model, not {}", l.arch().name());
+            };
+            let mut text = String::new();
+            w.generate_text(prompt, &opts, seed, |t| {
+                text.push_str(t);
+                Ok(())
+            })?;
+            Ok(text)
+        })
+    }
+
+    /// CRATE-BERT's fill-in of each `<mask>` of `text`: `{"filled": text, "top": [[(char, p),
+    /// …] per mask]}` with the `top_k` most likely characters, as `whitebox bert fill-mask`.
+    #[pyo3(signature = (text, top_k=5))]
+    fn fill_mask<'py>(
+        &self,
+        py: Python<'py>,
+        text: &str,
+        top_k: usize,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        if top_k == 0 {
+            return Err(bad("top_k must be at least 1, got 0"));
+        }
+        let fill = self.with(py, |l| {
+            let Loaded::Bert(w) = l else {
+                anyhow::bail!(
+                    "fill_mask needs a CRATE-BERT model, not {}",
+                    l.arch().name()
+                );
+            };
+            let tok = w.stored_tokenizer()?.with_context(|| {
+                format!(
+                    "{}: no tokenizer metadata (weights written by `whitebox bert train` carry it)",
+                    w.path.display()
+                )
+            })?;
+            whitebox::train::bert::fill_mask(&w.model, &tok, text, top_k)
+        })?;
+        let d = PyDict::new(py);
+        d.set_item("filled", fill.filled)?;
+        d.set_item("top", fill.top)?;
+        Ok(d)
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {

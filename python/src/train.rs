@@ -12,8 +12,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use whitebox::data::{self, Format, Split};
 use whitebox::model::bf16::Precision;
-use whitebox::train::image_run::{train_classifier, ImageTrainSettings};
-use whitebox::train::{optim, Cancel, OptimizerKind, Recipe};
+use whitebox::train::image_run::ImageTrainSettings;
+use whitebox::train::{optim, train_classifier, Cancel, OptimizerKind, Recipe};
 
 use crate::arrays::json_to_py;
 use crate::errors::{bad, guarded, to_py};

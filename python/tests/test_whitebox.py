@@ -365,3 +365,38 @@ def test_ctrl_c_raises_keyboard_interrupt_after_the_checkpoint(tmp_path):
     resumed = whitebox.train(config="fmnist", data=str(data), run_dir=str(run), resume=True, stop_after=1,
                              progress=False)
     assert resumed["steps"] > state["step"]
+
+
+def cli(*args):
+    assert CLI.exists(), f"{CLI} is missing: build it with `cargo build --release`"
+    return subprocess.run([str(CLI), *map(str, args)], check=True, capture_output=True, text=True).stdout
+
+
+def test_generate_and_fill_mask_equal_the_cli(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("to be or not to be that is the question " * 200)
+    cli("lm", "train", "--corpus", corpus, "--data", tmp_path / "tok", "--run-dir", tmp_path / "lm",
+        "--n-layer", 1, "--n-head", 2, "--n-embd", 16, "--block-size", 16, "--batch-size", 8,
+        "--max-iters", 10, "--eval-interval", 10, "--eval-iters", 2)
+    lm = whitebox.load(tmp_path / "lm" / "model.safetensors")
+    text = lm.generate("to be", max_new_tokens=30, seed=5)
+    assert len(text) == 30
+    assert cli("lm", "generate", "--weights", tmp_path / "lm" / "model.safetensors", "--prompt", "to be",
+               "--max-new-tokens", 30, "--seed", 5) == "to be" + text + "\n"
+    assert lm.generate("to be", max_new_tokens=30, seed=5) == text
+    cli("bert", "train", "--corpus", corpus, "--data", tmp_path / "btok", "--run-dir", tmp_path / "bert",
+        "--max-iters", 10, "--eval-interval", 10, "--eval-iters", 2, "--hidden-size", 32, "--layers", 2,
+        "--heads", 2, "--seq-len", 24, "--batch-size", 16)
+    weights = tmp_path / "bert" / "checkpoint" / "model.safetensors"
+    bert = whitebox.load(weights)
+    assert bert.kind == "crate-bert"
+    fill = bert.fill_mask("to be or not <mask>o be", top_k=3)
+    (top,) = fill["top"]
+    assert len(top) == 3 and all(p1 >= p2 for (_, p1), (_, p2) in zip(top, top[1:]))
+    assert fill["filled"] == f"to be or not {top[0][0]}o be"
+    printed = cli("bert", "fill-mask", "--weights", weights, "--top-k", 3, "to be or not <mask>o be")
+    assert printed.splitlines()[1] == fill["filled"]
+    with pytest.raises(whitebox.WhiteboxError, match="language model"):
+        bert.generate("to be")
+    with pytest.raises(whitebox.WhiteboxError, match="CRATE-BERT"):
+        lm.fill_mask("to <mask>")

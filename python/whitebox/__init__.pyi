@@ -36,6 +36,12 @@ class Model:
         """Per-layer activations of ``x``: ``act.embed``, ``act.layer{i}.{mssa,attn,ista}``, ``act.final_norm``…"""
     def state_dict(self) -> Dict[str, np.ndarray]:
         """The weights under the official PyTorch keys."""
+    def generate(
+        self, prompt: str = "\n", max_new_tokens: int = 500, temperature: float = 0.8, top_k: int = 200, seed: int = 1337
+    ) -> str:
+        """The text a language model generates after ``prompt`` (without the prompt), as ``whitebox lm generate``."""
+    def fill_mask(self, text: str, top_k: int = 5) -> Dict[str, Any]:
+        """CRATE-BERT's fill-in of each ``<mask>``: ``{"filled": str, "top": [[(char, p), …] per mask]}``."""
     def save(self, path: _Path) -> None:
         """Write the weights (safetensors, official keys, config in the metadata), atomically."""
 

@@ -8,11 +8,11 @@ use std::time::Instant;
 
 use super::{EvalArgs, InfoArgs, MeasureArgs, PredictArgs, TrainArgs, WeightArgs};
 use whitebox::data::{self, Augment, Normalization, Split};
+use whitebox::infer::forward::read_images;
 use whitebox::model::CrateConfig;
 pub(super) use whitebox::train::image_run::check_shape;
 use whitebox::train::image_run::{self, ImageTrainSettings};
 use whitebox::train::{self, OptimSettings, Recipe};
-use whitebox::weights::forward::read_images;
 use whitebox::weights::{self, write_atomic, Loaded, ModelConfig};
 use whitebox::InferBackend;
 
@@ -96,7 +96,7 @@ impl TrainArgs {
 
 /// `whitebox train`: a CRATE, CRATE-α or ToST classifier.
 pub fn train(a: TrainArgs) -> Result<()> {
-    let out = image_run::train_classifier(&a.settings()?)?;
+    let out = whitebox::train::train_classifier(&a.settings()?)?;
     super::print_outcome(&out, a.json)
 }
 

@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use super::commands::load;
 use super::ForwardArgs;
-use whitebox::weights::forward::forward_file;
+use whitebox::infer::forward::forward_file;
 use whitebox::weights::{safetensors_bytes, write_atomic};
 use whitebox::InferBackend;
 

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::blocks::{CrateLayer, Ista, Mssa, Sparsify, ISTA_ETA, ISTA_LAMBDA};
 use super::fused::{layer_norm, AttnMask, CrateBackend};
-use crate::weights::StateDict;
+use crate::model::keys::StateDict;
 
 /// LayerNorm eps of the two pre-norms inside each layer (`nn.LayerNorm(d)`).
 pub const LAYER_LN_EPS: f64 = 1e-5;
@@ -266,11 +266,11 @@ pub fn mask_tokens(
     (out, labels)
 }
 
-impl<B: CrateBackend> crate::weights::OfficialKeys for CrateBert<B> {
+impl<B: CrateBackend> crate::model::keys::OfficialKeys for CrateBert<B> {
     /// burn path → key of the HF port (`CrateForMaskedLM`).
     fn official_key(path: &[String]) -> String {
         let p: Vec<&str> = path.iter().map(|s| s.as_str()).collect();
-        let leaf = crate::weights::torch_leaf;
+        let leaf = crate::model::keys::torch_leaf;
         match p.as_slice() {
             [e @ ("word_embeddings" | "position_embeddings" | "token_type_embeddings"), l] => {
                 format!("crate.embeddings.{e}.{}", leaf(l))

@@ -14,7 +14,7 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use super::gemm::MatRef;
+use super::matref::MatRef;
 
 /// The arithmetic of the GEMMs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]

@@ -546,10 +546,10 @@ impl<B: CrateBackend> CausalTssa<B> {
     }
 }
 
-impl<B: CrateBackend> crate::weights::OfficialKeys for Tssa<B> {
+impl<B: CrateBackend> crate::model::keys::OfficialKeys for Tssa<B> {
     /// burn path → key of `AttentionTSSA` on its own (`qkv.*`, `temp`, `to_out.0.*`).
     fn official_key(path: &[String]) -> String {
-        let leaf = |l: &String| crate::weights::torch_leaf(l).to_string();
+        let leaf = |l: &String| crate::model::keys::torch_leaf(l).to_string();
         match path {
             [m, l] if m == "to_out" => format!("to_out.0.{}", leaf(l)),
             _ => path.iter().map(leaf).collect::<Vec<_>>().join("."),

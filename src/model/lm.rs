@@ -573,7 +573,7 @@ pub fn cross_entropy<B: CrateBackend>(
     (picked * w.clone()).sum().neg() / w.sum()
 }
 
-impl<B: CrateBackend> crate::weights::OfficialKeys for CausalLm<B> {
+impl<B: CrateBackend> crate::model::keys::OfficialKeys for CausalLm<B> {
     /// burn path → crate-lm / nanoGPT key (`transformer.` + the same field names; enum variants and
     /// burn's LayerNorm `gamma`/`beta` names removed; [`CrateLayer`]'s `norm1`/`mssa`/`norm2` are
     /// `prenorm_1`/`attn`/`prenorm_2`, [`Mssa`]'s `qkv`/`to_out` are `c_attn`/`c_proj`).
@@ -588,7 +588,7 @@ impl<B: CrateBackend> crate::weights::OfficialKeys for CausalLm<B> {
                 "norm2" => "prenorm_2",
                 "qkv" => "c_attn",
                 "to_out" => "c_proj",
-                s => crate::weights::torch_leaf(s),
+                s => crate::model::keys::torch_leaf(s),
             })
             .collect();
         format!("transformer.{}", parts.join("."))
@@ -600,30 +600,11 @@ pub const LM_HEAD_KEY: &str = "lm_head.weight";
 
 /// Official state dict → the keys this model holds: drops the tied `lm_head.weight` alias (or
 /// uses it when `wte` is absent) and the causal-mask buffers `transformer.h.{i}.attn.bias` (4-D).
-pub fn prepare_state_dict(mut sd: crate::weights::StateDict) -> crate::weights::StateDict {
+pub fn prepare_state_dict(mut sd: crate::model::keys::StateDict) -> crate::model::keys::StateDict {
     if let Some(head) = sd.remove(LM_HEAD_KEY) {
         sd.entry("transformer.wte.weight".to_string())
             .or_insert(head);
     }
     sd.retain(|k, v| !(k.ends_with(".attn.bias") && v.shape.len() == 4));
     sd
-}
-
-/// Parameters under official keys, with the tied `lm_head.weight` alias added (what
-/// `load_state_dict` of the official class expects).
-pub fn official_state_dict<B: CrateBackend>(model: &CausalLm<B>) -> crate::weights::StateDict {
-    let mut sd = crate::weights::collect_state_dict(model);
-    if let Some(wte) = sd.get("transformer.wte.weight").cloned() {
-        sd.insert(LM_HEAD_KEY.to_string(), wte);
-    }
-    sd
-}
-
-/// Load official weights (strict apart from the alias and buffers handled by [`prepare_state_dict`]).
-pub fn load_official<B: CrateBackend>(
-    model: CausalLm<B>,
-    sd: crate::weights::StateDict,
-) -> Result<CausalLm<B>> {
-    let (model, _) = crate::weights::apply_state_dict(model, &prepare_state_dict(sd), true)?;
-    Ok(model)
 }

@@ -23,7 +23,7 @@ use super::blocks::{CrateLayer, Ista, Mssa, PatchConv, Sparsify, ISTA_ETA};
 use super::fused::{layer_norm, AttnMask, CrateBackend};
 use super::vision::{patchify, CrateConfig, LN_EPS};
 use super::{Activations, Arch, Pool, Recorder};
-use crate::weights::StateDict;
+use crate::model::keys::StateDict;
 
 /// eps of the two outer norms (`norm`, `decoder_norm`): `partial(nn.LayerNorm, eps=1e-6)`.
 pub const OUTER_EPS: f64 = 1e-6;
@@ -660,11 +660,11 @@ impl<B: CrateBackend> CrateMae<B> {
     }
 }
 
-impl<B: CrateBackend> crate::weights::OfficialKeys for CrateMae<B> {
+impl<B: CrateBackend> crate::model::keys::OfficialKeys for CrateMae<B> {
     /// burn path → official `crate_ae.py` key (`../shared/docs/crate-reference.md` §7.2).
     fn official_key(path: &[String]) -> String {
         let p: Vec<&str> = path.iter().map(|s| s.as_str()).collect();
-        let leaf = crate::weights::torch_leaf;
+        let leaf = crate::model::keys::torch_leaf;
         match p.as_slice() {
             ["patch_embed", l] => format!("patch_embed.proj.{l}"),
             ["blocks", i, "norm1", l] => format!("blocks.{i}.layers.0.0.norm.{}", leaf(l)),

@@ -147,7 +147,7 @@ impl<B: Backend> DinoHead<B> {
     }
 }
 
-impl<B: Backend> crate::weights::OfficialKeys for DinoHead<B> {
+impl<B: Backend> crate::model::keys::OfficialKeys for DinoHead<B> {
     /// `mlp.{2i}.*` (Linear at even positions of the official `nn.Sequential`, GELU between),
     /// `last_layer.weight_g` / `last_layer.weight_v`.
     fn official_key(path: &[String]) -> String {
@@ -269,7 +269,7 @@ pub fn copy_values<B: Backend, M: Module<B>>(to: M, from: &M) -> M {
     to.map(&mut Assign(v.0.into_iter()))
 }
 
-impl<B: CrateBackend> crate::weights::OfficialKeys for SelfDistill<B> {
+impl<B: CrateBackend> crate::model::keys::OfficialKeys for SelfDistill<B> {
     /// Teacher backbone → official CRATE keys; the rest under the prefixes above.
     fn official_key(path: &[String]) -> String {
         let (first, rest) = path.split_first().expect("non-empty path");

@@ -604,7 +604,7 @@ impl<B: CrateBackend> ClassAttentionBlock<B> {
     }
 }
 
-/// The ToST classifier (official state-dict keys via [`crate::weights::OfficialKeys`]).
+/// The ToST classifier (official state-dict keys via [`crate::model::keys::OfficialKeys`]).
 #[derive(Module, Debug)]
 pub struct Tost<B: CrateBackend> {
     /// The conv stem, one entry per `conv3x3` (torch `patch_embed.proj.{0,2,4,6}`).
@@ -664,17 +664,17 @@ impl<B: CrateBackend> Tost<B> {
 
 /// Drop what an official state dict holds besides parameters and running statistics
 /// (BatchNorm `num_batches_tracked` counters).
-pub fn prepare_state_dict(mut sd: crate::weights::StateDict) -> crate::weights::StateDict {
+pub fn prepare_state_dict(mut sd: crate::model::keys::StateDict) -> crate::model::keys::StateDict {
     sd.retain(|k, _| !k.ends_with(".num_batches_tracked"));
     sd
 }
 
-impl<B: CrateBackend> crate::weights::OfficialKeys for Tost<B> {
+impl<B: CrateBackend> crate::model::keys::OfficialKeys for Tost<B> {
     /// burn path → `tost.py` key: stem stage `i` is `patch_embed.proj.{2i}` (GELUs sit between),
     /// the MLP is timm's `fc1`/`fc2`, the TSSA output projection `to_out.0`.
     fn official_key(path: &[String]) -> String {
         let p: Vec<&str> = path.iter().map(|s| s.as_str()).collect();
-        let leaf = crate::weights::torch_leaf;
+        let leaf = crate::model::keys::torch_leaf;
         if let ["patch_embed", i, rest @ ..] = p.as_slice() {
             let stage = 2 * i.parse::<usize>().unwrap_or(0);
             return match rest {

@@ -479,11 +479,11 @@ impl<B: CrateBackend> Crate<B> {
     }
 }
 
-impl<B: CrateBackend> crate::weights::OfficialKeys for Crate<B> {
+impl<B: CrateBackend> crate::model::keys::OfficialKeys for Crate<B> {
     /// burn path → official `model/crate.py` key (see `../shared/docs/crate-reference.md` §7.1).
     fn official_key(path: &[String]) -> String {
         let p: Vec<&str> = path.iter().map(|s| s.as_str()).collect();
-        let leaf = crate::weights::torch_leaf;
+        let leaf = crate::model::keys::torch_leaf;
         match p.as_slice() {
             ["patch_norm", l] => format!("to_patch_embedding.1.{}", leaf(l)),
             ["patch_linear", l] => format!("to_patch_embedding.2.{}", leaf(l)),

@@ -238,15 +238,15 @@ pub fn prepare(
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let bytes =
         |s: &[u32]| -> Vec<u8> { s.iter().flat_map(|&t| (t as u16).to_le_bytes()).collect() };
-    crate::weights::write_atomic(&out.join("train.bin"), &bytes(&ids[..n_train]))?;
-    crate::weights::write_atomic(&out.join("val.bin"), &bytes(&ids[n_train..]))?;
+    crate::atomic::write_atomic(&out.join("train.bin"), &bytes(&ids[..n_train]))?;
+    crate::atomic::write_atomic(&out.join("val.bin"), &bytes(&ids[n_train..]))?;
     let meta = DataMeta {
         tokenizer: tok,
         corpus: corpus.display().to_string(),
         train_tokens: n_train,
         val_tokens: n_val,
     };
-    crate::weights::write_atomic(
+    crate::atomic::write_atomic(
         &out.join("meta.json"),
         serde_json::to_string_pretty(&meta)?.as_bytes(),
     )?;

@@ -11,9 +11,9 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::resume::{same_json, ResumeCheck};
+use super::resume::ResumeCheck;
 use super::{
-    checkpoint, fit, Checkpoint, Classify, EpochMetrics, EvalResult, Recipe, RunOptions, Task,
+    checkpoint, fit, Checkpoint, EpochMetrics, EvalResult, Recipe, RunOptions, Task,
     TrainOptimizer, TrainRun, TrainState,
 };
 use crate::data::{self, Format, ImageSet, Split};
@@ -464,42 +464,6 @@ impl ImageTrainSettings {
         let state = self.fresh_state(self.recipe_for(image_size(&config))?);
         saved.fresh(run_dir, self.overwrite, config, state, init)
     }
-}
-
-/// `whitebox train`: a CRATE, CRATE-α or ToST classifier (ToST when the config or the resumed
-/// run is one) trained in its run folder, which this call locks.
-pub fn train_classifier(s: &ImageTrainSettings) -> Result<ClassifierOutcome> {
-    let _lock = checkpoint::RunLock::acquire(&s.run.run_dir)?;
-    if super::tost::wants_tost(s) {
-        return super::tost::train(s);
-    }
-    let saved = Saved {
-        read_config: CrateConfig::from_json_file,
-        init: |c: &CrateConfig, d| c.init::<TrainBackend>(d),
-        read_weights: model_weights,
-    };
-    let started = s.start(
-        &saved,
-        |c| c.image_size,
-        || s.crate_config(),
-        |config, p, sd| {
-            *config = classifier_init(config.clone(), p, sd)?;
-            Ok(())
-        },
-        |run, check| {
-            let wanted = s.crate_config()?;
-            check
-                .fields(&wanted, run, &[])
-                .model(&s.config, || same_json(&wanted, run))
-                .check(&s.run.run_dir)
-        },
-    )?;
-    let config = started.config.clone();
-    let smoothing = started.state.recipe.label_smoothing;
-    let task = Classify::new(config.clone(), smoothing, &Default::default());
-    let input = [config.channels, config.image_size, config.image_size];
-    let shape = (input, config.num_classes, config.param_count());
-    run_classifier(s, &task, started, shape)
 }
 
 /// Train a classifier `task` (CRATE, CRATE-α or ToST) of `(input, classes, parameters)`; the

@@ -15,9 +15,10 @@ use super::checkpoint::{self, read_state, write_checkpoint, Checkpoint, RunLock}
 use super::engine::{self, Cancel, Evaluation, Fitted, Job, PeriodStats, Position, RunOptions};
 use super::resume::{same_json, ResumeCheck};
 use super::{parallel, schedule, OptimSettings, OptimizerKind, TrainOptimizer};
-use crate::model::lm::{cross_entropy, official_state_dict, CausalLm, LmConfig};
+use crate::model::lm::{cross_entropy, CausalLm, LmConfig};
 use crate::model::{Arch, CrateAutodiff, CrateBackend};
 use crate::text::{self, TokenFile, Tokenizer};
+use crate::weights::lm_state_dict as official_state_dict;
 use crate::weights::write_safetensors;
 use crate::TrainBackend;
 use burn::optim::GradientsParams;
@@ -292,7 +293,7 @@ pub fn restore<B: CrateAutodiff>(dir: &Path, device: &B::Device) -> Result<LmRun
     let state = load_state(dir)?;
     let config = LmConfig::from_json_file(&dir.join("config.json"))?;
     let sd = crate::weights::read_state_dict(&dir.join("model.safetensors"))?;
-    let model = crate::model::lm::load_official(config.init::<B>(device), sd)?;
+    let model = crate::weights::load_official_lm(config.init::<B>(device), sd)?;
     let optim = TrainOptimizer::new(state.recipe.optim.clone(), &model).load(dir, device)?;
     Ok((config, model, optim, state))
 }

@@ -7,6 +7,7 @@
 pub mod adamw;
 pub mod bert;
 pub mod checkpoint;
+pub mod classifier;
 pub mod dino;
 pub mod engine;
 pub mod image_run;
@@ -37,6 +38,7 @@ use crate::measure::{measure_batch, LayerCurves, MeasureSettings};
 use crate::model::{Crate, CrateAutodiff, CrateBackend, CrateConfig};
 use crate::weights::OfficialKeys;
 pub use checkpoint::{Checkpoint, TrainState};
+pub use classifier::train_classifier;
 pub use engine::{Cancel, Fitted, RunOptions};
 pub use optim::{OptimSettings, OptimizerKind, TrainOptimizer};
 

@@ -92,7 +92,7 @@ fn tost_config(s: &ImageTrainSettings) -> Result<TostConfig> {
 }
 
 /// A ToST classifier run (fresh, from `init_from` weights, or resumed); the caller
-/// ([`image_run::train_classifier`]) holds the run's lock.
+/// ([`crate::train::train_classifier`]) holds the run's lock.
 pub(super) fn train(s: &ImageTrainSettings) -> Result<ClassifierOutcome> {
     let saved = Saved {
         read_config: TostConfig::from_json_file,

@@ -8,9 +8,9 @@ use plotters::prelude::*;
 use std::path::Path;
 
 use super::{ensure_font, save_png, series_color};
+use crate::atomic::write_atomic;
 use crate::measure::LayerCurves;
 use crate::train::EpochMetrics;
-use crate::weights::write_atomic;
 
 fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("plotting failed: {e:?}")

@@ -11,7 +11,7 @@ use plotters::style::{Palette, Palette99};
 use std::path::Path;
 use std::sync::Once;
 
-use crate::weights::write_atomic;
+use crate::atomic::write_atomic;
 
 /// Register the embedded font for plot text (no system font or fontconfig needed).
 pub fn ensure_font() {

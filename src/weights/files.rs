@@ -5,10 +5,11 @@ use anyhow::{bail, ensure, Context, Result};
 use burn::tensor::{DType, TensorData};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use super::StateDict;
+use crate::atomic::write_atomic;
 
 /// Read a state dict from safetensors or a torch file, whatever its container:
 /// `{'state_dict': …}` (the official training script), `{'model': …}`, `{'model_state_dict': …}`
@@ -337,30 +338,6 @@ fn normalise_keys(raw: HashMap<String, TensorData>) -> StateDict {
         sd.insert(k.to_string(), v);
     }
     sd
-}
-
-/// Write `bytes` to `path` through a temp file in the same folder and a rename, so a crash
-/// leaves either the old file or the new one, never half of one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|s| s.to_str()).unwrap_or("out")
-    ));
-    {
-        let mut f = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(bytes)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.sync_all().ok();
-    }
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
-    Ok(())
 }
 
 /// Serialize f32/i64 tensors to safetensors bytes (keys sorted, optional string metadata).

@@ -10,16 +10,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::{apply_state_dict, read_state_dict, StateDict};
-use crate::data::{Format, Normalization, Split};
+use crate::data::Normalization;
 use crate::model::bert::{untie_state_dict, BertConfig, CrateBert};
-use crate::model::features::Features;
 use crate::model::lm::{self, CausalLm, LmConfig};
 use crate::model::mae::{CrateMae, MaeConfig};
 use crate::model::tost::{self, Tost, TostConfig};
 use crate::model::{Arch, Crate, CrateBackend, CrateConfig};
 use crate::text::Tokenizer;
-use crate::train::image_run::{check_shape, load_split};
-use crate::train::EvalResult;
 
 /// The five config structs, one per model family.
 #[derive(Debug, Clone, PartialEq)]
@@ -520,7 +517,7 @@ impl<B: CrateBackend> Loaded<B> {
             Loaded::Crate(w) => collect_state_dict(&w.model),
             Loaded::Mae(w) => collect_state_dict(&w.model),
             Loaded::Tost(w) => collect_state_dict(&w.model),
-            Loaded::Lm(w) => lm::official_state_dict(&w.model),
+            Loaded::Lm(w) => crate::weights::lm_state_dict(&w.model),
             Loaded::Bert(w) => collect_state_dict(&w.model),
         }
     }
@@ -557,7 +554,7 @@ impl<B: CrateBackend> Loaded<B> {
     }
 
     /// `"{file} is a {kind}, not {want}"` with a hint where the model can be used instead.
-    fn not(&self, want: &str) -> anyhow::Error {
+    pub(crate) fn not(&self, want: &str) -> anyhow::Error {
         let (kind, hint) = match self {
             Loaded::Crate(w) => (format!("CRATE classifier ({})", w.config.arch), ""),
             Loaded::Mae(_) => (
@@ -618,137 +615,6 @@ impl<B: CrateBackend> Loaded<B> {
     }
 }
 
-/// Input shape `[channels, height, width]` and number of classes of an image classifier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClassifierShape {
-    pub input: [usize; 3],
-    pub num_classes: usize,
-}
-
-/// An image classifier of either family: CRATE (MSSA) or ToST (TSSA).
-#[allow(clippy::large_enum_variant)] // one per loaded model
-pub enum ImageClassifier<B: CrateBackend> {
-    Crate(Crate<B>),
-    Tost(Tost<B>),
-}
-
-impl<B: CrateBackend> ImageClassifier<B> {
-    /// Logits `[n, classes]` of images `[n, c, h, w]` (inference).
-    pub fn forward(&self, x: burn::tensor::Tensor<B, 4>) -> burn::tensor::Tensor<B, 2> {
-        match self {
-            ImageClassifier::Crate(m) => m.forward(x),
-            ImageClassifier::Tost(m) => m.forward(x),
-        }
-    }
-}
-
-impl<B: CrateBackend> Weights<ClassifierShape, ImageClassifier<B>> {
-    /// Top-1, top-5 and mean loss on the first `limit` test images of `data` (normalised as the
-    /// weights were trained, else with the training split's statistics), batches of `batch_size`.
-    pub fn evaluate_test_split(
-        &self,
-        data: &Path,
-        format: Format,
-        limit: Option<usize>,
-        batch_size: usize,
-        device: &B::Device,
-    ) -> Result<EvalResult> {
-        ensure!(batch_size > 0, "--batch-size must be at least 1");
-        let shape = self.config.input;
-        let test = load_split(data, format, Split::Test, limit)?;
-        check_shape(shape, &test, data)?;
-        test.check_labels(self.config.num_classes)
-            .with_context(|| format!("{}: test split", data.display()))?;
-        let norm = self.normalization_or_train(shape[0], data, format)?;
-        crate::train::evaluate_with(|x| self.model.forward(x), &test, &norm, batch_size, device)
-    }
-
-    /// The class names stored with the weights, else the class indices.
-    pub fn class_names(&self) -> Result<Vec<String>> {
-        Ok(self.meta_json("class_names")?.unwrap_or_else(|| {
-            (0..self.config.num_classes)
-                .map(|i| i.to_string())
-                .collect()
-        }))
-    }
-
-    /// The `k` most likely classes of a PNG/JPEG picture (resized to the model's input and
-    /// normalised by `norm`), with their probabilities, most likely first.
-    pub fn predict_file(
-        &self,
-        path: &Path,
-        norm: &Normalization,
-        k: usize,
-        device: &B::Device,
-    ) -> Result<Vec<(String, f32)>> {
-        let [c, s, _] = self.config.input;
-        let px = norm.apply_chw(&crate::data::folder::read_image(path, c, s)?);
-        let x = burn::tensor::Tensor::<B, 4>::from_data(
-            burn::tensor::TensorData::new(px, [1, c, s, s]),
-            device,
-        );
-        let probs = burn::tensor::activation::softmax(self.model.forward(x), 1);
-        let p: Vec<f32> = probs.into_data().convert::<f32>().to_vec().unwrap();
-        let mut order: Vec<usize> = (0..p.len()).collect();
-        order.sort_by(|&i, &j| p[j].total_cmp(&p[i]));
-        let names = self.class_names()?;
-        Ok(order
-            .into_iter()
-            .take(k.max(1))
-            .map(|i| (names.get(i).cloned().unwrap_or_else(|| i.to_string()), p[i]))
-            .collect())
-    }
-}
-
-impl<B: CrateBackend> Loaded<B> {
-    /// An image classifier of either family (CRATE or ToST), else an error.
-    pub fn into_image_classifier(self) -> Result<Weights<ClassifierShape, ImageClassifier<B>>> {
-        Ok(match self {
-            Loaded::Crate(w) => Weights {
-                config: ClassifierShape {
-                    input: [w.config.channels, w.config.image_size, w.config.image_size],
-                    num_classes: w.config.num_classes,
-                },
-                model: ImageClassifier::Crate(w.model),
-                meta: w.meta,
-                path: w.path,
-            },
-            Loaded::Tost(w) => Weights {
-                config: ClassifierShape {
-                    input: w.config.input_shape(),
-                    num_classes: w.config.num_classes,
-                },
-                model: ImageClassifier::Tost(w.model),
-                meta: w.meta,
-                path: w.path,
-            },
-            other => return Err(other.not("a classifier")),
-        })
-    }
-}
-
-impl<B: CrateBackend> Loaded<B> {
-    /// The frozen-feature view of a CRATE (head input `LN(cls)`) or a CRATE-MAE encoder (cls
-    /// feature), with the input shape `[channels, height, width]` it takes; else an error.
-    pub fn into_features(self) -> Result<Weights<[usize; 3], Features<B>>> {
-        Ok(match self {
-            Loaded::Crate(w) => Weights {
-                config: [w.config.channels, w.config.image_size, w.config.image_size],
-                model: Features::Crate(w.model),
-                meta: w.meta,
-                path: w.path,
-            },
-            Loaded::Mae(w) => Weights {
-                config: [w.config.in_chans, w.config.img_size, w.config.img_size],
-                model: Features::Mae(w.model),
-                meta: w.meta,
-                path: w.path,
-            },
-            other => return Err(other.not("a CRATE or CRATE-MAE to take features from")),
-        })
-    }
-}
-
 impl<C, M> Weights<C, M> {
     /// Metadata entry `key` parsed as JSON (`None` when absent; an error naming the file when
     /// malformed).
@@ -785,24 +651,6 @@ impl<C, M> Weights<C, M> {
         }))
     }
 
-    /// [`Weights::normalization`], else (with a warning) the statistics of the training split of
-    /// the images in `data`, the normalisation a run on them would have stored.
-    pub fn normalization_or_train(
-        &self,
-        channels: usize,
-        data: &Path,
-        format: Format,
-    ) -> Result<Normalization> {
-        if let Some(n) = self.normalization(channels)? {
-            return Ok(n);
-        }
-        tracing::warn!(
-            "no normalisation stored with the weights; using the train split's statistics"
-        );
-        let train = load_split(data, format, Split::Train, None)?;
-        Ok(Normalization::from_set(&train))
-    }
-
     /// The tokenizer stored with the weights (validated).
     pub fn stored_tokenizer(&self) -> Result<Option<Tokenizer>> {
         let t: Option<Tokenizer> = self.meta_json("tokenizer")?;
@@ -811,71 +659,5 @@ impl<C, M> Weights<C, M> {
                 .with_context(|| format!("{}: tokenizer metadata", self.path.display()))?;
         }
         Ok(t)
-    }
-}
-
-impl<B: CrateBackend> Weights<LmConfig, CausalLm<B>> {
-    /// The tokenizer stored with the weights; official weights without one (a GPT-2 sized
-    /// vocabulary) use GPT-2 BPE.
-    pub fn tokenizer(&self) -> Result<Tokenizer> {
-        if let Some(t) = self.stored_tokenizer()? {
-            return Ok(t);
-        }
-        ensure!(
-            self.config.vocab_size >= Tokenizer::Gpt2.vocab_size(),
-            "{}: no tokenizer stored with these weights (vocabulary {})",
-            self.path.display(),
-            self.config.vocab_size
-        );
-        Ok(Tokenizer::Gpt2)
-    }
-
-    /// Mean next-token cross-entropy of the text file `path` (its tokenizer's ids, scored in
-    /// windows of the context, `batch_size` windows at a time) and the number of predicted tokens.
-    pub fn text_loss(&self, path: &Path, batch_size: usize) -> Result<(f64, usize)> {
-        let text = crate::text::read_corpus(path)?;
-        let ids = self
-            .encode(&text)
-            .with_context(|| path.display().to_string())?;
-        lm::check_tokens(&ids, self.config.vocab_size)?;
-        let device = Default::default();
-        crate::train::lm::sequential_loss(&self.model, &ids, batch_size, &device)
-    }
-
-    /// Continue `prompt` by sampling (`opts`, seed `seed`), handing each piece of decoded text
-    /// to `on_text` as it comes.
-    pub fn generate_text(
-        &self,
-        prompt: &str,
-        opts: &lm::Sampling,
-        seed: u64,
-        mut on_text: impl FnMut(&str) -> Result<()>,
-    ) -> Result<()> {
-        let ids = self.encode(prompt).context("--prompt")?;
-        ensure!(!ids.is_empty(), "--prompt is empty");
-        ensure!(
-            ids.len() <= self.config.block_size,
-            "--prompt is {} tokens, longer than the model's context of {} (block_size)",
-            ids.len(),
-            self.config.block_size
-        );
-        opts.validate()?;
-        let tok = self.tokenizer()?;
-        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
-        let mut dec = crate::text::StreamDecoder::default();
-        self.model.generate(&ids, opts, &mut rng, |t| {
-            on_text(&dec.push(&tok, t as u32)?)
-        })?;
-        Ok(())
-    }
-
-    /// The ids of `text` under the weights' tokenizer.
-    fn encode(&self, text: &str) -> Result<Vec<i64>> {
-        Ok(self
-            .tokenizer()?
-            .encode(text)?
-            .into_iter()
-            .map(i64::from)
-            .collect())
     }
 }

@@ -2,23 +2,21 @@
 //! write (safetensors, atomically), and move them in and out of a burn module.
 
 mod files;
-pub mod forward;
 pub mod load;
 mod names;
 pub mod pickle_scan;
 
+pub use crate::atomic::write_atomic;
 pub use files::{
-    check_finite, check_torch_file, is_safetensors, read_input_tensor, read_safetensors_all,
-    read_safetensors_metadata, read_state_dict, safetensors_bytes, write_atomic, write_safetensors,
+    check_finite, check_torch_file, input_tensor, is_safetensors, read_input_tensor,
+    read_safetensors_all, read_safetensors_metadata, read_state_dict, safetensors_bytes,
+    write_safetensors,
 };
 pub use load::{load, Loaded, ModelConfig, Weights};
 pub use names::{
     apply_state_dict, canonical_ids, collect_gradients, collect_state_dict,
-    gradients_from_state_dict, torch_leaf, LoadReport, OfficialKeys,
+    gradients_from_state_dict, lm_state_dict, load_official_lm, torch_leaf, LoadReport,
+    OfficialKeys,
 };
 
-use burn::tensor::TensorData;
-use std::collections::BTreeMap;
-
-/// Official key → tensor (f32, torch layout).
-pub type StateDict = BTreeMap<String, TensorData>;
+pub use crate::model::keys::StateDict;

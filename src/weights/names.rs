@@ -8,20 +8,7 @@ use std::collections::BTreeSet;
 
 use super::StateDict;
 
-/// A model that knows the official key of each of its parameters.
-pub trait OfficialKeys {
-    /// Official key for a burn parameter path such as `["layers", "0", "norm1", "gamma"]`.
-    fn official_key(path: &[String]) -> String;
-}
-
-/// Torch's name of a burn parameter leaf: LayerNorm `gamma`/`beta` are `weight`/`bias`.
-pub fn torch_leaf(s: &str) -> &str {
-    match s {
-        "gamma" => "weight",
-        "beta" => "bias",
-        other => other,
-    }
-}
+pub use crate::model::keys::{torch_leaf, OfficialKeys};
 
 /// Path and container type of the current position in a module walk.
 #[derive(Default)]
@@ -309,4 +296,27 @@ pub fn apply_state_dict<B: Backend, M: Module<B> + OfficialKeys>(
         bail!("state dict does not match the model: {}", report.describe());
     }
     Ok((model, report))
+}
+
+/// A causal LM's parameters under the official keys, with the tied `lm_head.weight` alias added
+/// (what `load_state_dict` of the official class expects).
+pub fn lm_state_dict<B: crate::model::CrateBackend>(
+    model: &crate::model::lm::CausalLm<B>,
+) -> StateDict {
+    let mut sd = collect_state_dict(model);
+    if let Some(wte) = sd.get("transformer.wte.weight").cloned() {
+        sd.insert(crate::model::lm::LM_HEAD_KEY.to_string(), wte);
+    }
+    sd
+}
+
+/// Load official weights into a causal LM, strictly apart from the alias and buffers that
+/// `model::lm::prepare_state_dict` drops.
+pub fn load_official_lm<B: crate::model::CrateBackend>(
+    model: crate::model::lm::CausalLm<B>,
+    sd: StateDict,
+) -> Result<crate::model::lm::CausalLm<B>> {
+    let sd = crate::model::lm::prepare_state_dict(sd);
+    let (model, _) = apply_state_dict(model, &sd, true)?;
+    Ok(model)
 }

@@ -9,7 +9,7 @@ use whitebox::data::{Augment, Format};
 use whitebox::model::CrateConfig;
 use whitebox::train::image_run::{self, Finished, ImageRun, Saved};
 use whitebox::train::resume::ResumeCheck;
-use whitebox::train::{Classify, Recipe, RunOptions};
+use whitebox::train::{train_classifier, Classify, Recipe, RunOptions};
 use whitebox::TrainBackend;
 
 fn recipe(lr: f64) -> Recipe {
@@ -145,7 +145,7 @@ fn refuses_overwrite_checks_resume_and_resumes_exactly() {
 #[test]
 fn commands_run_as_library_calls() {
     let _serial = crate::serial();
-    use whitebox::train::image_run::{train_classifier, ImageTrainSettings};
+    use whitebox::train::image_run::ImageTrainSettings;
     use whitebox::train::mae::{self, MaeTrainSettings};
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

@@ -22,7 +22,8 @@ fn config(g: &Golden, arch: &str) -> LmConfig {
 
 fn golden_model(g: &Golden, arch: &str) -> CausalLm<B> {
     let model = config(g, arch).init::<B>(&Default::default());
-    lm::load_official(model, g.with_prefix("param.")).expect("strict load of the official params")
+    whitebox::weights::load_official_lm(model, g.with_prefix("param."))
+        .expect("strict load of the official params")
 }
 
 fn ints(g: &Golden, key: &str) -> Tensor<B, 2, Int> {
@@ -46,7 +47,7 @@ fn crate_lm_adamw(model: &CausalLm<B>) -> TrainOptimizer<CausalLm<B>, B> {
 }
 
 fn check_opt1(g: &Golden, stepped: &CausalLm<B>, tol: f32) {
-    let after = lm::official_state_dict(&stepped.valid());
+    let after = whitebox::weights::lm_state_dict(&stepped.valid());
     let want = g.with_prefix("opt1.");
     assert_eq!(after.len(), want.len(), "opt1 key count");
     for (k, w) in &want {

@@ -151,7 +151,7 @@ fn tost_lm_matches_official() {
         sd.contains_key(LM_HEAD_KEY),
         "the golden file gives the tied head twice"
     );
-    let model = lm::load_official(cfg.init::<B>(&device), sd.clone()).unwrap();
+    let model = whitebox::weights::load_official_lm(cfg.init::<B>(&device), sd.clone()).unwrap();
     let idx = Tensor::<B, 2, Int>::from_data(g.get("lm.idx").clone(), &device);
     let targets = Tensor::<B, 2, Int>::from_data(g.get("lm.targets").clone(), &device);
     let logits = model.forward(idx.clone());
@@ -169,7 +169,7 @@ fn tost_lm_matches_official() {
     // the tied head given once (`transformer.wte.weight` only) loads to the same model
     let mut once = sd;
     once.remove(LM_HEAD_KEY);
-    let model = lm::load_official(cfg.init::<B>(&device), once).unwrap();
+    let model = whitebox::weights::load_official_lm(cfg.init::<B>(&device), once).unwrap();
     assert_close(
         "lm.logits (head once)",
         &model.forward(idx).into_data(),

@@ -7,11 +7,12 @@ use rand::{rngs::StdRng, SeedableRng};
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::files::input_tensor;
-use super::{check_finite, read_input_tensor, read_safetensors_all, Loaded, StateDict};
 use crate::model::lm;
 use crate::model::mae::CrateMae;
 use crate::model::{Activations, CrateBackend};
+use crate::train::parallel::forward_slices;
+use crate::weights::input_tensor;
+use crate::weights::{check_finite, read_input_tensor, read_safetensors_all, Loaded, StateDict};
 
 /// The outputs of `loaded` on the file `input`:
 /// - CRATE / CRATE-α: `input` (NCHW f32) → `logits`, and with `activations` every per-layer
@@ -50,7 +51,12 @@ pub fn forward_tensors<B: CrateBackend>(
                 [c.channels, c.image_size, c.image_size],
                 device,
             )?;
-            logits(l.model.forward_with(x, &mut acts).into_data())
+            if activations {
+                logits(l.model.forward_with(x, &mut acts).into_data())
+            } else {
+                // the batch cut over the cores, as evaluation and `whitebox bench` run it
+                logits(forward_slices(x, |x| l.model.forward(x)).into_data())
+            }
         }
         Loaded::Tost(l) => {
             ensure!(
@@ -58,7 +64,7 @@ pub fn forward_tensors<B: CrateBackend>(
                 "--activations is not available for ToST (logits only)"
             );
             let x = images(tensors, input, l.config.input_shape(), device)?;
-            logits(l.model.forward(x).into_data())
+            logits(forward_slices(x, |x| l.model.forward(x)).into_data())
         }
         Loaded::Mae(l) => mae_outputs(&l.model, &l.config, tensors, input, &mut acts, device)?,
         Loaded::Lm(l) => {
