@@ -14,3 +14,41 @@ pub fn keep_freed_pages() {
         unsafe { libmimalloc_sys::mi_option_set(PURGE_DELAY, -1) };
     }
 }
+
+/// Bytes this process may still allocate: the smaller of the kernel's `MemAvailable` and what
+/// the cgroup's `memory.max` leaves; `None` where neither can be read (then nothing is refused).
+pub fn available_bytes() -> Option<f64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("MemAvailable:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .map(|kib| kib * 1024.0)
+    });
+    let read = |f: &str| std::fs::read_to_string(f).ok()?.trim().parse::<f64>().ok();
+    let cgroup = read("/sys/fs/cgroup/memory.max")
+        .map(|max| max - read("/sys/fs/cgroup/memory.current").unwrap_or(0.0));
+    match (meminfo, cgroup) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Refuse a job whose estimated memory (`bytes`, computed in f64 so no user number overflows)
+/// exceeds what the machine has available, naming the estimate and the flags that lower it.
+pub fn check_fits(what: &str, bytes: f64, lower: &str) -> anyhow::Result<()> {
+    const GIB: f64 = (1u64 << 30) as f64;
+    anyhow::ensure!(
+        bytes.is_finite(),
+        "{what}: the memory it needs does not fit in any machine (the sizes multiply past 1e308 \
+         bytes); lower {lower}"
+    );
+    if let Some(avail) = available_bytes() {
+        anyhow::ensure!(
+            bytes <= avail,
+            "{what} needs about {:.1} GiB of memory, more than the {:.1} GiB available; lower {lower}",
+            bytes / GIB,
+            avail / GIB
+        );
+    }
+    Ok(())
+}

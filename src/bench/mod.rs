@@ -251,6 +251,11 @@ fn random_batch(
 fn image(a: &Settings, cfg: &CrateConfig) -> Result<(Value, Timed)> {
     let device = Default::default();
     let b = a.batch_size;
+    crate::alloc::check_fits(
+        "this benchmark",
+        cfg.train_step_bytes(b),
+        "--batch-size or the config's size",
+    )?;
     let (x, y) = random_batch(
         [b, cfg.channels, cfg.image_size, cfg.image_size],
         cfg.num_classes,

@@ -34,6 +34,9 @@ pub struct Normalization {
     pub std: Vec<f32>,
 }
 
+/// The smallest per-channel std a normalisation may have (pixels are in [0, 1]).
+pub const MIN_STD: f32 = 1e-6;
+
 impl Normalization {
     /// One finite mean and one positive finite std per channel (metadata and checkpoints are read
     /// through this: an empty or zero-std normalisation would index out of bounds or divide by 0).
@@ -46,9 +49,11 @@ impl Normalization {
         );
         for (c, (m, s)) in self.mean.iter().zip(&self.std).enumerate() {
             anyhow::ensure!(m.is_finite(), "normalization mean[{c}] is {m}");
+            // below this a pixel's (v − mean)/std leaves any useful range, and near 1e-38 it is
+            // infinite in f32: the model could only produce NaN
             anyhow::ensure!(
-                s.is_finite() && *s > 0.0,
-                "normalization std[{c}] is {s}; it must be positive and finite"
+                s.is_finite() && *s >= MIN_STD,
+                "normalization std[{c}] is {s:e}; it must be finite and at least {MIN_STD:e}"
             );
         }
         Ok(())

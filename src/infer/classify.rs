@@ -54,7 +54,22 @@ impl<B: CrateBackend> Weights<ClassifierShape, ImageClassifier<B>> {
         test.check_labels(self.config.num_classes)
             .with_context(|| format!("{}: test split", data.display()))?;
         let norm = self.normalization_or_train(shape[0], data, format)?;
-        crate::train::evaluate_with(|x| self.model.forward(x), &test, &norm, batch_size, device)
+        let r = crate::train::evaluate_with(
+            |x| self.model.forward(x),
+            &test,
+            &norm,
+            batch_size,
+            device,
+        )?;
+        ensure!(
+            r.loss.is_finite(),
+            "{}: the model's outputs on the test split of {} are not finite (loss {}): the weights \
+             or their stored normalisation give NaN or infinite values",
+            self.path.display(),
+            data.display(),
+            r.loss
+        );
+        Ok(r)
     }
 
     /// The class names stored with the weights, else the class indices.
@@ -83,6 +98,13 @@ impl<B: CrateBackend> Weights<ClassifierShape, ImageClassifier<B>> {
         );
         let probs = burn::tensor::activation::softmax(self.model.forward(x), 1);
         let p: Vec<f32> = probs.into_data().convert::<f32>().to_vec().unwrap();
+        ensure!(
+            p.iter().all(|v| v.is_finite()),
+            "{}: the model's outputs on {} are not finite: the weights or their stored \
+             normalisation give NaN or infinite values",
+            self.path.display(),
+            path.display()
+        );
         let mut order: Vec<usize> = (0..p.len()).collect();
         order.sort_by(|&i, &j| p[j].total_cmp(&p[i]));
         let names = self.class_names()?;

@@ -87,6 +87,24 @@ fn default_bias() -> bool {
 }
 
 impl LmConfig {
+    /// Bytes a training step of `batch` sequences of `t` tokens needs, roughly and from below:
+    /// 4 copies of the parameters (weights, gradients, AdamW's moments) and per layer the
+    /// attention scores and probabilities (`2·B·H·T²`) and about 24 token-width activations
+    /// (`24·B·T·d`), f32; computed in f64 so no size overflows.
+    pub fn train_step_bytes(&self, batch: usize, t: usize) -> f64 {
+        let (b, t, d, h) = (
+            batch as f64,
+            t as f64,
+            self.n_embd as f64,
+            self.n_head as f64,
+        );
+        let params =
+            self.n_layer as f64 * 12.0 * d * d + (self.vocab_size + self.block_size) as f64 * d;
+        let acts = self.n_layer as f64 * b * (2.0 * h * t * t + 24.0 * t * d)
+            + 2.0 * b * t * self.vocab_size as f64;
+        4.0 * (4.0 * params + acts)
+    }
+
     fn table(n_layer: usize, n_head: usize, n_embd: usize) -> Self {
         Self {
             arch: default_arch(),

@@ -274,11 +274,21 @@ pub fn prepare_corpus(
         .with_context(|| format!("preparing {}", corpus.display()))
 }
 
-/// Character tokens of `corpus` (10 % for validation) in `data` unless it holds `meta.json`
-/// already; the metadata when they were prepared now.
+/// Character tokens of `corpus` (10 % for validation) in `data` unless it holds prepared tokens
+/// already; the metadata when they were prepared now. A prepared folder is never overwritten: a
+/// damaged `meta.json`, or token files without one, is an error naming the file.
 pub fn prepare_missing(data: &Path, corpus: &Path) -> Result<Option<DataMeta>> {
     if data.join("meta.json").exists() {
+        read_meta(data)?;
         return Ok(None);
+    }
+    for f in ["train.bin", "val.bin"] {
+        ensure!(
+            !data.join(f).exists(),
+            "{} holds {f} but no meta.json; it is left as it is (prepare the corpus into another \
+             folder with `whitebox lm prepare --data DIR`, or remove the folder)",
+            data.display()
+        );
     }
     tracing::info!(
         "{} is not prepared: tokenizing {} (character level)",

@@ -580,10 +580,8 @@ fn open_sequences(
 /// `run_dir` or start it, and train it with [`fit_bert`].
 pub fn train(s: &BertTrainSettings) -> Result<BertOutcome> {
     let (data, run_dir) = (&s.run.data, &s.run.run_dir);
-    let meta = match text::read_meta(data) {
-        Ok(m) => m,
-        Err(_) => text::prepare(&s.run.corpus, data, None, 0.1)?,
-    };
+    text::prepare_missing(data, &s.run.corpus)?;
+    let meta = text::read_meta(data)?;
     let Tokenizer::Char { .. } = meta.tokenizer else {
         bail!(
             "{}: bert train needs character tokens (`whitebox lm prepare --tokenizer char`)",

@@ -26,7 +26,16 @@ pub fn train_classifier(s: &ImageTrainSettings) -> Result<ClassifierOutcome> {
     let started = s.start(
         &saved,
         |c| c.image_size,
-        || s.crate_config(),
+        || {
+            let c = s.crate_config()?;
+            let bytes = c.train_step_bytes(s.recipe.batch_size);
+            crate::alloc::check_fits(
+                "this training run",
+                bytes,
+                "--batch-size or the config's size",
+            )?;
+            Ok(c)
+        },
         |config, p, sd| {
             *config = classifier_init(config.clone(), p, sd)?;
             Ok(())

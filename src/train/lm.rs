@@ -465,11 +465,17 @@ pub fn fit_lm<B: CrateAutodiff>(
         r.batch_size > 0 && r.grad_accum > 0,
         "batch size and gradient accumulation must be positive"
     );
+    let t = context_len(config, run.train)?;
+    crate::alloc::check_fits(
+        "this language-model run",
+        config.train_step_bytes(r.batch_size, t),
+        "--block-size or --batch-size",
+    )?;
     let mut job = LmJob {
         config,
         train: run.train,
         val: run.val,
-        t: context_len(config, run.train)?,
+        t,
         tv: context_len(config, run.val)?,
         state,
         device: device.clone(),

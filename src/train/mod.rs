@@ -210,6 +210,9 @@ pub fn topk_hits<B: CrateBackend>(
     let (mut t1, mut t5) = (0, 0);
     for r in 0..b {
         let row = &vals[r * k..(r + 1) * k];
+        if row.iter().any(|v| !v.is_finite()) {
+            continue; // no class wins on NaN logits: a miss (the loss reports it as non-finite)
+        }
         let target = row[labels[r] as usize];
         // rank = number of classes strictly better than the target (ties count in its favour)
         let rank = row.iter().filter(|&&v| v > target).count();

@@ -504,3 +504,188 @@ fn evaluation_with_batch_size_zero_is_an_error() {
     let r = whitebox::train::evaluate(&model, &set, &norm, 1, &device).unwrap();
     assert_eq!(r.n, 2);
 }
+
+// ---- issue #28, round 3: NaN behind a score, user data overwritten, requests too large ----
+
+const TINY28: &str = r#"{"image_size": 28, "patch_size": 7, "num_classes": 10, "dim": 16, "depth": 1, "heads": 2, "dim_head": 8, "channels": 1}"#;
+
+/// Weights of the 28×28 tiny model in `dir/w.safetensors` with `norm` stored beside them, after
+/// `edit` changed their state dict.
+fn tiny28_weights(dir: &Path, norm: &Normalization, edit: impl FnOnce(&mut StateDict)) -> String {
+    let cfg: CrateConfig = serde_json::from_str(TINY28).unwrap();
+    let model = cfg.init::<CpuBackend>(&Default::default());
+    let mut sd = whitebox::weights::collect_state_dict(&model);
+    edit(&mut sd);
+    let (model, _) = whitebox::weights::apply_state_dict(model, &sd, true).unwrap();
+    let path = dir.join("w.safetensors");
+    checkpoint::save_model(&path, &cfg, &model, norm, &[]).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn a_stored_normalisation_that_cannot_give_finite_inputs_is_refused_at_load() {
+    let tiny_std = Normalization {
+        mean: vec![0.5],
+        std: vec![1e-40],
+    };
+    let e = err(tiny_std.validate(1));
+    assert!(e.contains("std[0] is 1e-40") && e.contains("1e-6"), "{e}");
+    let smallest = Normalization {
+        mean: vec![0.5],
+        std: vec![whitebox::data::augment::MIN_STD],
+    };
+    smallest.validate(1).unwrap();
+    // through the CLI: eval on such weights names the metadata, not a 100 % score
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    crate::common::write_idx(&data, "train", 20, false);
+    crate::common::write_idx(&data, "t10k", 10, false);
+    let w = tiny28_weights(dir.path(), &tiny_std, |_| {});
+    let e = crate::common::fails(&["eval", "--weights", &w, "--data", data.to_str().unwrap()]);
+    assert!(e.contains("normalization") && e.contains("std[0]"), "{e}");
+}
+
+#[test]
+fn nan_logits_count_as_misses_and_eval_reports_them_as_an_error() {
+    let device = Default::default();
+    let logits = Tensor::<CpuBackend, 2>::from_data(
+        TensorData::new(vec![f32::NAN, f32::NAN, f32::NAN, 0.0, 1.0, 0.0], [2, 3]),
+        &device,
+    );
+    let labels = Tensor::<CpuBackend, 1, burn::tensor::Int>::from_data(
+        TensorData::new(vec![0i64, 1], [2]),
+        &device,
+    );
+    assert_eq!(whitebox::train::topk_hits(logits, labels), (1, 1));
+    // weights so large that the logits overflow: eval is an error, not a score
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    crate::common::write_idx(&data, "train", 20, false);
+    crate::common::write_idx(&data, "t10k", 10, false);
+    let norm = Normalization {
+        mean: vec![0.5],
+        std: vec![0.5],
+    };
+    let w = tiny28_weights(dir.path(), &norm, |sd| {
+        let huge: Vec<String> = sd
+            .keys()
+            .filter(|k| k.ends_with("weight"))
+            .cloned()
+            .collect();
+        for k in huge {
+            let t = &sd[&k];
+            let v = vec![3e38f32; t.num_elements()];
+            sd.insert(k, TensorData::new(v, t.shape.clone()));
+        }
+    });
+    let e = crate::common::fails(&["eval", "--weights", &w, "--data", data.to_str().unwrap()]);
+    assert!(e.contains("not finite"), "{e}");
+    let picture = dir.path().join("p.png");
+    image::GrayImage::from_raw(28, 28, vec![128u8; 784])
+        .unwrap()
+        .save(&picture)
+        .unwrap();
+    let e = crate::common::fails(&["predict", "--weights", &w, picture.to_str().unwrap()]);
+    assert!(e.contains("not finite"), "{e}");
+}
+
+#[test]
+fn bert_train_never_overwrites_a_prepared_token_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tokens, corpus) = (dir.path().join("tokens"), dir.path().join("c.txt"));
+    std::fs::create_dir_all(&tokens).unwrap();
+    std::fs::write(&corpus, "to be or not to be ".repeat(50)).unwrap();
+    let mine = [1u8, 0, 2, 0, 3, 0];
+    std::fs::write(tokens.join("train.bin"), mine).unwrap();
+    std::fs::write(tokens.join("val.bin"), mine).unwrap();
+    std::fs::write(tokens.join("meta.json"), "{damaged").unwrap();
+    let run = dir.path().join("run");
+    let args = |t: &Path| {
+        vec![
+            "bert".to_string(),
+            "train".into(),
+            "--data".into(),
+            t.display().to_string(),
+            "--corpus".into(),
+            corpus.display().to_string(),
+            "--run-dir".into(),
+            run.display().to_string(),
+            "--max-iters".into(),
+            "1".into(),
+        ]
+    };
+    let argv = args(&tokens);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let e = crate::common::fails(&argv);
+    assert!(
+        e.contains("meta.json") && e.contains("not valid token metadata"),
+        "{e}"
+    );
+    std::fs::remove_file(tokens.join("meta.json")).unwrap();
+    let e = crate::common::fails(&argv);
+    assert!(e.contains("holds train.bin but no meta.json"), "{e}");
+    for f in ["train.bin", "val.bin"] {
+        assert_eq!(
+            std::fs::read(tokens.join(f)).unwrap(),
+            mine,
+            "{f} was changed"
+        );
+    }
+}
+
+#[test]
+fn runs_too_large_for_the_machine_are_refused_before_allocating() {
+    if whitebox::alloc::available_bytes().is_none() {
+        eprintln!("skipped: this machine does not say how much memory is available");
+        return;
+    }
+    // an estimate past f64 is an error too, whatever the machine
+    let e = err(whitebox::alloc::check_fits("x", f64::INFINITY, "--flag"));
+    assert!(e.contains("--flag"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.json");
+    std::fs::write(
+        &big,
+        r#"{"image_size": 224, "patch_size": 4, "num_classes": 10, "dim": 4096, "depth": 48, "heads": 32, "dim_head": 128}"#,
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    for command in [&["train"][..], &["bench"][..]] {
+        let mut argv = command.to_vec();
+        argv.extend([
+            "--config",
+            big.to_str().unwrap(),
+            "--run-dir",
+            run.to_str().unwrap(),
+        ]);
+        if command == ["bench"] {
+            argv.truncate(3);
+        }
+        let e = crate::common::fails(&argv);
+        assert!(
+            e.contains("GiB of memory") && e.contains("--batch-size"),
+            "{e}"
+        );
+    }
+    let corpus = dir.path().join("c.txt");
+    std::fs::write(&corpus, "to be or not to be ".repeat(3500)).unwrap();
+    let (tokens, lm_run) = (dir.path().join("tokens"), dir.path().join("lm"));
+    let e = crate::common::fails(&[
+        "lm",
+        "train",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--data",
+        tokens.to_str().unwrap(),
+        "--run-dir",
+        lm_run.to_str().unwrap(),
+        "--block-size",
+        "50000",
+    ]);
+    assert!(
+        e.contains("GiB of memory") && e.contains("--block-size"),
+        "{e}"
+    );
+}
