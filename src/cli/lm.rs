@@ -252,6 +252,12 @@ pub fn train(a: LmTrainArgs) -> Result<()> {
     }
     let json = a.run.json;
     let out = whitebox::train::lm::train(&train_settings(a)?)?;
+    if out.last.as_ref().is_none_or(|m| m.step != out.steps) {
+        outln!(
+            "stopped at iteration {} between evaluations; `--resume` continues it",
+            out.steps
+        )?;
+    }
     if let Some(m) = &out.last {
         outln!(
             "iteration {}: val loss {:.4} (perplexity {:.2}), weights {}",

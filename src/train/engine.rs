@@ -332,7 +332,21 @@ pub fn run<B: CrateAutodiff, J: Job<B>>(
         stats.add_step(loss_sum, seen, lr, ts.elapsed().as_secs_f64());
         show_step(job, &b, &stats);
         let out_of_time = opts.max_seconds.is_some_and(|m| pos.seconds >= m);
-        if pos.step.is_multiple_of(period) || pos.step == stop || out_of_time {
+        let period_ends = pos.step.is_multiple_of(period) || pos.step == total;
+        if pos.step == stop && !period_ends && !out_of_time {
+            // a stop between evaluations (`--stop-after` in iterations): checkpoint the period
+            // so far, as an interrupt does, so that the resumed run writes the straight run's
+            // metrics lines
+            b.finish_and_clear();
+            bar = None;
+            (pos.period_loss_sum, pos.period_seen) = (stats.loss_sum, stats.seen);
+            job.set_position(pos);
+            if let Some(dir) = run_dir {
+                job.save(dir, &model, &optim, None)?;
+            }
+            break;
+        }
+        if period_ends || out_of_time {
             b.finish_and_clear();
             bar = None;
             let m = end_period(job, &model, &optim, &mut pos, &stats, &clock, run_dir)?;

@@ -690,7 +690,10 @@ pub struct LmTrainSettings {
 /// none) and the final weights, `run_dir/model.safetensors`.
 #[derive(Debug, Clone)]
 pub struct LmOutcome {
+    /// The last evaluation of this invocation (`None` when it stopped before one).
     pub last: Option<LmMetrics>,
+    /// Iterations the run has taken.
+    pub steps: usize,
     pub weights: PathBuf,
 }
 
@@ -773,10 +776,15 @@ pub fn train(s: &LmTrainSettings) -> Result<LmOutcome> {
         train: &train_tokens,
         val: &val_tokens,
     };
-    let last = fit_lm(&run, &config, model, optim, state, &device)?.last;
+    let fitted = fit_lm(&run, &config, model, optim, state, &device)?;
+    let (last, steps) = (fitted.last, fitted.step);
     let weights = run_dir.join("model.safetensors");
     if let Some(dir) = Checkpoint::find(run_dir) {
         std::fs::copy(dir.join("model.safetensors"), &weights)?;
     }
-    Ok(LmOutcome { last, weights })
+    Ok(LmOutcome {
+        last,
+        steps,
+        weights,
+    })
 }

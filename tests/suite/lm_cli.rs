@@ -339,3 +339,90 @@ fn safetensors_header_length_0x80_is_not_a_pickle() {
     let back = whitebox::weights::read_state_dict(&path).unwrap();
     assert_eq!(back.len(), sd.len());
 }
+
+/// `metrics.jsonl` of `run` without its timing fields (`seconds`, `…_per_s`).
+fn metrics_without_timing(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.retain(|k, _| k != "seconds" && !k.ends_with("_per_s"));
+            v
+        })
+        .collect()
+}
+
+/// `lm train` and `bert train` stopped between evaluations (`--stop-after`), then
+/// resumed, write the straight run's metrics lines: no extra line at the stop, and the period's
+/// train loss over all its iterations (issue #28).
+#[test]
+fn a_token_run_stopped_between_evaluations_records_the_straight_runs_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("c.txt");
+    std::fs::write(
+        &corpus,
+        "to be or not to be that is the question ".repeat(300),
+    )
+    .unwrap();
+    let lm = [
+        "--n-layer",
+        "1",
+        "--n-head",
+        "2",
+        "--n-embd",
+        "16",
+        "--block-size",
+        "16",
+        "--batch-size",
+        "8",
+        "--max-iters",
+        "40",
+        "--eval-interval",
+        "20",
+        "--eval-iters",
+        "2",
+    ];
+    let bert = [
+        "--hidden-size",
+        "16",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "8",
+        "--max-iters",
+        "40",
+        "--eval-interval",
+        "20",
+        "--eval-iters",
+        "2",
+    ];
+    for (command, flags) in [("lm", &lm[..]), ("bert", &bert[..])] {
+        let data = dir.path().join(format!("{command}-tokens"));
+        let run = |name: &str, extra: &[&str]| {
+            let r = dir.path().join(format!("{command}-{name}"));
+            let mut args = vec![command, "train", "--corpus", s(&corpus), "--data", s(&data)];
+            args.extend(["--run-dir", s(&r)]);
+            args.extend(extra);
+            ok(&args);
+            r
+        };
+        let straight = run("straight", flags);
+        let want = metrics_without_timing(&straight);
+        assert!(want.len() >= 2, "{command}: {want:?}");
+        let mut stopped = flags.to_vec();
+        stopped.extend(["--stop-after", "10"]);
+        let split = run("split", &stopped);
+        run("split", &["--resume"]);
+        assert_eq!(
+            metrics_without_timing(&split),
+            want,
+            "{command}: stop + resume"
+        );
+    }
+}
