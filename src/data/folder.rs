@@ -8,11 +8,21 @@ use super::{ImageSet, Split};
 
 /// Open and decode one image file (format guessed from its bytes).
 pub fn open_image(path: &Path) -> Result<image::DynamicImage> {
-    image::ImageReader::open(path)
-        .with_context(|| format!("cannot open image {}", path.display()))?
-        .with_guessed_format()
-        .with_context(|| format!("cannot read image {}", path.display()))?
-        .decode()
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot open image {}", path.display()))?;
+    let format = image::guess_format(&bytes)
+        .with_context(|| format!("cannot read image {}", path.display()))?;
+    if format == image::ImageFormat::Jpeg {
+        // the JPEG decoder fills a cut-off file with grey instead of failing: a file must end
+        // with its end-of-image marker (trailing zero padding aside)
+        let end = bytes.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+        anyhow::ensure!(
+            end >= 2 && bytes[end - 2..end] == [0xFF, 0xD9],
+            "cannot decode image {}: the JPEG is truncated (no end-of-image marker)",
+            path.display()
+        );
+    }
+    image::load_from_memory_with_format(&bytes, format)
         .with_context(|| format!("cannot decode image {}", path.display()))
 }
 

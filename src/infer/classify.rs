@@ -74,11 +74,17 @@ impl<B: CrateBackend> Weights<ClassifierShape, ImageClassifier<B>> {
 
     /// The class names stored with the weights, else the class indices.
     pub fn class_names(&self) -> Result<Vec<String>> {
-        Ok(self.meta_json("class_names")?.unwrap_or_else(|| {
-            (0..self.config.num_classes)
-                .map(|i| i.to_string())
-                .collect()
-        }))
+        let k = self.config.num_classes;
+        let names: Vec<String> = self
+            .meta_json("class_names")?
+            .unwrap_or_else(|| (0..k).map(|i| i.to_string()).collect());
+        ensure!(
+            names.len() == k,
+            "{}: metadata `class_names` names {} classes but the model has {k}",
+            self.path.display(),
+            names.len()
+        );
+        Ok(names)
     }
 
     /// The `k` most likely classes of a PNG/JPEG picture (resized to the model's input and
@@ -119,6 +125,12 @@ impl<B: CrateBackend> Weights<ClassifierShape, ImageClassifier<B>> {
 impl<B: CrateBackend> Loaded<B> {
     /// An image classifier of either family (CRATE or ToST), else an error.
     pub fn into_image_classifier(self) -> Result<Weights<ClassifierShape, ImageClassifier<B>>> {
+        ensure!(
+            self.meta().get("head").map(String::as_str) != Some("untrained"),
+            "{} is a self-supervised backbone (`dino train`): its classifier head was never \
+             trained; use `knn` or `probe` on it, or `train --init-from` to fine-tune it",
+            self.path().display()
+        );
         Ok(match self {
             Loaded::Crate(w) => Weights {
                 config: ClassifierShape {

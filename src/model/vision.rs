@@ -160,6 +160,19 @@ impl CrateConfig {
 
     /// A preset name or a JSON file holding the constructor arguments.
     pub fn resolve(spec: &str) -> Result<Self> {
+        let other = [
+            ("a ToST", &super::tost::PRESETS[..]),
+            ("a CRATE-MAE", &super::mae::MAE_PRESETS[..]),
+            ("a language-model", &super::lm::PRESETS[..]),
+        ];
+        let theirs = other.iter().find(|(_, p)| p.contains(&spec));
+        if let (None, Some((family, _))) = (Self::preset(spec), theirs) {
+            anyhow::bail!(
+                "--config {spec:?} is {family} preset; this command takes a CRATE or CRATE-α \
+                 config ({})",
+                PRESETS.join(", ")
+            );
+        }
         super::resolve_config(
             spec,
             Self::preset(spec),

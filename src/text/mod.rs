@@ -149,6 +149,12 @@ pub fn corpus_files(path: &Path) -> Result<Vec<PathBuf>> {
     if meta.is_file() {
         return Ok(vec![path.to_path_buf()]);
     }
+    ensure!(
+        meta.is_dir(),
+        "corpus {} is neither a regular file nor a folder (a FIFO, socket or device would block \
+         or never end)",
+        path.display()
+    );
     let mut out = Vec::new();
     let mut stack = vec![path.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -156,12 +162,17 @@ pub fn corpus_files(path: &Path) -> Result<Vec<PathBuf>> {
             std::fs::read_dir(&dir).with_context(|| format!("cannot list {}", dir.display()))?
         {
             let p = e?.path();
+            let hidden = p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'));
             if p.is_dir() {
                 stack.push(p);
-            } else if !p
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            {
+            } else if !hidden {
+                ensure!(
+                    p.is_file(),
+                    "corpus file {} is not a regular file (a FIFO, socket or device)",
+                    p.display()
+                );
                 out.push(p);
             }
         }

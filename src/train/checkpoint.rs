@@ -44,6 +44,10 @@ pub struct TrainState {
     pub train_limit: Option<usize>,
     #[serde(default)]
     pub test_limit: Option<usize>,
+    /// The GEMM arithmetic of the run (`--precision`; runs from before it was kept: f32): a
+    /// resume continues in it.
+    #[serde(default)]
+    pub precision: crate::model::bf16::Precision,
 }
 
 impl TrainState {
@@ -66,6 +70,7 @@ impl TrainState {
             epoch_seen: 0,
             train_limit: None,
             test_limit: None,
+            precision: Default::default(),
         }
     }
 

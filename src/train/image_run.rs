@@ -113,17 +113,28 @@ impl<C, M: AutodiffModule<TrainBackend> + OfficialKeys> Saved<C, M> {
         state: TrainState,
         init_from: Option<(&Path, StateDict)>,
     ) -> Result<Started<C, M>> {
-        checkpoint::start_fresh(run_dir, overwrite)?;
         let device = Default::default();
         <TrainBackend as Backend>::seed(&device, state.recipe.seed);
         let mut model = canonical_ids((self.init)(&config, &device));
         if let Some((path, sd)) = init_from {
             let (m, report) = apply_state_dict(model, &sd, false)?;
+            let unused = report.unexpected.len() + report.mismatched.len();
+            ensure!(
+                unused < sd.len(),
+                "--init-from {}: none of its {} tensors fits this model (e.g. {}); it takes \
+                 weights of the family being trained (CRATE, CRATE-α or a CRATE-MAE encoder for \
+                 a CRATE classifier, ToST for ToST)",
+                path.display(),
+                sd.len(),
+                sd.keys().next().map_or("no keys", String::as_str)
+            );
             if !report.is_clean() {
                 tracing::warn!("--init-from {}: {}", path.display(), report.describe());
             }
             model = m;
         }
+        // the run folder changes only once the start cannot fail any more
+        checkpoint::start_fresh(run_dir, overwrite)?;
         let optim = TrainOptimizer::new(state.recipe.optim.clone(), &model);
         Ok(Started {
             config,
@@ -238,11 +249,19 @@ impl ImageRun {
             )
         };
         let Started {
-            state,
+            mut state,
             model,
             optim,
             ..
         } = started;
+        // a resumed run keeps its arithmetic (a different `--precision` was refused by its
+        // resume check); a fresh one records the one it runs in
+        let mut run = run;
+        if state.step > 0 {
+            run.options.precision = Some(state.precision);
+        } else {
+            state.precision = run.options.precision.unwrap_or_default();
+        }
         let device = Default::default();
         let fitted = fit(&run, task, model, optim, state, &device)?;
         let dir = Checkpoint::dir(&self.run_dir);
@@ -394,7 +413,10 @@ impl ImageTrainSettings {
 
     /// The state a fresh run of `recipe` starts from, on the settings' data and limits.
     pub fn fresh_state(&self, recipe: Recipe) -> TrainState {
-        fresh_state(recipe, &self.run.data, self.train_limit, self.test_limit)
+        TrainState {
+            precision: self.run.options.precision.unwrap_or_default(),
+            ..fresh_state(recipe, &self.run.data, self.train_limit, self.test_limit)
+        }
     }
 
     /// `resume`: the given settings against the run's state (`wanted`: the recipe a fresh run

@@ -915,7 +915,10 @@ impl<B: CrateAutodiff> Task<B> for SelfDistillTask<'_, B> {
             sd.into_iter().partition(|(k, _)| is_training_key(k));
         let backbone = &self.config.model.backbone;
         write_checkpoint(run_dir, &self.config, optim, state, metrics, |path| {
-            let meta = model_metadata(backbone, &state.normalization, &state.class_names);
+            let mut meta = model_metadata(backbone, &state.normalization, &state.class_names);
+            // the backbone's classifier head is its random initialisation: `eval` and `predict`
+            // refuse it (`knn`, `probe`, `train --init-from` use the backbone)
+            meta.insert("head".into(), "untrained".into());
             write_safetensors(path, &teacher, Some(meta))?;
             write_safetensors(&path.with_file_name(TRAINING_STATE_FILE), &train, None)
         })

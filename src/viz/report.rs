@@ -170,7 +170,16 @@ pub fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>> {
         if line.trim().is_empty() {
             continue;
         }
-        let m: EpochMetrics = serde_json::from_str(&line)
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("{} line {}: not JSON", path.display(), i + 1))?;
+        if v.get("epoch").is_none() && (v.get("iter").is_some() || v.get("step").is_some()) {
+            anyhow::bail!(
+                "{} is the record of a language-model or CRATE-BERT run; `report` draws image \
+                 runs (classifier, ToST, CRATE-MAE, DINO/SimDINO)",
+                path.display()
+            );
+        }
+        let m: EpochMetrics = serde_json::from_value(v)
             .with_context(|| format!("{} line {}: not a metrics record", path.display(), i + 1))?;
         out.retain(|o| o.epoch != m.epoch);
         out.push(m);

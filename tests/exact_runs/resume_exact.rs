@@ -100,6 +100,7 @@ fn fresh_state(train: &ImageSet) -> TrainState {
         epoch_seen: 0,
         train_limit: None,
         test_limit: None,
+        precision: Default::default(),
     }
 }
 

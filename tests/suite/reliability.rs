@@ -689,3 +689,191 @@ fn runs_too_large_for_the_machine_are_refused_before_allocating() {
         "{e}"
     );
 }
+
+/// Weights used for what they cannot do, and inputs that would block or mislead, are refused
+/// with the reason (issue #28): `--init-from` weights of another family (and the run folder stays
+/// as it was), a truncated JPEG, `report` on a language-model run, a FIFO as a corpus, class
+/// names of the wrong length, and a resume in another `--precision`.
+#[test]
+fn weights_and_inputs_that_cannot_serve_are_refused_with_the_reason() {
+    use crate::common::{fails, ok, write_idx};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    write_idx(&data, "train", 32, false);
+    write_idx(&data, "t10k", 16, false);
+    let d = data.to_str().unwrap();
+    let cfg = dir.path().join("tiny.json");
+    std::fs::write(&cfg, TINY28).unwrap();
+    let c = cfg.to_str().unwrap();
+    // a language model's weights into a CRATE classifier: nothing fits
+    let corpus = dir.path().join("c.txt");
+    std::fs::write(&corpus, "to be or not to be ".repeat(100)).unwrap();
+    let lm = dir.path().join("lm");
+    ok(&[
+        "lm",
+        "train",
+        "--corpus",
+        corpus.to_str().unwrap(),
+        "--data",
+        dir.path().join("tok").to_str().unwrap(),
+        "--run-dir",
+        lm.to_str().unwrap(),
+        "--n-layer",
+        "1",
+        "--n-head",
+        "2",
+        "--n-embd",
+        "16",
+        "--block-size",
+        "16",
+        "--batch-size",
+        "4",
+        "--max-iters",
+        "2",
+        "--eval-interval",
+        "2",
+        "--eval-iters",
+        "1",
+    ]);
+    let lm_w = lm.join("model.safetensors");
+    let run = dir.path().join("run");
+    let r = run.to_str().unwrap();
+    ok(&[
+        "train",
+        "--config",
+        c,
+        "--data",
+        d,
+        "--run-dir",
+        r,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+    ]);
+    let before = std::fs::read(run.join("checkpoint/model.safetensors")).unwrap();
+    let e = fails(&[
+        "train",
+        "--config",
+        c,
+        "--data",
+        d,
+        "--run-dir",
+        r,
+        "--overwrite",
+        "--init-from",
+        lm_w.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("none of its") && e.contains("tensors fits this model"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(run.join("checkpoint/model.safetensors")).unwrap(),
+        before,
+        "the run was touched"
+    );
+    // a JPEG cut off in the middle
+    let w = run.join("checkpoint/model.safetensors");
+    let w = w.to_str().unwrap();
+    let jpg = dir.path().join("x.jpg");
+    let mut bytes = Vec::new();
+    image::GrayImage::from_raw(28, 28, (0..784).map(|i| (i % 251) as u8).collect())
+        .unwrap()
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+    std::fs::write(&jpg, &bytes).unwrap();
+    ok(&["predict", "--weights", w, jpg.to_str().unwrap()]);
+    std::fs::write(&jpg, &bytes[..bytes.len() / 2]).unwrap();
+    let e = fails(&["predict", "--weights", w, jpg.to_str().unwrap()]);
+    assert!(e.contains("truncated"), "{e}");
+    // report draws image runs
+    let e = fails(&["report", lm.to_str().unwrap()]);
+    assert!(e.contains("language-model or CRATE-BERT run"), "{e}");
+    // a FIFO would block forever
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success());
+    if made {
+        let e = fails(&[
+            "lm",
+            "prepare",
+            "--corpus",
+            fifo.to_str().unwrap(),
+            "--out",
+            dir.path().join("t2").to_str().unwrap(),
+        ]);
+        assert!(e.contains("neither a regular file nor a folder"), "{e}");
+    } else {
+        eprintln!("skipped the FIFO case: mkfifo is not available");
+    }
+    // class names that do not match the head
+    let norm = Normalization {
+        mean: vec![0.5],
+        std: vec![0.5],
+    };
+    let cfg28: CrateConfig = serde_json::from_str(TINY28).unwrap();
+    let model = cfg28.init::<CpuBackend>(&Default::default());
+    let named = dir.path().join("named.safetensors");
+    checkpoint::save_model(
+        &named,
+        &cfg28,
+        &model,
+        &norm,
+        &["a".to_string(), "b".to_string()],
+    )
+    .unwrap();
+    std::fs::write(jpg.with_file_name("ok.jpg"), &bytes).unwrap();
+    let e = fails(&[
+        "predict",
+        "--weights",
+        named.to_str().unwrap(),
+        jpg.with_file_name("ok.jpg").to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("`class_names` names 2 classes but the model has 10"),
+        "{e}"
+    );
+    // a resume keeps the run's arithmetic; another --precision is refused
+    let p = dir.path().join("p");
+    let args = [
+        "train",
+        "--config",
+        c,
+        "--data",
+        d,
+        "--run-dir",
+        p.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+    ];
+    let bf16 = crate::common::whitebox(
+        &[&args[..], &["--stop-after", "1", "--precision", "bf16"]].concat(),
+    );
+    if !bf16.status.success() {
+        let e = String::from_utf8_lossy(&bf16.stderr);
+        assert!(e.contains("AVX512"), "{e}");
+        eprintln!("skipped the precision case: this CPU has no AVX512-BF16");
+        return;
+    }
+    let e = fails(&[
+        "train",
+        "--run-dir",
+        p.to_str().unwrap(),
+        "--resume",
+        "--precision",
+        "f32",
+    ]);
+    assert!(e.contains("--precision f32 (the run has bf16)"), "{e}");
+    ok(&["train", "--run-dir", p.to_str().unwrap(), "--resume"]);
+    let state = std::fs::read_to_string(p.join("checkpoint/state.json")).unwrap();
+    assert!(state.contains("\"precision\": \"bf16\""), "{state}");
+}

@@ -501,3 +501,60 @@ fn knn_temperature_is_stable_and_bad_inputs_are_errors() {
     .to_string();
     assert!(e.contains("train features are not finite"), "{e}");
 }
+
+/// A DINO teacher backbone's classifier head was never trained: `eval` and `predict` refuse it
+/// and name what it is for, `knn` and `train --init-from` take it; `dino train` with a ToST
+/// preset says that ToST is not a CRATE config (issue #28).
+#[test]
+fn a_self_supervised_backbone_is_not_used_as_a_classifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, cfg) = tiny_data(dir.path());
+    let run = dir.path().join("dino");
+    let small = [
+        "--config",
+        &cfg,
+        "--data",
+        &data,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+    ];
+    let dino = [
+        "--local-crops",
+        "2",
+        "--head-hidden",
+        "16",
+        "--head-bottleneck",
+        "8",
+    ];
+    ok(&[
+        &["dino", "train", "--run-dir", run.to_str().unwrap()][..],
+        &small,
+        &dino,
+        &["--out-dim", "12", "--knn-k", "5"],
+    ]
+    .concat());
+    let w = run
+        .join("checkpoint/model.safetensors")
+        .display()
+        .to_string();
+    let e = fails(&["eval", "--weights", &w, "--data", &data]);
+    assert!(
+        e.contains("self-supervised backbone") && e.contains("knn"),
+        "{e}"
+    );
+    let ft = dir.path().join("ft").display().to_string();
+    ok(&[&["train", "--run-dir", &ft, "--init-from", &w][..], &small].concat());
+    let e = fails(&[
+        "dino",
+        "train",
+        "--config",
+        "tost-fmnist",
+        "--data",
+        &data,
+        "--run-dir",
+        &ft,
+    ]);
+    assert!(e.contains("is a ToST preset"), "{e}");
+}
