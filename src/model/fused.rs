@@ -660,6 +660,8 @@ impl<B: burn::tensor::backend::AutodiffBackend<InnerBackend: CrateBackend> + Cra
 }
 #[cfg(feature = "cuda")]
 impl CrateBackend for burn::backend::Cuda {}
+#[cfg(feature = "wgpu")]
+impl CrateBackend for burn::backend::Wgpu {}
 
 #[derive(Debug)]
 struct LayerNormBackward;
