@@ -55,7 +55,17 @@ pub fn parse_idx(path: &Path, bytes: &[u8], want_dims: usize) -> Result<(Vec<usi
     let dims: Vec<usize> = (0..nd)
         .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
         .collect();
-    let expect = header + dims.iter().product::<usize>();
+    // checked: dimensions whose product overflows would otherwise wrap to a size that fits
+    let expect = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .and_then(|n| n.checked_add(header));
+    let Some(expect) = expect else {
+        anyhow::bail!(
+            "{}: IDX dimensions {dims:?} describe more bytes than any file holds",
+            path.display()
+        );
+    };
     ensure!(
         bytes.len() == expect,
         "{}: size {} bytes does not match the header {:?} (expected {expect})",

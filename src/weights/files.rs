@@ -250,7 +250,25 @@ pub fn check_torch_file(path: &Path) -> Result<()> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let ctx = || format!("{}: not a readable PyTorch checkpoint", path.display());
+    let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
     if let Ok(mut zip) = zip::ZipArchive::new(std::io::BufReader::new(file)) {
+        // an entry's declared size is what a reader allocates for it: it must fit in the file
+        // (stored, as torch writes them) or within deflate's ratio of it (at most 1032:1)
+        for i in 0..zip.len() {
+            let f = zip.by_index_raw(i).with_context(ctx)?;
+            let limit = match f.compression() {
+                zip::CompressionMethod::Stored => f.compressed_size(),
+                _ => f.compressed_size().saturating_mul(1032),
+            };
+            ensure!(
+                f.size() <= limit && f.compressed_size() <= file_len,
+                "{}: zip entry {} claims {} bytes, more than the {} bytes the archive holds for it",
+                path.display(),
+                f.name(),
+                f.size(),
+                f.compressed_size()
+            );
+        }
         let names: Vec<String> = zip.file_names().map(str::to_string).collect();
         let pkl = ["data.pkl", "archive/data.pkl"]
             .into_iter()

@@ -877,3 +877,28 @@ fn weights_and_inputs_that_cannot_serve_are_refused_with_the_reason() {
     let state = std::fs::read_to_string(p.join("checkpoint/state.json")).unwrap();
     assert!(state.contains("\"precision\": \"bf16\""), "{state}");
 }
+
+/// Inputs the fuzzer (`scripts/fuzz.sh`) found, kept in `fuzz/regressions/`: IDX dimensions whose
+/// product overflows, and a `.pth` zip entry that claims 3 GB (what burn-store would allocate).
+/// Both are errors naming the file.
+#[test]
+fn inputs_found_by_the_fuzzer_are_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let regressions = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+    std::fs::copy(
+        regressions.join("idx-dims-overflow.bin"),
+        dir.path().join("train-images-idx3-ubyte"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("train-labels-idx1-ubyte"),
+        [0, 0, 8, 1, 0, 0, 0, 1, 3],
+    )
+    .unwrap();
+    let e = err(data::load(dir.path(), Format::Idx, Split::Train));
+    assert!(e.contains("train-images-idx3-ubyte"), "{e}");
+    let e = err(read_state_dict(
+        &regressions.join("pth-zip-entry-claims-3gb.pth"),
+    ));
+    assert!(e.contains("pth-zip-entry-claims-3gb.pth"), "{e}");
+}
