@@ -265,16 +265,18 @@ fn resume_equals_straight_run() {
     for (k, v) in &wa {
         assert_eq!(v, &wb[k], "{k} differs after resume");
     }
-    // the resumed run's metrics: the straight run's validation points (20, 40) with the same
-    // values, plus the one at the stop (15); none lost or repeated
+    // the resumed run's metrics are the straight run's: validation points 20 and 40 with the
+    // same values and train losses, no extra line at the stop (15) (issue #28)
     let (ma, mb) = (metrics(&a), metrics(&b));
     let steps = |m: &[serde_json::Value]| -> Vec<u64> {
         m.iter().map(|x| x["step"].as_u64().unwrap()).collect()
     };
     assert_eq!(steps(&ma), [20, 40]);
-    assert_eq!(steps(&mb), [15, 20, 40]);
-    for (x, y) in ma.iter().zip(&mb[1..]) {
-        assert_eq!(x["val_loss"], y["val_loss"], "at step {}", x["step"]);
+    assert_eq!(steps(&mb), [20, 40]);
+    for (x, y) in ma.iter().zip(&mb) {
+        for f in ["val_loss", "train_loss", "lr"] {
+            assert_eq!(x[f], y[f], "{f} at step {}", x["step"]);
+        }
     }
     // a new run into a folder that holds one is refused, not overwritten
     let again = train_args(s(&corpus), s(&data), s(&b), "crate-lm");

@@ -310,7 +310,7 @@ fn dino_resume_equals_straight_run() {
 }
 
 #[test]
-fn teacher_checkpoint_is_a_crate_for_eval_knn_and_probe() {
+fn teacher_checkpoint_is_a_crate_for_knn_and_probe_not_eval() {
     let dir = tempfile::tempdir().unwrap();
     let (data, cfg) = tiny_data(dir.path());
     let run = dir.path().join("run");
@@ -344,7 +344,9 @@ fn teacher_checkpoint_is_a_crate_for_eval_knn_and_probe() {
     );
     assert!(meta["config"].contains("\"patch_size\":7"));
     let w = w.to_str().unwrap();
-    ok(&["eval", "--weights", w, "--data", &data]);
+    // its classifier head was never trained: eval refuses it and says what it is for (#28)
+    let e = fails(&["eval", "--weights", w, "--data", &data]);
+    assert!(e.contains("self-supervised backbone"), "{e}");
     let k = last_json(&ok(&[
         "knn",
         "--weights",
