@@ -98,8 +98,7 @@ impl LmConfig {
             self.n_embd as f64,
             self.n_head as f64,
         );
-        let params =
-            self.n_layer as f64 * 12.0 * d * d + (self.vocab_size + self.block_size) as f64 * d;
+        let params = self.param_count() as f64;
         let acts = self.n_layer as f64 * b * (2.0 * h * t * t + 24.0 * t * d)
             + 2.0 * b * t * self.vocab_size as f64;
         4.0 * (4.0 * params + acts)

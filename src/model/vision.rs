@@ -250,22 +250,11 @@ impl CrateConfig {
     /// and AdamW's two moments (4 copies of the parameters), and per layer the attention scores
     /// and probabilities (`2·B·K·N²`) and about 24 token-width activations (`24·B·N·d`), f32.
     pub fn train_step_bytes(&self, batch: usize) -> f64 {
-        let n = (self.image_size as f64 / self.patch_size.max(1) as f64).powi(2) + 1.0;
+        let n = (self.num_patches() + 1) as f64;
         let (b, d, k) = (batch as f64, self.dim as f64, self.heads as f64);
-        let params = 4.0 * self.param_count_f64();
+        // a validated config's count cannot overflow (its sizes are bounded, `check_sizes`)
+        let params = 4.0 * self.param_count() as f64;
         4.0 * (params + self.depth as f64 * b * (2.0 * k * n * n + 24.0 * n * d))
-    }
-
-    /// The parameter count in f64 (no overflow for any config): `depth·(4·K·p·d + d² + …)`
-    /// dominated by the layers' `d × K·p` projections and `d × d` dictionaries.
-    fn param_count_f64(&self) -> f64 {
-        let (d, k, p) = (self.dim as f64, self.heads as f64, self.dim_head as f64);
-        let patch = (self.channels * self.patch_size * self.patch_size) as f64;
-        let n = (self.image_size as f64 / self.patch_size.max(1) as f64).powi(2) + 1.0;
-        self.depth as f64 * (2.0 * d * k * p + 2.0 * d * d)
-            + patch * d
-            + n * d
-            + d * self.num_classes as f64
     }
 
     pub fn param_count(&self) -> usize {
